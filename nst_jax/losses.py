@@ -1,0 +1,58 @@
+"""Pure per-image losses: Gram matrix, content, style and total variation.
+
+All take one image's feature maps ``[h, w, c]``; batch them with ``jax.vmap``.
+
+Normalisation (see README, "Loss and weights"): the Gram matrix is divided by
+the number of positions M = h*w, and the losses are means, so they do not grow
+with image size. The paper's ``E_l = 1/(4 N^2 M^2) sum (G - A)^2`` equals
+``style_layer_loss / 4``, and its ``1/2 sum (F - P)^2`` equals
+``content_loss * N*M / 2``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+
+def gram(features: jax.Array) -> jax.Array:
+    """Gram matrix ``F^T F / M`` of ``[h, w, c]`` features, shape ``[c, c]``.
+
+    References:
+      Gatys et al., "Image Style Transfer Using Convolutional Neural Networks", eq. 3
+      (without the division by M = h*w, added here so the loss is size-independent).
+    """
+    h, w, c = features.shape
+    flat = features.reshape(h * w, c)
+    return jnp.matmul(flat.T, flat, precision=jax.lax.Precision.HIGHEST) / (h * w)
+
+
+def content_loss(features: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean squared difference of feature maps (the paper's eq. 1 up to the factor 2/(N M))."""
+    return jnp.mean(jnp.square(features - target))
+
+
+def style_layer_loss(features: jax.Array, target_gram: jax.Array) -> jax.Array:
+    """Mean squared difference of Gram matrices (the paper's eq. 4 times 4)."""
+    return jnp.mean(jnp.square(gram(features) - target_gram))
+
+
+def style_loss(
+    features: Mapping[str, jax.Array],
+    target_grams: Mapping[str, jax.Array],
+    layer_weights: Mapping[str, jax.Array],
+) -> jax.Array:
+    """Weighted sum of :func:`style_layer_loss` over the layers of ``target_grams`` (the paper's eq. 5)."""
+    return sum(layer_weights[k] * style_layer_loss(features[k], target_grams[k]) for k in target_grams)
+
+
+def total_variation(image: jax.Array) -> jax.Array:
+    """Mean squared difference of neighbouring pixels, summed over both directions.
+
+    Not in the paper; neural-style and most later tools add it to suppress high-frequency noise.
+    """
+    dy = jnp.square(image[1:, :, :] - image[:-1, :, :])
+    dx = jnp.square(image[:, 1:, :] - image[:, :-1, :])
+    return jnp.mean(dy) + jnp.mean(dx)

@@ -1,0 +1,128 @@
+"""Targets from content and style images, and the objective ``f(image) -> (loss, aux)``.
+
+:class:`Objective` is an immutable pytree (like an equinox Module): its leaves are
+the VGG parameters, the targets and the weights, so it can be passed *into*
+``jax.jit``/``jax.vmap`` as an argument instead of being baked into the compiled
+program as constants, and the weights can carry a batch axis for sweeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from nst_jax import losses, vgg
+from nst_jax.config import StyleConfig
+
+
+def _check_image(argument: str, image) -> jax.Array:
+    image = jnp.asarray(image, jnp.float32)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"`{argument}` must be a float [height, width, 3] RGB image, got shape {image.shape}")
+    return image
+
+
+@flax.struct.dataclass
+class Objective:
+    """The style-transfer loss of one image; call it as ``objective(image) -> (loss, aux)``.
+
+    ``aux`` maps each term (``"content/relu4_2"``, ``"style/relu1_1"``, ...,
+    ``"tv"``) to its weighted contribution, so the terms add up to ``loss``.
+    """
+
+    params: dict
+    content_targets: dict  # layer -> [h, w, c] features of the content image
+    style_targets: dict  # layer -> [c, c] Gram matrix of the style image
+    content_weight: jax.Array
+    style_weight: jax.Array
+    layer_weights: dict  # style layer -> weight
+    tv_weight: jax.Array
+    pooling: str = flax.struct.field(pytree_node=False, default="avg")
+    padding: str = flax.struct.field(pytree_node=False, default="zeros")
+
+    def __call__(self, image: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        layers = tuple(l for l in vgg.LAYERS if l in self.content_targets or l in self.style_targets)
+        feats = vgg.features(self.params, image, layers, pooling=self.pooling, padding=self.padding)
+        aux = {}
+        for layer, target in self.content_targets.items():
+            aux[f"content/{layer}"] = self.content_weight * losses.content_loss(feats[layer], target)
+        for layer, target in self.style_targets.items():
+            weight = self.style_weight * self.layer_weights[layer]
+            aux[f"style/{layer}"] = weight * losses.style_layer_loss(feats[layer], target)
+        aux["tv"] = self.tv_weight * losses.total_variation(image)
+        return sum(aux.values()), aux
+
+    def value(self, image: jax.Array) -> jax.Array:
+        """The scalar loss alone (what optimisers and line searches need)."""
+        return self(image)[0]
+
+
+def default_layer_weights(style_layers) -> tuple[float, ...]:
+    """1/N_l^2 per layer, N_l the layer's channel count (the authors' released code)."""
+    return tuple(1.0 / _channels(layer) ** 2 for layer in style_layers)
+
+
+def _channels(layer: str) -> int:
+    return vgg.CONV_CHANNELS["conv" + layer[4:]] if not layer.startswith("conv") else vgg.CONV_CHANNELS[layer]
+
+
+_features_jit = jax.jit(vgg.features, static_argnames=("layers", "pooling", "padding"))
+_gram_jit = jax.jit(losses.gram)
+
+
+def _jit_features(params, image, layers, pooling, padding):
+    return _features_jit(params, image, layers=layers, pooling=pooling, padding=padding)
+
+
+def make_objective(
+    params: Mapping,
+    content: jax.Array | None,
+    style: jax.Array | None,
+    config: StyleConfig = StyleConfig(),
+) -> Objective:
+    """Computes the targets once and returns the pure objective.
+
+    Args:
+      params: VGG-19 parameters (:func:`nst_jax.load_params`).
+      content: the content image ``[h, w, 3]`` in [0, 1], or ``None`` for no content loss.
+      style: the style image ``[h', w', 3]`` in [0, 1] (any size), or ``None`` for no style loss.
+      config: layers, weights, pooling and padding (other fields are ignored).
+
+    Returns:
+      An :class:`Objective`; ``objective(image)`` is pure, jit-compatible,
+      differentiable and vmappable over the image (and over its own leaves).
+
+    References:
+      Gatys, Ecker, Bethge, "Image Style Transfer Using Convolutional Neural Networks", CVPR 2016, eqs. 1-7.
+    """
+    content_layers = config.content_layers if content is not None else ()
+    style_layers = config.style_layers if style is not None else ()
+    if not content_layers and not style_layers:
+        raise ValueError("`content` and `style` are both None (or have no layers): there is nothing to match")
+    for layer in style_layers:
+        if layer.startswith("pool"):
+            raise ValueError(f"`style_layers` has pooling layer {layer!r}; use conv* or relu* layers")
+    layer_weights = config.layer_weights or default_layer_weights(style_layers)
+    content_targets, style_targets = {}, {}
+    if content_layers:
+        content_targets = dict(
+            _jit_features(params, _check_image("content", content), content_layers, config.pooling, config.padding)
+        )
+    if style_layers:
+        feats = _jit_features(params, _check_image("style", style), style_layers, config.pooling, config.padding)
+        style_targets = {layer: _gram_jit(feats[layer]) for layer in style_layers}
+    scalar = lambda x: jnp.asarray(x, jnp.float32)
+    return Objective(
+        params=params,
+        content_targets=content_targets,
+        style_targets=style_targets,
+        content_weight=scalar(config.content_weight),
+        style_weight=scalar(config.style_weight),
+        layer_weights={layer: scalar(w) for layer, w in zip(style_layers, layer_weights, strict=True)},
+        tv_weight=scalar(config.tv_weight),
+        pooling=config.pooling,
+        padding=config.padding,
+    )

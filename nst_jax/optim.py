@@ -1,0 +1,134 @@
+"""optax optimisers and the jitted optimisation loop.
+
+The loop runs in chunks: one jitted ``lax.while_loop`` of up to K steps, compiled
+once (K is a traced argument, so the last, shorter chunk does not recompile).
+Between chunks the driver in :mod:`nst_jax.stylize` reports progress, calls
+callbacks, saves, and clips the image into [0, 1].
+
+Box constraint. The image is optimised unconstrained inside a chunk and clipped
+to [0, 1] between chunks; where clipping moved a pixel, the loss and gradient
+are evaluated afresh before the next chunk, so L-BFGS never steps from a stale
+gradient. (The paper does not say; the authors' code clips only at the end.
+Clipping every step would break L-BFGS's reuse of the line search's last
+evaluation and cost one more evaluation per step.)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from nst_jax.config import OPTIMIZERS
+
+ADAM_DEFAULT_LR = 0.02
+
+
+def make_optimizer(name: str, lr: float | None = None, memory_size: int = 10) -> optax.GradientTransformationExtraArgs:
+    """Returns the optax transformation for ``name``; raises before any tracing on a bad name.
+
+    Args:
+      name: one of :data:`nst_jax.config.OPTIMIZERS`.
+      lr: learning rate. For ``"lbfgs"``, ``None`` lets the zoom line search
+        choose every step (the usual L-BFGS); a number scales the direction
+        instead. For ``"adam"``, ``None`` means 0.02 (pixels in [0, 1]).
+      memory_size: L-BFGS history length.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {name!r}")
+    if name == "lbfgs":
+        return optax.lbfgs(learning_rate=lr, memory_size=memory_size)
+    return optax.adam(ADAM_DEFAULT_LR if lr is None else lr)
+
+
+class LoopState(NamedTuple):
+    """Carry of the optimisation loop (an explicit pytree, nothing hidden)."""
+
+    image: jax.Array  # [h, w, 3], the optimiser's params
+    opt_state: Any
+    value: jax.Array  # loss at `image`
+    grad: jax.Array  # gradient at `image`
+    step: jax.Array  # int32 steps taken
+    num_evals: jax.Array  # int32 loss+gradient evaluations, the initial one included
+    finite: jax.Array  # bool; False once a step produced a non-finite loss (that step is undone)
+
+
+def _uses_linesearch(opt_state) -> bool:
+    return optax.tree_utils.tree_get(opt_state, "num_linesearch_steps", default=None) is not None
+
+
+def init_loop(loss_fn, optimizer, image: jax.Array) -> LoopState:
+    """Evaluates the loss once and builds the first :class:`LoopState`.
+
+    ``loss_fn`` maps an image to a scalar; make it a pytree (e.g. ``objective.value``
+    bound to an :class:`~nst_jax.objective.Objective`) so jit takes its arrays as arguments.
+    """
+    return _init_loop(loss_fn, optimizer, image)
+
+
+@jax.jit(static_argnames=("optimizer",))
+def _init_loop(loss_fn, optimizer, image):
+    value, grad = jax.value_and_grad(loss_fn)(image)
+    one = jnp.ones((), jnp.int32)
+    return LoopState(image, optimizer.init(image), value, grad, 0 * one, one, jnp.isfinite(value))
+
+
+def reevaluate(loss_fn, state: LoopState) -> LoopState:
+    """Loss and gradient evaluated afresh at ``state.image`` (after the image was changed from outside)."""
+    return _reevaluate(loss_fn, state)
+
+
+@jax.jit
+def _reevaluate(loss_fn, state):
+    value, grad = jax.value_and_grad(loss_fn)(state.image)
+    return state._replace(value=value, grad=grad, num_evals=state.num_evals + 1)
+
+
+def step(loss_fn, optimizer, state: LoopState) -> LoopState:
+    """One optimiser step (not jitted on its own; :func:`run_chunk` loops it)."""
+    updates, opt_state = optimizer.update(
+        state.grad, state.opt_state, state.image, value=state.value, grad=state.grad, value_fn=loss_fn
+    )
+    image = optax.apply_updates(state.image, updates)
+    if _uses_linesearch(opt_state):
+        # The zoom line search already evaluated loss and gradient at the accepted point.
+        value = optax.tree_utils.tree_get(opt_state, "value")
+        grad = optax.tree_utils.tree_get(opt_state, "grad")
+        evals = optax.tree_utils.tree_get(opt_state, "num_linesearch_steps")
+    else:
+        value, grad = jax.value_and_grad(loss_fn)(image)
+        evals = 1
+    finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
+    new = LoopState(image, opt_state, value, grad, state.step + 1, state.num_evals + evals, finite)
+    # A non-finite loss undoes the step (keeping the last finite image) and ends the loop.
+    keep = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    return keep._replace(num_evals=new.num_evals, finite=finite)
+
+
+def run_chunk(loss_fn, optimizer, state: LoopState, num_steps) -> LoopState:
+    """Runs up to ``num_steps`` steps in one jitted ``while_loop``; stops early on a non-finite loss.
+
+    Compiled once per (objective structure, optimiser, image shape): ``num_steps``
+    is traced, so chunks of any length reuse the same program.
+    """
+    return _run_chunk(loss_fn, optimizer, state, jnp.asarray(num_steps, jnp.int32))
+
+
+@jax.jit(static_argnames=("optimizer",))
+def _run_chunk(loss_fn, optimizer, state, num_steps):
+    stop = state.step + num_steps
+    return jax.lax.while_loop(
+        lambda s: (s.step < stop) & s.finite,
+        lambda s: step(loss_fn, optimizer, s),
+        state,
+    )
+
+
+def clip_to_box(loss_fn, state: LoopState) -> LoopState:
+    """Clips the image into [0, 1]; re-evaluates loss and gradient only if a pixel moved."""
+    clipped = jnp.clip(state.image, 0.0, 1.0)
+    if bool(jnp.all(clipped == state.image)):
+        return state
+    return reevaluate(loss_fn, state._replace(image=clipped))

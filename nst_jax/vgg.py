@@ -1,0 +1,186 @@
+"""The VGG-19 of Gatys et al. in Flax and a pure ``features(params, image, layers)``.
+
+Array conventions (said once for the whole package): images are float32
+``[height, width, 3]`` RGB in ``[0, 1]``, one image per call (batch with
+``jax.vmap`` at the call site). The network's own input space (for the default
+weights: mean-subtracted BGR in 0..255) never leaves this module: a leading 1x1
+convolution named ``preprocess`` maps RGB [0, 1] into it, so every weight set
+carries its own preprocessing and nothing else has to know about it.
+
+Parameters are a plain pytree ``{"preprocess": {"kernel", "bias"}, "conv1_1":
+..., "conv5_4": ...}`` with kernels in HWIO layout.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# (block, number of convolutions, channels) of VGG-19 (configuration E).
+_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512))
+
+CONV_CHANNELS: dict[str, int] = {f"conv{b}_{i}": channels for b, n, channels in _BLOCKS for i in range(1, n + 1)}
+"""Output channels of each 3x3 convolution, in network order."""
+
+LAYERS: tuple[str, ...] = tuple(
+    name
+    for b, n, _ in _BLOCKS
+    for name in (*(f"{kind}{b}_{i}" for i in range(1, n + 1) for kind in ("conv", "relu")), f"pool{b}")
+)
+"""Every layer whose output ``features`` can return, in network order.
+
+``convB_I`` is the convolution's output before rectification, ``reluB_I`` after.
+The paper's "conv4_2" means the rectified response, which is ``relu4_2`` here.
+"""
+
+POOLINGS = ("avg", "max")
+PADDINGS = ("zeros", "reflect")
+
+
+def _check_choice(argument: str, value, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{argument}` must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_layers(argument: str, layers: Sequence[str]) -> tuple[str, ...]:
+    """Returns ``layers`` as a tuple; raises naming ``argument`` if a name is unknown."""
+    if isinstance(layers, str):
+        layers = (layers,)
+    layers = tuple(layers)
+    for layer in layers:
+        if layer not in LAYERS:
+            raise ValueError(f"`{argument}` has unknown layer {layer!r}; valid layers are {', '.join(LAYERS)}")
+    return layers
+
+
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMENSIONS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """Stride-1 NHWC/HWIO convolution whose input gradient uses an explicitly flipped kernel.
+
+    Numerically the same as ``lax.conv_general_dilated``. Why it exists: XLA:CPU
+    folds the kernel flip and transpose of the usual input-gradient convolution
+    into its dimension labels, and inside a ``while_loop`` body (where every
+    optimiser step runs) that convolution then misses the fast convolution
+    library and runs about 4x slower. Flipping the kernel in the backward pass
+    keeps it on the fast path.
+    """
+    return _conv(x, kernel, padding)
+
+
+def _conv2d_fwd(x, kernel, padding):
+    return _conv(x, kernel, padding), (x, kernel)
+
+
+def _conv2d_bwd(padding, residuals, g):
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    (top, bottom), (left, right) = padding
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    dx = _conv(g, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)))
+    _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, padding), kernel)
+    return dx, kernel_vjp(g)[0]
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+class _Conv(nn.Module):
+    """A convolution with ``kernel`` (HWIO) and ``bias`` parameters, as ``nn.Conv`` names them."""
+
+    features: int
+    size: int
+    padding: str = "zeros"
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (self.size, self.size, x.shape[-1], self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        half = (self.size - 1) // 2
+        if self.padding == "reflect" and half:
+            x = jnp.pad(x, ((0, 0), (half, half), (half, half), (0, 0)), mode="reflect")
+            pad = ((0, 0), (0, 0))
+        else:
+            pad = ((half, half), (half, half))
+        return conv2d(x, kernel, pad) + bias
+
+
+class VGG19(nn.Module):
+    """VGG-19 feature extractor (no classifier), one HWC image in, a dict of features out.
+
+    Attributes:
+      pooling: ``"avg"`` (the paper: "replacing the max-pooling operation by
+        average pooling improves the gradient flow") or ``"max"``.
+      padding: ``"zeros"`` (the original network's) or ``"reflect"``.
+    """
+
+    pooling: str = "avg"
+    padding: str = "zeros"
+
+    @nn.compact
+    def __call__(self, image: jax.Array, layers: Sequence[str] = LAYERS) -> dict[str, jax.Array]:
+        _check_choice("pooling", self.pooling, POOLINGS)
+        _check_choice("padding", self.padding, PADDINGS)
+        layers = check_layers("layers", layers)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"`image` must have shape [height, width, 3], got {image.shape}")
+        x = _Conv(3, 1, name="preprocess")(image[None])
+        deepest = max(LAYERS.index(layer) for layer in layers)
+        out = {}
+        for name in LAYERS[: deepest + 1]:
+            if name.startswith("conv"):
+                x = _Conv(CONV_CHANNELS[name], 3, self.padding, name=name)(x)
+            elif name.startswith("relu"):
+                x = nn.relu(x)
+            else:
+                pool = nn.avg_pool if self.pooling == "avg" else nn.max_pool
+                x = pool(x, (2, 2), strides=(2, 2))
+            if name in layers:
+                out[name] = x[0]
+        return out
+
+
+def features(
+    params: Mapping,
+    image: jax.Array,
+    layers: Sequence[str],
+    *,
+    pooling: str = "avg",
+    padding: str = "zeros",
+) -> dict[str, jax.Array]:
+    """Feature maps of one image, computed only as deep as the deepest requested layer.
+
+    Args:
+      params: VGG-19 parameters (see module docstring).
+      image: float32 ``[height, width, 3]`` RGB in ``[0, 1]``.
+      layers: names from :data:`LAYERS`.
+      pooling: one of :data:`POOLINGS`.
+      padding: one of :data:`PADDINGS`.
+
+    Returns:
+      ``{layer: [h, w, channels]}`` for each requested layer.
+    """
+    return VGG19(pooling=pooling, padding=padding).apply({"params": params}, image, tuple(layers))
+
+
+def param_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
+    """Expected parameter shapes, from ``jax.eval_shape`` of the model's init."""
+    abstract = jax.eval_shape(lambda: VGG19().init(jax.random.key(0), jnp.zeros((32, 32, 3), jnp.float32))["params"])
+    return {layer: {k: tuple(v.shape) for k, v in leaves.items()} for layer, leaves in abstract.items()}
+
+
+def init_params(key: jax.Array) -> dict:
+    """Random parameters of the right shapes (for tests and fixtures, not for stylising)."""
+    return VGG19().init(key, jnp.zeros((32, 32, 3), jnp.float32))["params"]

