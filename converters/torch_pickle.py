@@ -228,7 +228,13 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = os.fspath(path)
     try:
         obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
-    except (EOFError, ValueError, struct.error, IndexError, TypeError, AttributeError) as e:
+    except UnsafePickleError:
+        raise
+    except pickle.UnpicklingError as e:
+        if str(e).startswith(path):
+            raise
+        raise pickle.UnpicklingError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+    except (EOFError, ValueError, struct.error, IndexError, TypeError, AttributeError, zipfile.BadZipFile) as e:
         raise pickle.UnpicklingError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]

@@ -1,0 +1,52 @@
+"""nst-jax: neural style transfer (Gatys, Ecker, Bethge) in JAX/Flax.
+
+Images are float32 ``[height, width, 3]`` RGB in [0, 1], one image per call;
+batch with ``jax.vmap`` at the call site.
+"""
+
+from nst_jax.config import INITS, OPTIMIZERS, StyleConfig
+from nst_jax.image import fit_long_side, initial_image, resize
+from nst_jax.io import load_image, save_image
+from nst_jax.losses import content_loss, gram, style_layer_loss, style_loss, total_variation
+from nst_jax.objective import Objective, default_layer_weights, make_objective
+from nst_jax.optim import LoopState, init_loop, make_optimizer, run_chunk
+from nst_jax.stylize import Progress, Result, optimize, stylize
+from nst_jax.vgg import LAYERS, PADDINGS, POOLINGS, VGG19, features
+from nst_jax.weights import WeightsInfo, cache_dir, load_params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "INITS",
+    "LAYERS",
+    "OPTIMIZERS",
+    "PADDINGS",
+    "POOLINGS",
+    "VGG19",
+    "LoopState",
+    "Objective",
+    "Progress",
+    "Result",
+    "StyleConfig",
+    "WeightsInfo",
+    "cache_dir",
+    "content_loss",
+    "default_layer_weights",
+    "features",
+    "fit_long_side",
+    "gram",
+    "init_loop",
+    "initial_image",
+    "load_image",
+    "load_params",
+    "make_objective",
+    "make_optimizer",
+    "optimize",
+    "resize",
+    "run_chunk",
+    "save_image",
+    "style_layer_loss",
+    "style_loss",
+    "stylize",
+    "total_variation",
+]

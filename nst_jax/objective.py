@@ -19,7 +19,9 @@ from nst_jax.config import StyleConfig
 
 
 def _check_image(argument: str, image) -> jax.Array:
-    image = jnp.asarray(image, jnp.float32)
+    image = jnp.asarray(image)
+    if not jnp.issubdtype(image.dtype, jnp.floating):
+        image = image.astype(jnp.float32)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"`{argument}` must be a float [height, width, 3] RGB image, got shape {image.shape}")
     return image
@@ -44,7 +46,7 @@ class Objective:
     padding: str = flax.struct.field(pytree_node=False, default="zeros")
 
     def __call__(self, image: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        layers = tuple(l for l in vgg.LAYERS if l in self.content_targets or l in self.style_targets)
+        layers = tuple(name for name in vgg.LAYERS if name in self.content_targets or name in self.style_targets)
         feats = vgg.features(self.params, image, layers, pooling=self.pooling, padding=self.padding)
         aux = {}
         for layer, target in self.content_targets.items():

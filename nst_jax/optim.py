@@ -72,7 +72,11 @@ def init_loop(loss_fn, optimizer, image: jax.Array) -> LoopState:
 def _init_loop(loss_fn, optimizer, image):
     value, grad = jax.value_and_grad(loss_fn)(image)
     one = jnp.ones((), jnp.int32)
-    return LoopState(image, optimizer.init(image), value, grad, 0 * one, one, jnp.isfinite(value))
+    state = LoopState(image, optimizer.init(image), value, grad, 0 * one, one, jnp.isfinite(value))
+    # Give every leaf the exact type a step returns (optax leaves some weakly typed at init),
+    # so the first and later chunks share one compiled program.
+    after = jax.eval_shape(lambda s: step(loss_fn, optimizer, s), state)
+    return jax.tree.map(lambda x, a: jax.lax.convert_element_type(x, a.dtype), state, after)
 
 
 def reevaluate(loss_fn, state: LoopState) -> LoopState:

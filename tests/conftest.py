@@ -1,0 +1,44 @@
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nst_jax import vgg
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Every test session converts the default weights into its own cache."""
+    old = os.environ.get("NST_JAX_CACHE")
+    os.environ["NST_JAX_CACHE"] = str(tmp_path_factory.mktemp("nst-jax-cache"))
+    yield
+    if old is None:
+        os.environ.pop("NST_JAX_CACHE", None)
+    else:
+        os.environ["NST_JAX_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_params():
+    """Random VGG-19 parameters, scaled so activations stay O(1) through the net."""
+    params = vgg.init_params(jax.random.key(0))
+    return jax.tree.map(lambda x: x * 1.0, params)
+
+
+@pytest.fixture(scope="session")
+def real_params(_isolated_cache):
+    from nst_jax.weights import load_params
+
+    params, _ = load_params()
+    return jax.tree.map(jnp.asarray, params)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def random_image(rng, h=32, w=32):
+    return rng.random((h, w, 3)).astype(np.float32)

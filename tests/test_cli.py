@@ -1,0 +1,110 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nst_jax import cli, save_image
+
+
+@pytest.fixture
+def images(tmp_path, rng):
+    content, style = tmp_path / "content.png", tmp_path / "style.jpg"
+    save_image(content, rng.random((24, 32, 3)))
+    save_image(style, rng.random((30, 30, 3)))
+    return content, style
+
+
+def _one_line_error(capsys, argv, match):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("nst-jax: error: "), err
+    assert match in err, err
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--pooling", "min"], "argument --pooling: invalid choice: 'min'"),
+        (["--steps", "ten"], "argument --steps: invalid"),
+        (["--style-layers", "relu1_1,relu9_9"], "`style_layers` has unknown layer 'relu9_9'"),
+        (["--style-weight", "-3"], "`style_weight` must be a finite number >= 0, got -3.0"),
+        (["--layer-weights", "1,2"], "`layer_weights` has 2 values for 5 style layers"),
+        (["--size", "4"], "`size` must be an integer >= 16, got 4"),
+        (["--init", "nowhere.png"], "image 'nowhere.png' does not exist"),
+    ],
+)
+def test_bad_options(tmp_path, capsys, images, extra, match):
+    out = tmp_path / "out.png"
+    _one_line_error(capsys, ["stylize", str(images[0]), str(images[1]), "-o", str(out), *extra], match)
+    assert not out.exists()
+
+
+def test_missing_and_unreadable_inputs(tmp_path, capsys, images):
+    out = tmp_path / "out.png"
+    _one_line_error(capsys, ["stylize", str(tmp_path / "nope.jpg"), str(images[1]), "-o", str(out)], "does not exist")
+    broken = tmp_path / "broken.png"
+    broken.write_text("garbage")
+    _one_line_error(capsys, ["stylize", str(images[0]), str(broken), "-o", str(out)], "is not a readable image")
+    _one_line_error(capsys, ["stylize", str(images[0]), str(images[1]), "-o", str(tmp_path / "out.xyz")], "'.xyz'")
+    _one_line_error(capsys, ["stylize", str(images[0])], "the following arguments are required")
+    _one_line_error(capsys, ["stylize", *map(str, images), "-o", str(out), "--weights", str(broken)], "not a readable")
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "content.png", "style.jpg"]
+
+
+def test_stylize_writes_output(tmp_path, capsys, images, real_params):
+    out = tmp_path / "result.jpg"
+    argv = ["stylize", *map(str, images), "-o", str(out), "--size", "32", "--steps", "4", "--chunk-size", "2"]
+    assert cli.main([*argv, "--save-every", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "step     4/4" in err and "wrote" in err
+    with Image.open(out) as img:
+        assert img.size == (32, 24)
+    assert (tmp_path / "result.step00002.jpg").exists()
+
+
+def test_demo_and_weights_commands(tmp_path, capsys, real_params):
+    out = tmp_path / "demo.png"
+    assert cli.main(["demo", "-o", str(out), "--size", "32", "--steps", "2", "-q", "--save-inputs"]) == 0
+    with Image.open(out) as img:
+        assert img.size == (32, 24)
+    assert (tmp_path / "demo.content.png").exists() and (tmp_path / "demo.style.png").exists()
+    assert cli.main(["weights"]) == 0
+    shown = capsys.readouterr().out
+    assert "vgg_normalised.pth" in shown and "loaded from cache" in shown
+
+
+def test_help_is_built_from_the_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["stylize", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--steps", "--content-weight", "--layer-weights", "--tv-weight", "--padding", "--init", "--weights"):
+        assert flag in text
+
+
+def test_console_script_runs_as_module(tmp_path):
+    """`python -m nst_jax` exits 2 with one line for a missing input (a real process: no traceback)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run(
+        [sys.executable, "-m", "nst_jax", "stylize", "a.png", "b.png", "-o", str(tmp_path / "o.png")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert run.stderr.strip() == "nst-jax: error: image 'a.png' does not exist"
+
+
+def test_samples_are_deterministic_images():
+    from nst_jax import samples
+
+    for make in (samples.village, samples.swirls):
+        a, b = make(24, 32), make(24, 32)
+        assert a.shape == (24, 32, 3) and a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+        assert 0.0 <= a.min() and a.max() <= 1.0 and a.std() > 0.05

@@ -1,0 +1,100 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_image
+from jax.test_util import check_grads
+
+from nst_jax import StyleConfig, losses, make_objective, vgg
+
+CONFIG = StyleConfig(
+    content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1", "relu3_1"), tv_weight=0.5, style_weight=10.0
+)
+
+
+@pytest.fixture
+def objective(tiny_params, rng):
+    return make_objective(tiny_params, random_image(rng, 24, 20), random_image(rng, 30, 28), CONFIG)
+
+
+def test_terms_add_up_and_match_numpy(objective, tiny_params, rng):
+    image = random_image(rng, 24, 20)
+    loss, aux = objective(image)
+    assert set(aux) == {"content/relu2_1", "style/relu1_1", "style/relu2_1", "style/relu3_1", "tv"}
+    np.testing.assert_allclose(loss, sum(aux.values()), rtol=1e-6)
+    feats = vgg.features(tiny_params, image, ("relu1_1", "relu2_1", "relu3_1"))
+    content = np.asarray(objective.content_targets["relu2_1"])
+    np.testing.assert_allclose(
+        aux["content/relu2_1"], np.mean((np.asarray(feats["relu2_1"]) - content) ** 2), rtol=1e-4
+    )
+    for layer, n in (("relu1_1", 64), ("relu3_1", 256)):
+        f = np.asarray(feats[layer], np.float64).reshape(-1, n)
+        g = f.T @ f / f.shape[0]
+        expected = 10.0 / n**2 * np.mean((g - np.asarray(objective.style_targets[layer])) ** 2)
+        np.testing.assert_allclose(aux[f"style/{layer}"], expected, rtol=1e-4)
+    np.testing.assert_allclose(aux["tv"], 0.5 * losses.total_variation(image), rtol=1e-6)
+
+
+def test_targets_are_computed_once_and_shapes(objective):
+    assert objective.content_targets["relu2_1"].shape == (12, 10, 128)
+    assert objective.style_targets["relu3_1"].shape == (256, 256)
+
+
+def test_jit_eager_vmap(objective, rng):
+    images = np.stack([random_image(rng, 24, 20) for _ in range(3)])
+    eager = [float(objective(x)[0]) for x in images]
+    jitted = jax.jit(lambda o, x: o(x)[0])
+    np.testing.assert_allclose(jitted(objective, images[0]), eager[0], rtol=1e-5)
+    np.testing.assert_allclose(jax.vmap(lambda x: objective(x)[0])(images), eager, rtol=1e-5)
+
+
+def test_objective_is_a_pytree_argument(objective, rng):
+    """New weights with the same structure reuse the compiled program (the weights are leaves)."""
+    f = jax.jit(lambda o, x: o(x)[0])
+    image = random_image(rng, 24, 20)
+    first = f(objective, image)
+    heavier = objective.replace(style_weight=objective.style_weight * 2)
+    second = f(heavier, image)
+    assert f._cache_size() == 1
+    assert float(second) > float(first)
+    # vmap over a batch of style weights.
+    weights = jnp.array([0.0, 10.0, 100.0])
+    batched = jax.vmap(lambda w: f(objective.replace(style_weight=w), image))(weights)
+    np.testing.assert_allclose(batched[1], first, rtol=1e-5)
+
+
+def test_gradient(tiny_params, rng):
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tiny_params)
+        config = StyleConfig(content_layers=("relu1_2",), style_layers=("relu1_1", "relu2_1"), tv_weight=1.0)
+        c = jnp.asarray(random_image(rng, 8, 8), jnp.float64)
+        s = jnp.asarray(random_image(rng, 8, 8), jnp.float64)
+        obj = make_objective(params, c, s, config)
+        x = jnp.asarray(random_image(rng, 8, 8), jnp.float64)
+        check_grads(obj.value, (x,), order=1, modes=["rev"], atol=1e-4, rtol=1e-4)
+
+
+def test_content_only_and_style_only(tiny_params, rng):
+    content_only = make_objective(tiny_params, random_image(rng), None, CONFIG)
+    assert not content_only.style_targets and set(content_only(random_image(rng))[1]) == {"content/relu2_1", "tv"}
+    style_only = make_objective(tiny_params, None, random_image(rng), CONFIG)
+    assert not style_only.content_targets
+
+
+def test_errors(tiny_params, rng):
+    with pytest.raises(ValueError, match="`content` and `style` are both None"):
+        make_objective(tiny_params, None, None, CONFIG)
+    with pytest.raises(
+        ValueError, match=r"`content` must be a float \[height, width, 3\] RGB image, got shape \(8, 8\)"
+    ):
+        make_objective(tiny_params, np.zeros((8, 8)), random_image(rng), CONFIG)
+    with pytest.raises(ValueError, match="`style_layers` has pooling layer 'pool1'"):
+        make_objective(
+            tiny_params, None, random_image(rng), CONFIG.replace(style_layers=("pool1",), layer_weights=None)
+        )
+
+
+def test_default_layer_weights_follow_the_authors_code():
+    from nst_jax import default_layer_weights
+
+    assert default_layer_weights(("relu1_1", "conv3_1", "relu5_1")) == (1 / 64**2, 1 / 256**2, 1 / 512**2)

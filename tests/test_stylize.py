@@ -1,0 +1,63 @@
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_image
+
+from nst_jax import StyleConfig, make_objective, samples, stylize
+
+
+def _style_total(terms):
+    return sum(v for k, v in terms.items() if k.startswith("style/"))
+
+
+def test_end_to_end_with_real_weights_lowers_style_loss(real_params):
+    """64 px, 40 L-BFGS steps from the content image: the style loss drops at least 10x."""
+    content = samples.village(48, 64)
+    style = samples.swirls(48, 64)
+    config = StyleConfig(num_steps=40, chunk_size=20)
+    before = make_objective(real_params, content, style, config)(jnp.asarray(content))[1]
+    seen = []
+    result = stylize(content, style, config, params=real_params, callback=seen.append)
+    assert result.finite and result.num_steps == 40
+    assert _style_total(result.terms) < _style_total({k: float(v) for k, v in before.items()}) / 10
+    assert result.image.shape == (48, 64, 3) and 0.0 <= result.image.min() and result.image.max() <= 1.0
+    assert [p.step for p in seen] == [20, 40]
+    assert result.history[0][0] == 0 and result.history[-1] == (40, result.loss)
+    assert result.num_evals >= 41
+
+
+def test_callback_can_stop(tiny_params, rng):
+    config = StyleConfig(num_steps=50, chunk_size=5, content_layers=("relu1_1",), style_layers=("relu1_1",))
+    result = stylize(random_image(rng), random_image(rng), config, params=tiny_params, callback=lambda p: p.step >= 10)
+    assert result.num_steps == 10
+
+
+def test_save_every_aligns_chunks(tiny_params, rng):
+    config = StyleConfig(num_steps=12, chunk_size=5, save_every=4, content_layers=("relu1_1",), style_layers=())
+    steps = []
+    stylize(random_image(rng), None, config, params=tiny_params, callback=lambda p: steps.append(p.step))
+    assert steps == [4, 8, 12]
+
+
+@pytest.mark.parametrize("init", ["noise", "style", "content"])
+def test_inits(tiny_params, rng, init):
+    content, style = random_image(rng, 16, 16), random_image(rng, 20, 24)
+    config = StyleConfig(num_steps=0, content_layers=("relu1_1",), style_layers=("relu1_1",), init=init, seed=3)
+    result = stylize(content, style, config, params=tiny_params)
+    assert result.image.shape == (16, 16, 3)
+    if init == "content":
+        np.testing.assert_allclose(result.image, content)
+    if init == "noise":
+        again = stylize(content, style, config, params=tiny_params)
+        np.testing.assert_array_equal(result.image, again.image)
+        other = stylize(content, style, config.replace(seed=4), params=tiny_params)
+        assert not np.array_equal(result.image, other.image)
+
+
+def test_texture_needs_shape(tiny_params, rng):
+    with pytest.raises(ValueError, match="`shape` is needed when `content` is None"):
+        stylize(None, random_image(rng), StyleConfig(num_steps=1), params=tiny_params)
+    result = stylize(
+        None, random_image(rng), StyleConfig(num_steps=2, style_layers=("relu1_1",)), params=tiny_params, shape=(8, 12)
+    )
+    assert result.image.shape == (8, 12, 3)

@@ -1,0 +1,115 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_image
+from jax.test_util import check_grads
+
+from nst_jax import vgg
+
+
+def _np_conv(x, kernel_hwio, bias, padding):
+    """Reference 'same' 3x3 (or 1x1) convolution in numpy, float64."""
+    kh, kw = kernel_hwio.shape[:2]
+    ph, pw = kh // 2, kw // 2
+    mode = "reflect" if padding == "reflect" else "constant"
+    xp = np.pad(x, ((ph, ph), (pw, pw), (0, 0)), mode=mode)
+    h, w = x.shape[:2]
+    out = np.zeros((h, w, kernel_hwio.shape[3]))
+    for i in range(kh):
+        for j in range(kw):
+            out += xp[i : i + h, j : j + w] @ kernel_hwio[i, j]
+    return out + bias
+
+
+def _np_features(params, image, layers, pooling="avg", padding="zeros"):
+    params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    x = _np_conv(image.astype(np.float64), params["preprocess"]["kernel"], params["preprocess"]["bias"], padding)
+    out = {}
+    for name in vgg.LAYERS[: max(vgg.LAYERS.index(layer) for layer in layers) + 1]:
+        if name.startswith("conv"):
+            x = _np_conv(x, params[name]["kernel"], params[name]["bias"], padding)
+        elif name.startswith("relu"):
+            x = np.maximum(x, 0)
+        else:
+            h, w, c = x.shape
+            blocks = x[: h // 2 * 2, : w // 2 * 2].reshape(h // 2, 2, w // 2, 2, c)
+            x = blocks.mean((1, 3)) if pooling == "avg" else blocks.max((1, 3))
+        if name in layers:
+            out[name] = x
+    return out
+
+
+def test_real_weights_match_numpy_reference(real_params, rng):
+    """The converted default weights, through the Flax model, equal a numpy forward pass."""
+    image = random_image(rng, 32, 40)
+    layers = ("relu1_1", "conv2_1", "relu3_1", "relu4_2", "relu5_1")
+    got = vgg.features(real_params, image, layers)
+    want = _np_features(real_params, image, layers)
+    for layer in layers:
+        scale = np.abs(want[layer]).max()
+        np.testing.assert_allclose(got[layer], want[layer], atol=2e-4 * scale, rtol=2e-4, err_msg=layer)
+
+
+@pytest.mark.parametrize("pooling", vgg.POOLINGS)
+@pytest.mark.parametrize("padding", vgg.PADDINGS)
+def test_modes_match_numpy_reference(tiny_params, rng, pooling, padding):
+    image = random_image(rng, 21, 18)  # odd sizes exercise pooling's floor
+    layers = ("relu1_2", "pool1", "relu2_1", "pool2", "relu3_1")
+    got = vgg.features(tiny_params, image, layers, pooling=pooling, padding=padding)
+    want = _np_features(tiny_params, image, layers, pooling=pooling, padding=padding)
+    for layer in layers:
+        np.testing.assert_allclose(got[layer], want[layer], rtol=1e-4, atol=1e-4, err_msg=layer)
+
+
+def test_stops_at_deepest_requested_layer(tiny_params, rng):
+    shallow = {k: v for k, v in tiny_params.items() if k in ("preprocess", "conv1_1", "conv1_2")}
+    out = vgg.features(shallow, random_image(rng), ("relu1_1", "relu1_2"))
+    assert set(out) == {"relu1_1", "relu1_2"}
+    assert out["relu1_2"].shape == (32, 32, 64)
+
+
+def test_jit_matches_eager_and_vmap_matches_loop(tiny_params, rng):
+    images = np.stack([random_image(rng) for _ in range(3)])
+    layers = ("relu2_1", "relu3_1")
+    f = lambda x: vgg.features(tiny_params, x, layers)
+    eager = [f(x) for x in images]
+    jitted = jax.jit(f)(images[0])
+    batched = jax.vmap(f)(images)
+    for layer in layers:
+        np.testing.assert_allclose(jitted[layer], eager[0][layer], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(batched[layer], np.stack([e[layer] for e in eager]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", [((1, 1), (1, 1)), ((0, 0), (0, 0)), ((2, 0), (1, 2))])
+def test_conv2d_gradient(rng, padding):
+    x = jnp.asarray(rng.standard_normal((1, 6, 5, 3)))
+    k = jnp.asarray(rng.standard_normal((3, 3, 3, 4)))
+    with jax.enable_x64(True):
+        x, k = x.astype(jnp.float64), k.astype(jnp.float64)
+        check_grads(lambda x, k: vgg.conv2d(x, k, padding), (x, k), order=1, modes=["rev"])
+        reference = jax.grad(lambda x: jnp.sum(jnp.sin(vgg._conv(x, k, padding))))(x)
+        ours = jax.grad(lambda x: jnp.sum(jnp.sin(vgg.conv2d(x, k, padding))))(x)
+        np.testing.assert_allclose(ours, reference, rtol=1e-10)
+
+
+def test_unknown_layer_is_named(tiny_params, rng):
+    with pytest.raises(ValueError, match=r"`layers` has unknown layer 'conv6_1'; valid layers are conv1_1"):
+        vgg.features(tiny_params, random_image(rng), ("relu1_1", "conv6_1"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"pooling": "min"}, r"`pooling` must be one of \('avg', 'max'\), got 'min'"),
+        ({"padding": "wrap"}, r"`padding` must be one of \('zeros', 'reflect'\), got 'wrap'"),
+    ],
+)
+def test_bad_modes(tiny_params, rng, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        vgg.features(tiny_params, random_image(rng), ("relu1_1",), **kwargs)
+
+
+def test_bad_image_shape(tiny_params):
+    with pytest.raises(ValueError, match=r"`image` must have shape \[height, width, 3\], got \(1, 8, 8, 3\)"):
+        vgg.features(tiny_params, jnp.zeros((1, 8, 8, 3)), ("relu1_1",))
