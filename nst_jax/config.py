@@ -13,6 +13,7 @@ from nst_jax.vgg import PADDINGS, POOLINGS, check_layers
 
 OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise", "style")  # or a path to an image file
+BOXES = ("penalty", "clip", "none")
 
 
 def _f(default, help: str, **extra):
@@ -35,12 +36,21 @@ class StyleConfig:
         "layers whose Gram matrices the style loss matches (paper: conv1_1..conv5_1)",
     )
     # Departure: the paper weights the style layers equally (w_l = 1/5) on a loss
-    # normalised by 1/(4 N^2 M^2); we follow the authors' released code, 1/N_l^2 per
-    # layer on mean((G/M - A/M)^2), which balances the layers' magnitudes.
+    # normalised by 1/(4 N^2 M^2); the authors' released code uses 1e3/N_l^2 on
+    # mean((G/M - A/M)^2), which leaves conv4_1/conv5_1 nearly idle (their terms start
+    # ~1000x below conv1_1's and barely move). 1/N_l keeps all five layers working and
+    # gives the swirling strokes of the paper's Figure 2 (README, "Loss and weights").
     layer_weights: tuple[float, ...] | None = _f(
-        None, "per-style-layer weights; default 1/N_l^2 (N_l = channels of layer l), as in the authors' code"
+        None, "per-style-layer weights; default 1/N_l (N_l = channels of layer l)"
     )
     tv_weight: float = _f(0.0, "weight of the total-variation smoothness loss (not in the paper; 0 disables)")
+    # Departure: the paper does not say how pixels are kept in range. "penalty" adds
+    # box_weight * mean(distance outside [0, 1]^2) to the loss, which keeps L-BFGS's
+    # objective smooth and consistent; "clip" clips between chunks (measured: the loss then
+    # creeps back up as L-BFGS keeps pushing pixels out); "none" is the authors' code.
+    # In every mode the returned and saved images are clipped to [0, 1].
+    box: str = _f("penalty", "keeping pixels in [0, 1]: penalty, clip (between chunks) or none", choices=BOXES)
+    box_weight: float = _f(1e3, "weight of the box penalty (with --box penalty)")
     pooling: str = _f("avg", "VGG pooling: avg (the paper) or max", choices=POOLINGS)
     padding: str = _f("zeros", "convolution padding: zeros (the network's own) or reflect", choices=PADDINGS)
     # Departure: the paper starts from white noise; starting from the content image
@@ -60,13 +70,13 @@ class StyleConfig:
         _positive_int("memory_size", self.memory_size)
         _positive_int("chunk_size", self.chunk_size)
         _positive_int("save_every", self.save_every, minimum=0)
-        for name in ("content_weight", "style_weight", "tv_weight"):
+        for name in ("content_weight", "style_weight", "tv_weight", "box_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
             raise ValueError(f"`lr` must be a positive number or None, got {self.lr!r}")
-        for name, choices in (("pooling", POOLINGS), ("padding", PADDINGS), ("optimizer", OPTIMIZERS)):
+        for name, choices in (("pooling", POOLINGS), ("padding", PADDINGS), ("optimizer", OPTIMIZERS), ("box", BOXES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"`{name}` must be one of {choices}, got {getattr(self, name)!r}")
         object.__setattr__(self, "content_layers", check_layers("content_layers", self.content_layers))

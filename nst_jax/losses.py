@@ -56,3 +56,11 @@ def total_variation(image: jax.Array) -> jax.Array:
     dy = jnp.square(image[1:, :, :] - image[:-1, :, :])
     dx = jnp.square(image[:, 1:, :] - image[:, :-1, :])
     return jnp.mean(dy) + jnp.mean(dx)
+
+
+def box_penalty(image: jax.Array) -> jax.Array:
+    """Mean squared distance of the pixels from the box [0, 1] (zero inside it).
+
+    Not in the paper: a smooth way to keep an L-BFGS iterate in range (see ``StyleConfig.box``).
+    """
+    return jnp.mean(jnp.square(jnp.maximum(image - 1.0, 0.0)) + jnp.square(jnp.maximum(-image, 0.0)))

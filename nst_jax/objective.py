@@ -32,7 +32,7 @@ class Objective:
     """The style-transfer loss of one image; call it as ``objective(image) -> (loss, aux)``.
 
     ``aux`` maps each term (``"content/relu4_2"``, ``"style/relu1_1"``, ...,
-    ``"tv"``) to its weighted contribution, so the terms add up to ``loss``.
+    ``"tv"``, ``"box"``) to its weighted contribution, so the terms add up to ``loss``.
     """
 
     params: dict
@@ -42,6 +42,7 @@ class Objective:
     style_weight: jax.Array
     layer_weights: dict  # style layer -> weight
     tv_weight: jax.Array
+    box_weight: jax.Array
     pooling: str = flax.struct.field(pytree_node=False, default="avg")
     padding: str = flax.struct.field(pytree_node=False, default="zeros")
 
@@ -55,6 +56,7 @@ class Objective:
             weight = self.style_weight * self.layer_weights[layer]
             aux[f"style/{layer}"] = weight * losses.style_layer_loss(feats[layer], target)
         aux["tv"] = self.tv_weight * losses.total_variation(image)
+        aux["box"] = self.box_weight * losses.box_penalty(image)
         return sum(aux.values()), aux
 
     def value(self, image: jax.Array) -> jax.Array:
@@ -63,8 +65,8 @@ class Objective:
 
 
 def default_layer_weights(style_layers) -> tuple[float, ...]:
-    """1/N_l^2 per layer, N_l the layer's channel count (the authors' released code)."""
-    return tuple(1.0 / _channels(layer) ** 2 for layer in style_layers)
+    """1/N_l per layer, N_l the layer's channel count (see ``StyleConfig.layer_weights``)."""
+    return tuple(1.0 / _channels(layer) for layer in style_layers)
 
 
 def _channels(layer: str) -> int:
@@ -125,6 +127,38 @@ def make_objective(
         style_weight=scalar(config.style_weight),
         layer_weights={layer: scalar(w) for layer, w in zip(style_layers, layer_weights, strict=True)},
         tv_weight=scalar(config.tv_weight),
+        box_weight=scalar(config.box_weight if config.box == "penalty" else 0.0),
         pooling=config.pooling,
         padding=config.padding,
     )
+
+
+def _spatial_size(layer: str, height: int, width: int) -> int:
+    """Positions M_l of a layer's feature map for an input of ``height x width`` (VALID pooling floors)."""
+    for name in vgg.LAYERS[: vgg.LAYERS.index(layer) + 1]:
+        if name.startswith("pool"):
+            height, width = height // 2, width // 2
+    return height * width
+
+
+def paper_weights(config: StyleConfig, height: int, width: int) -> tuple[dict[str, float], dict[str, float]]:
+    """The paper's alpha and beta * w_l that give exactly this config's loss at this image size.
+
+    The paper writes ``alpha * 1/2 sum (F - P)^2 + beta * sum_l w_l / (4 N_l^2 M_l^2) sum (G_l - A_l)^2``
+    with unnormalised Gram matrices; ours uses means and Gram/M (see :mod:`nst_jax.losses`), so
+    ``alpha_c = 2 * content_weight / (N_c M_c)`` per content layer and
+    ``beta * w_l = 4 * style_weight * layer_weight_l``.
+
+    Returns:
+      ``({content layer: alpha}, {style layer: beta * w_l})``.
+    """
+    layer_weights = config.layer_weights or default_layer_weights(config.style_layers)
+    alpha = {
+        layer: 2.0 * config.content_weight / (_channels(layer) * _spatial_size(layer, height, width))
+        for layer in config.content_layers
+    }
+    beta = {
+        layer: 4.0 * config.style_weight * weight
+        for layer, weight in zip(config.style_layers, layer_weights, strict=True)
+    }
+    return alpha, beta

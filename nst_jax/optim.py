@@ -3,14 +3,15 @@
 The loop runs in chunks: one jitted ``lax.while_loop`` of up to K steps, compiled
 once (K is a traced argument, so the last, shorter chunk does not recompile).
 Between chunks the driver in :mod:`nst_jax.stylize` reports progress, calls
-callbacks, saves, and clips the image into [0, 1].
+callbacks and saves.
 
-Box constraint. The image is optimised unconstrained inside a chunk and clipped
-to [0, 1] between chunks; where clipping moved a pixel, the loss and gradient
-are evaluated afresh before the next chunk, so L-BFGS never steps from a stale
-gradient. (The paper does not say; the authors' code clips only at the end.
-Clipping every step would break L-BFGS's reuse of the line search's last
-evaluation and cost one more evaluation per step.)
+Box constraint (``StyleConfig.box``). By default the objective carries a smooth
+penalty on pixels outside [0, 1] and the loop never changes the image behind the
+optimiser's back. With ``box="clip"`` the image is clipped between chunks and,
+where clipping moved a pixel, loss and gradient are evaluated afresh
+(:func:`clip_to_box`) so L-BFGS never steps from a stale gradient; measured at
+256 px, the loss then stalls and creeps back up (0.502 at step 120, 0.513 at 200)
+while the penalty keeps descending (0.434 at 200).
 """
 
 from __future__ import annotations

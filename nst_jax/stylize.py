@@ -94,8 +94,9 @@ def optimize(
     """Runs the chunked, jitted optimisation loop on any objective ``f(image) -> (loss, aux)``.
 
     Uses ``config.optimizer``, ``lr``, ``memory_size``, ``num_steps``,
-    ``chunk_size`` and ``save_every`` (chunk ends fall on multiples of it, so a
-    callback can save there).
+    ``chunk_size``, ``box`` and ``save_every`` (chunk ends fall on multiples of
+    it, so a callback can save there). ``loss`` and ``terms`` of the result are
+    those of the optimiser's image; the returned image is that image clipped to [0, 1].
     """
     optimizer = optim.make_optimizer(config.optimizer, config.lr, config.memory_size)
     loss_fn = jax.tree_util.Partial(type(objective).value, objective)
@@ -111,7 +112,7 @@ def optimize(
             chunk = min(chunk, config.save_every - done % config.save_every)
         state = optim.run_chunk(loss_fn, optimizer, state, chunk)
         finite = bool(state.finite)
-        if finite:
+        if finite and config.box == "clip":
             state = optim.clip_to_box(loss_fn, state)
             finite = bool(jnp.isfinite(state.value))
         if finite:
@@ -125,7 +126,7 @@ def optimize(
                 int(last_finite.step),
                 config.num_steps,
                 value,
-                last_finite.image,
+                jnp.clip(last_finite.image, 0.0, 1.0),
                 time.perf_counter() - start,
                 int(state.num_evals),
             )
@@ -133,7 +134,7 @@ def optimize(
                 break
     _, terms = jax.jit(type(objective).__call__)(objective, last_finite.image)
     return Result(
-        image=np.asarray(last_finite.image),
+        image=np.clip(np.asarray(last_finite.image), 0.0, 1.0),
         loss=float(last_finite.value),
         terms={k: float(v) for k, v in terms.items()},
         history=history,

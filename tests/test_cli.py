@@ -90,10 +90,11 @@ def test_console_script_runs_as_module(tmp_path):
     """`python -m nst_jax` exits 2 with one line for a missing input (a real process: no traceback)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     run = subprocess.run(
-        [sys.executable, "-m", "nst_jax", "stylize", "a.png", "b.png", "-o", str(tmp_path / "o.png")],
+        [sys.executable, "-m", "nst_jax", "stylize", "a.png", "b.png", "-o", "o.png"],
         capture_output=True,
         text=True,
         env=env,
+        cwd=tmp_path,  # not the checkout: the installed package runs
         timeout=120,
     )
     assert run.returncode == 2

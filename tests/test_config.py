@@ -22,6 +22,7 @@ def test_defaults_are_valid():
         ({"layer_weights": (1.0, 2.0)}, r"`layer_weights` has 2 values for 5 style layers"),
         ({"layer_weights": (1.0, 1.0, 1.0, 1.0, -1.0)}, r"`layer_weights` must all be >= 0"),
         ({"lr": 0.0}, r"`lr` must be a positive number or None, got 0.0"),
+        ({"box": "wrap"}, r"`box` must be one of \('penalty', 'clip', 'none'\), got 'wrap'"),
         ({"style_layers": (), "content_layers": ()}, "there is nothing to optimise"),
     ],
 )

@@ -53,6 +53,12 @@ def test_total_variation_against_numpy(rng):
     assert float(losses.total_variation(np.ones((4, 4, 3), np.float32))) == 0.0
 
 
+def test_box_penalty():
+    x = np.array([[[-0.5, 0.5, 1.25]]], np.float32)
+    np.testing.assert_allclose(losses.box_penalty(x), (0.25 + 0 + 0.0625) / 3, rtol=1e-6)
+    assert float(losses.box_penalty(np.full((3, 3, 3), 0.5, np.float32))) == 0.0
+
+
 def test_gradients(rng):
     with jax.enable_x64(True):
         f = jnp.asarray(rng.standard_normal((3, 4, 2)))
@@ -61,6 +67,7 @@ def test_gradients(rng):
         check_grads(lambda x: losses.content_loss(x, p), (f,), order=2, modes=["rev", "fwd"])
         check_grads(lambda x: losses.style_layer_loss(x, target), (f,), order=2, modes=["rev", "fwd"])
         check_grads(losses.total_variation, (f,), order=2, modes=["rev"])
+        check_grads(losses.box_penalty, (f + 0.3,), order=1, modes=["rev", "fwd"])
 
 
 @pytest.mark.parametrize("fn", [losses.gram, losses.total_variation])

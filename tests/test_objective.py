@@ -20,7 +20,7 @@ def objective(tiny_params, rng):
 def test_terms_add_up_and_match_numpy(objective, tiny_params, rng):
     image = random_image(rng, 24, 20)
     loss, aux = objective(image)
-    assert set(aux) == {"content/relu2_1", "style/relu1_1", "style/relu2_1", "style/relu3_1", "tv"}
+    assert set(aux) == {"content/relu2_1", "style/relu1_1", "style/relu2_1", "style/relu3_1", "tv", "box"}
     np.testing.assert_allclose(loss, sum(aux.values()), rtol=1e-6)
     feats = vgg.features(tiny_params, image, ("relu1_1", "relu2_1", "relu3_1"))
     content = np.asarray(objective.content_targets["relu2_1"])
@@ -30,9 +30,14 @@ def test_terms_add_up_and_match_numpy(objective, tiny_params, rng):
     for layer, n in (("relu1_1", 64), ("relu3_1", 256)):
         f = np.asarray(feats[layer], np.float64).reshape(-1, n)
         g = f.T @ f / f.shape[0]
-        expected = 10.0 / n**2 * np.mean((g - np.asarray(objective.style_targets[layer])) ** 2)
+        expected = 10.0 / n * np.mean((g - np.asarray(objective.style_targets[layer])) ** 2)
         np.testing.assert_allclose(aux[f"style/{layer}"], expected, rtol=1e-4)
     np.testing.assert_allclose(aux["tv"], 0.5 * losses.total_variation(image), rtol=1e-6)
+    assert float(aux["box"]) == 0.0  # every pixel is inside [0, 1]
+    outside = image.copy()
+    outside[0, 0] = [1.5, -0.5, 0.5]
+    expected = 1e3 * (0.25 + 0.25) / outside.size
+    np.testing.assert_allclose(objective(outside)[1]["box"], expected, rtol=1e-5)
 
 
 def test_targets_are_computed_once_and_shapes(objective):
@@ -76,7 +81,11 @@ def test_gradient(tiny_params, rng):
 
 def test_content_only_and_style_only(tiny_params, rng):
     content_only = make_objective(tiny_params, random_image(rng), None, CONFIG)
-    assert not content_only.style_targets and set(content_only(random_image(rng))[1]) == {"content/relu2_1", "tv"}
+    assert not content_only.style_targets and set(content_only(random_image(rng))[1]) == {
+        "content/relu2_1",
+        "tv",
+        "box",
+    }
     style_only = make_objective(tiny_params, None, random_image(rng), CONFIG)
     assert not style_only.content_targets
 
@@ -94,7 +103,31 @@ def test_errors(tiny_params, rng):
         )
 
 
-def test_default_layer_weights_follow_the_authors_code():
+def test_default_layer_weights_are_one_over_channels():
     from nst_jax import default_layer_weights
 
-    assert default_layer_weights(("relu1_1", "conv3_1", "relu5_1")) == (1 / 64**2, 1 / 256**2, 1 / 512**2)
+    assert default_layer_weights(("relu1_1", "conv3_1", "relu5_1")) == (1 / 64, 1 / 256, 1 / 512)
+
+
+def test_paper_weights_reproduce_the_loss(tiny_params, rng):
+    """alpha and beta*w_l from paper_weights, put into the paper's formulas, give our loss."""
+    from nst_jax.objective import paper_weights
+
+    config = StyleConfig(content_layers=("relu2_1",), style_layers=("relu1_1", "relu3_1"), style_weight=7.0)
+    content, style, image = random_image(rng, 20, 24), random_image(rng, 16, 16), random_image(rng, 20, 24)
+    objective = make_objective(tiny_params, content, style, config)
+    alpha, beta = paper_weights(config, 20, 24)
+    feats = {
+        k: np.asarray(v, np.float64)
+        for k, v in vgg.features(tiny_params, image, ("relu1_1", "relu2_1", "relu3_1")).items()
+    }
+    style_feats = vgg.features(tiny_params, style, ("relu1_1", "relu3_1"))
+    p = np.asarray(objective.content_targets["relu2_1"], np.float64)
+    paper = alpha["relu2_1"] * 0.5 * np.sum((feats["relu2_1"] - p) ** 2)
+    for layer in ("relu1_1", "relu3_1"):
+        f = feats[layer].reshape(-1, feats[layer].shape[-1])
+        a = np.asarray(style_feats[layer], np.float64).reshape(-1, f.shape[1])
+        g, big_a = f.T @ f, a.T @ a * f.shape[0] / a.shape[0]  # the style's Gram at the output's M_l
+        n, m = f.shape[1], f.shape[0]
+        paper += beta[layer] * np.sum((g - big_a) ** 2) / (4 * n**2 * m**2)
+    np.testing.assert_allclose(objective(image)[0], paper, rtol=1e-4)

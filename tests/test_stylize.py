@@ -61,3 +61,24 @@ def test_texture_needs_shape(tiny_params, rng):
         None, random_image(rng), StyleConfig(num_steps=2, style_layers=("relu1_1",)), params=tiny_params, shape=(8, 12)
     )
     assert result.image.shape == (8, 12, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("padding", ["zeros", "reflect"])
+def test_real_weights_at_96px(real_params, padding):
+    """Heavier: 96 px, 100 steps, both paddings; the loss falls at least 20x from the content image."""
+    content, style = samples.village(72, 96), samples.swirls(72, 96)
+    config = StyleConfig(num_steps=100, chunk_size=25, padding=padding)
+    result = stylize(content, style, config, params=real_params)
+    assert result.finite and result.loss < result.history[0][1] / 20
+
+
+@pytest.mark.parametrize("box", ["penalty", "clip", "none"])
+def test_box_modes_return_images_in_range(tiny_params, rng, box):
+    """A style far outside the box pulls pixels out; every mode still returns an image in [0, 1]."""
+    content, style = random_image(rng, 16, 16), random_image(rng, 16, 16) * 3 - 1
+    config = StyleConfig(num_steps=10, chunk_size=5, content_layers=("relu1_1",), style_layers=("relu1_1",), box=box)
+    result = stylize(content, style, config, params=tiny_params)
+    assert 0.0 <= result.image.min() and result.image.max() <= 1.0
+    if box == "penalty":
+        assert "box" in result.terms
