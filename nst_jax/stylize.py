@@ -84,6 +84,11 @@ def stylize(
     return optimize(objective, image, config, callback=callback)
 
 
+@jax.jit
+def _terms(objective, image):
+    return objective(image)[1]
+
+
 def optimize(
     objective: Objective,
     image: jax.Array,
@@ -103,43 +108,34 @@ def optimize(
     start = time.perf_counter()
     state = optim.init_loop(loss_fn, optimizer, jnp.clip(jnp.asarray(image, jnp.float32), 0.0, 1.0))
     history = [(0, float(state.value))]
-    finite = bool(state.finite)
-    last_finite = state
-    while finite and int(state.step) < config.num_steps:
+    while bool(state.finite) and int(state.step) < config.num_steps:
         done = int(state.step)
         chunk = min(config.chunk_size, config.num_steps - done)
         if config.save_every:
             chunk = min(chunk, config.save_every - done % config.save_every)
+        # A step with a non-finite loss is undone inside the chunk, which then ends
+        # with `finite` False: `state` always holds the last image with a finite loss.
         state = optim.run_chunk(loss_fn, optimizer, state, chunk)
-        finite = bool(state.finite)
-        if finite and config.box == "clip":
-            state = optim.clip_to_box(loss_fn, state)
-            finite = bool(jnp.isfinite(state.value))
-        if finite:
-            last_finite = state
-        else:
-            state = last_finite if not bool(state.finite) else state
-        value = float(last_finite.value)
-        history.append((int(last_finite.step), value))
+        if bool(state.finite) and config.box == "clip":
+            clipped = optim.clip_to_box(loss_fn, state)
+            state = clipped if bool(jnp.isfinite(clipped.value)) else state._replace(finite=jnp.asarray(False))
+        history.append((int(state.step), float(state.value)))
         if callback is not None:
+            image_in_box = jnp.clip(state.image, 0.0, 1.0)
+            seconds = time.perf_counter() - start
             progress = Progress(
-                int(last_finite.step),
-                config.num_steps,
-                value,
-                jnp.clip(last_finite.image, 0.0, 1.0),
-                time.perf_counter() - start,
-                int(state.num_evals),
+                int(state.step), config.num_steps, float(state.value), image_in_box, seconds, int(state.num_evals)
             )
             if callback(progress):
                 break
-    _, terms = jax.jit(type(objective).__call__)(objective, last_finite.image)
+    terms = _terms(objective, state.image)
     return Result(
-        image=np.clip(np.asarray(last_finite.image), 0.0, 1.0),
-        loss=float(last_finite.value),
+        image=np.clip(np.asarray(state.image), 0.0, 1.0),
+        loss=float(state.value),
         terms={k: float(v) for k, v in terms.items()},
         history=history,
-        num_steps=int(last_finite.step),
+        num_steps=int(state.step),
         num_evals=int(state.num_evals),
         seconds=time.perf_counter() - start,
-        finite=finite,
+        finite=bool(state.finite),
     )
