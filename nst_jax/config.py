@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import field
 
-from nst_jax.vgg import PADDINGS, POOLINGS, check_layers
+from nst_jax.vgg import PADDINGS, POOLINGS, check_choice, check_layers
 
 OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise", "style")  # or a path to an image file
@@ -77,8 +77,7 @@ class StyleConfig:
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
             raise ValueError(f"`lr` must be a positive number or None, got {self.lr!r}")
         for name, choices in (("pooling", POOLINGS), ("padding", PADDINGS), ("optimizer", OPTIMIZERS), ("box", BOXES)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"`{name}` must be one of {choices}, got {getattr(self, name)!r}")
+            check_choice(name, getattr(self, name), choices)
         object.__setattr__(self, "content_layers", check_layers("content_layers", self.content_layers))
         object.__setattr__(self, "style_layers", check_layers("style_layers", self.style_layers))
         if not self.style_layers and not self.content_layers:

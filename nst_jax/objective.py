@@ -70,7 +70,9 @@ def default_layer_weights(style_layers) -> tuple[float, ...]:
 
 
 def _channels(layer: str) -> int:
-    return vgg.CONV_CHANNELS["conv" + layer[4:]] if not layer.startswith("conv") else vgg.CONV_CHANNELS[layer]
+    """Channels N_l of any layer's output: those of the last convolution at or before it."""
+    convs = [name for name in vgg.LAYERS[: vgg.LAYERS.index(layer) + 1] if name.startswith("conv")]
+    return vgg.CONV_CHANNELS[convs[-1]]
 
 
 _features_jit = jax.jit(vgg.features, static_argnames=("layers", "pooling", "padding"))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from nst_jax.config import OPTIMIZERS
+from nst_jax.vgg import check_choice
 
 ADAM_DEFAULT_LR = 0.02
 
@@ -37,8 +38,7 @@ def make_optimizer(name: str, lr: float | None = None, memory_size: int = 10) ->
         instead. For ``"adam"``, ``None`` means 0.02 (pixels in [0, 1]).
       memory_size: L-BFGS history length.
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"`optimizer` must be one of {OPTIMIZERS}, got {name!r}")
+    check_choice("optimizer", name, OPTIMIZERS)
     if name == "lbfgs":
         return optax.lbfgs(learning_rate=lr, memory_size=memory_size)
     return optax.adam(ADAM_DEFAULT_LR if lr is None else lr)

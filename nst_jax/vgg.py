@@ -41,7 +41,8 @@ POOLINGS = ("avg", "max")
 PADDINGS = ("zeros", "reflect")
 
 
-def _check_choice(argument: str, value, choices: Sequence[str]) -> None:
+def check_choice(argument: str, value, choices: Sequence[str]) -> None:
+    """Raises naming ``argument``, showing ``value`` and listing ``choices`` if it is not one of them."""
     if value not in choices:
         raise ValueError(f"`{argument}` must be one of {tuple(choices)}, got {value!r}")
 
@@ -131,8 +132,8 @@ class VGG19(nn.Module):
 
     @nn.compact
     def __call__(self, image: jax.Array, layers: Sequence[str] = LAYERS) -> dict[str, jax.Array]:
-        _check_choice("pooling", self.pooling, POOLINGS)
-        _check_choice("padding", self.padding, PADDINGS)
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("padding", self.padding, PADDINGS)
         layers = check_layers("layers", layers)
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"`image` must have shape [height, width, 3], got {image.shape}")

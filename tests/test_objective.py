@@ -131,3 +131,10 @@ def test_paper_weights_reproduce_the_loss(tiny_params, rng):
         n, m = f.shape[1], f.shape[0]
         paper += beta[layer] * np.sum((g - big_a) ** 2) / (4 * n**2 * m**2)
     np.testing.assert_allclose(objective(image)[0], paper, rtol=1e-4)
+
+
+def test_paper_weights_of_a_pooling_content_layer():
+    from nst_jax.objective import paper_weights
+
+    alpha, _ = paper_weights(StyleConfig(content_layers=("pool4",)), 512, 384)
+    assert alpha == {"pool4": 2.0 / (512 * 32 * 24)}
