@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import pickle
 import sys
 import types
@@ -114,10 +115,27 @@ class _Progress:
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
 
+def _use_persistent_compilation_cache() -> None:
+    """Compiled programs are kept in the user's cache, so a second run skips most compilation.
+
+    Set by the command only (a library user decides for their own program); an explicit
+    ``JAX_COMPILATION_CACHE_DIR`` wins.
+    """
+    import jax
+
+    from nst_jax.weights import cache_dir
+
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def _run(content, style, config: StyleConfig, output: Path, quiet: bool) -> int:
     from nst_jax.io import load_image, save_image
     from nst_jax.stylize import stylize
     from nst_jax.weights import load_params
+
+    _use_persistent_compilation_cache()
 
     init = config.init
     if init not in INITS:

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +65,8 @@ def test_stylize_writes_output(tmp_path, capsys, images, real_params):
     with Image.open(out) as img:
         assert img.size == (32, 24)
     assert (tmp_path / "result.step00002.jpg").exists()
+    xla_cache = Path(os.environ["NST_JAX_CACHE"]) / "xla"
+    assert xla_cache.is_dir() and any(xla_cache.iterdir())  # compiled programs persist for the next run
 
 
 def test_demo_and_weights_commands(tmp_path, capsys, real_params):
