@@ -130,17 +130,38 @@ def _use_persistent_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
-def _run(content, style, config: StyleConfig, output: Path, quiet: bool) -> int:
-    from nst_jax.io import load_image, save_image
-    from nst_jax.stylize import stylize
+def _prepare(args: argparse.Namespace):
+    """Everything a user can get wrong, checked before any optimisation: config, inputs, weights."""
+    from nst_jax.io import load_image, output_format
     from nst_jax.weights import load_params
 
-    _use_persistent_compilation_cache()
+    output = Path(args.output)
+    output_format(output)  # a bad extension fails now, not after the optimisation
+    if args.command == "stylize":
+        config = _config_from(args, {})
+        content = load_image(args.content, config.size)
+        style = load_image(args.style, config.size)
+    else:
+        from nst_jax import samples
+        from nst_jax.image import fit_long_side
+        from nst_jax.io import save_image
 
-    init = config.init
-    if init not in INITS:
-        init = load_image(init)  # a path; errors name it
+        config = _config_from(args, DEMO_DEFAULTS)
+        h, w = fit_long_side((384, 512), config.size)
+        content, style = samples.village(h, w), samples.swirls(h, w)
+        if args.save_inputs:
+            save_image(output.with_name(f"{output.stem}.content{output.suffix}"), content)
+            save_image(output.with_name(f"{output.stem}.style{output.suffix}"), style)
+    init = config.init if config.init in INITS else load_image(config.init)  # a path; errors name it
     params, _ = load_params(config.weights)
+    return content, style, init, params, config, output
+
+
+def _run(content, style, init, params, config: StyleConfig, output: Path, quiet: bool) -> int:
+    from nst_jax.io import save_image
+    from nst_jax.stylize import stylize
+
+    _use_persistent_compilation_cache()
     result = stylize(content, style, config, params=params, init=init, callback=_Progress(output, config, quiet))
     if not quiet and sys.stderr.isatty():
         print(file=sys.stderr)
@@ -161,46 +182,27 @@ def _run(content, style, config: StyleConfig, output: Path, quiet: bool) -> int:
     return 0
 
 
+# What a user's mistake raises: reported in one line, exit status 2. Anything raised once
+# the optimisation has started is a bug and keeps its traceback.
+_USER_ERRORS = (_UsageError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError, pickle.UnpicklingError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``nst-jax``; returns the exit status."""
     try:
-        args = _build_parser().parse_args(argv)
-        if args.command == "weights":
-            from nst_jax.weights import describe, load_params
+        try:
+            args = _build_parser().parse_args(argv)
+            if args.command == "weights":
+                from nst_jax.weights import describe, load_params
 
-            _, info = load_params(args.weights)
-            print(describe(info))
-            return 0
-        from nst_jax.io import load_image, output_format
-
-        output = Path(args.output)
-        output_format(output)  # a bad extension fails now, not after the optimisation
-        if args.command == "stylize":
-            config = _config_from(args, {})
-            content = load_image(args.content, config.size)
-            style = load_image(args.style, config.size)
-        else:
-            from nst_jax import samples
-            from nst_jax.image import fit_long_side
-            from nst_jax.io import save_image
-
-            config = _config_from(args, DEMO_DEFAULTS)
-            h, w = fit_long_side((384, 512), config.size)
-            content, style = samples.village(h, w), samples.swirls(h, w)
-            if args.save_inputs:
-                save_image(output.with_name(f"{output.stem}.content{output.suffix}"), content)
-                save_image(output.with_name(f"{output.stem}.style{output.suffix}"), style)
-        return _run(content, style, config, output, args.quiet)
-    except (
-        _UsageError,
-        ValueError,
-        FileNotFoundError,
-        IsADirectoryError,
-        PermissionError,
-        pickle.UnpicklingError,
-    ) as e:
-        print(f"nst-jax: error: {e}", file=sys.stderr)
-        return 2
+                _, info = load_params(args.weights)
+                print(describe(info))
+                return 0
+            prepared = _prepare(args)
+        except _USER_ERRORS as e:
+            print(f"nst-jax: error: {e}", file=sys.stderr)
+            return 2
+        return _run(*prepared, quiet=args.quiet)
     except KeyboardInterrupt:
         print("\nnst-jax: interrupted; no output written", file=sys.stderr)
         return 130

@@ -80,6 +80,9 @@ class StyleConfig:
             check_choice(name, getattr(self, name), choices)
         object.__setattr__(self, "content_layers", check_layers("content_layers", self.content_layers))
         object.__setattr__(self, "style_layers", check_layers("style_layers", self.style_layers))
+        for layer in self.style_layers:
+            if layer.startswith("pool"):
+                raise ValueError(f"`style_layers` has pooling layer {layer!r}; use conv* or relu* layers")
         if not self.style_layers and not self.content_layers:
             raise ValueError("`style_layers` and `content_layers` are both empty: there is nothing to optimise")
         if self.layer_weights is not None:

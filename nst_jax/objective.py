@@ -108,9 +108,6 @@ def make_objective(
     style_layers = config.style_layers if style is not None else ()
     if not content_layers and not style_layers:
         raise ValueError("`content` and `style` are both None (or have no layers): there is nothing to match")
-    for layer in style_layers:
-        if layer.startswith("pool"):
-            raise ValueError(f"`style_layers` has pooling layer {layer!r}; use conv* or relu* layers")
     layer_weights = config.layer_weights or default_layer_weights(style_layers)
     content_targets, style_targets = {}, {}
     if content_layers:

@@ -112,3 +112,16 @@ def test_samples_are_deterministic_images():
         assert a.shape == (24, 32, 3) and a.dtype == np.float32
         np.testing.assert_array_equal(a, b)
         assert 0.0 <= a.min() and a.max() <= 1.0 and a.std() > 0.05
+
+
+def test_a_bug_during_the_run_keeps_its_traceback(monkeypatch, images, tmp_path, real_params):
+    """Only user mistakes become one-line errors; a failure inside the optimisation is not hidden."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("internal failure")
+
+    monkeypatch.setattr(sys.modules["nst_jax.stylize"], "stylize", broken)
+    out = tmp_path / "out.png"
+    with pytest.raises(ValueError, match="internal failure"):
+        cli.main(["stylize", *map(str, images), "-o", str(out), "--size", "32", "--steps", "1"])
+    assert not out.exists()

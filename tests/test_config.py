@@ -18,6 +18,7 @@ def test_defaults_are_valid():
         ({"content_weight": float("nan")}, r"`content_weight` must be a finite number >= 0"),
         ({"pooling": "sum"}, r"`pooling` must be one of \('avg', 'max'\), got 'sum'"),
         ({"optimizer": "sgd"}, r"`optimizer` must be one of \('lbfgs', 'adam'\), got 'sgd'"),
+        ({"style_layers": ("relu1_1", "pool1")}, r"`style_layers` has pooling layer 'pool1'; use conv\* or relu\*"),
         ({"style_layers": ("relu9_1",)}, r"`style_layers` has unknown layer 'relu9_1'; valid layers are"),
         ({"layer_weights": (1.0, 2.0)}, r"`layer_weights` has 2 values for 5 style layers"),
         ({"layer_weights": (1.0, 1.0, 1.0, 1.0, -1.0)}, r"`layer_weights` must all be >= 0"),
