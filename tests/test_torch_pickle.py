@@ -39,34 +39,29 @@ def test_real_torch_save_if_available(tmp_path, rng):
             np.testing.assert_array_equal(loaded[key], value.numpy())
 
 
-def test_legacy_malicious_pickle_is_refused(tmp_path):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pth"
+def _evil_legacy_body(path, payload):
     with open(path, "wb") as f:
         pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
         pickle.dump(1001, f, protocol=2)
         pickle.dump({"little_endian": True}, f, protocol=2)
-        f.write(torch_files.malicious_pickle(f"touch {marker}"))
-    with pytest.raises(UnsafePickleError, match=r"global os\.system"):
-        load_torch_state_dict(path)
-    assert not marker.exists()
+        f.write(payload)
 
 
-def test_zip_malicious_pickle_is_refused(tmp_path):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pth"
+def _evil_zip(path, payload):
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("archive/data.pkl", torch_files.malicious_pickle(f"touch {marker}"))
-    with pytest.raises(UnsafePickleError, match=r"os\.system.*allowed: collections\.OrderedDict"):
-        load_torch_state_dict(path)
-    assert not marker.exists()
+        z.writestr("archive/data.pkl", payload)
 
 
-def test_malicious_header_is_refused(tmp_path):
+def _evil_header(path, payload):
+    path.write_bytes(payload)
+
+
+@pytest.mark.parametrize("write", [_evil_legacy_body, _evil_zip, _evil_header], ids=["legacy", "zip", "header"])
+def test_malicious_pickle_is_refused(tmp_path, write):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    path.write_bytes(torch_files.malicious_pickle(f"touch {marker}"))
-    with pytest.raises(UnsafePickleError, match="os.system"):
+    write(path, torch_files.malicious_pickle(f"touch {marker}"))
+    with pytest.raises(UnsafePickleError, match=r"global os\.system.*allowed: collections\.OrderedDict"):
         load_torch_state_dict(path)
     assert not marker.exists()
 
