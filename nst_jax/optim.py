@@ -16,6 +16,7 @@ while the penalty keeps descending (0.434 at 200).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -28,6 +29,7 @@ from nst_jax.vgg import check_choice
 ADAM_DEFAULT_LR = 0.02
 
 
+@functools.cache
 def make_optimizer(name: str, lr: float | None = None, memory_size: int = 10) -> optax.GradientTransformationExtraArgs:
     """Returns the optax transformation for ``name``; raises before any tracing on a bad name.
 
@@ -37,6 +39,9 @@ def make_optimizer(name: str, lr: float | None = None, memory_size: int = 10) ->
         choose every step (the usual L-BFGS); a number scales the direction
         instead. For ``"adam"``, ``None`` means 0.02 (pixels in [0, 1]).
       memory_size: L-BFGS history length.
+
+    The same arguments return the same object, so the jitted loop (which takes the
+    optimiser as a static argument) compiles once per setting, not once per call.
     """
     check_choice("optimizer", name, OPTIMIZERS)
     if name == "lbfgs":

@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -82,3 +83,21 @@ def test_box_modes_return_images_in_range(tiny_params, rng, box):
     assert 0.0 <= result.image.min() and result.image.max() <= 1.0
     if box == "penalty":
         assert "box" in result.terms
+
+
+def test_a_second_stylize_call_reuses_the_compiled_loop(real_params):
+    content, style = samples.village(20, 28), samples.swirls(20, 28)  # a shape no other test compiles
+    config = StyleConfig(num_steps=2)
+    compiles = []
+
+    def listener(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+
+    stylize(content, style, config, params=real_params)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        stylize(content, style, config.replace(style_weight=5.0), params=real_params)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
