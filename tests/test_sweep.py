@@ -1,0 +1,245 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from nst_jax import StyleConfig, samples
+from nst_jax import sweep as sweep_module
+from nst_jax.io import contact_sheet
+from nst_jax.sweep import MemoryLimitError, check_axes, members, save_sweep, sweep
+
+SMALL = StyleConfig(num_steps=12, chunk_size=5)
+
+
+@pytest.fixture(scope="module")
+def pictures():
+    return samples.village(32, 40), samples.swirls(32, 40), samples.swirls(40, 32)[::-1].copy()
+
+
+def test_members_are_the_product_first_axis_slowest_or_zipped():
+    got = members({"ratio": [1e-4, 1e-3], "seed": [0, 1, 2]})
+    assert [(m["ratio"], m["seed"]) for m in got] == [(1e-4, 0), (1e-4, 1), (1e-4, 2), (1e-3, 0), (1e-3, 1), (1e-3, 2)]
+    zipped = members({"ratio": [1e-4, 1e-3], "seed": [5, 6]}, product=False)
+    assert zipped == [{"ratio": 1e-4, "seed": 5}, {"ratio": 1e-3, "seed": 6}]
+
+
+@pytest.mark.parametrize(
+    ("axes", "product", "config", "match"),
+    [
+        ({}, True, SMALL, "`axes` is empty"),
+        ({"style_weight": []}, True, SMALL, r"`axes\['style_weight'\]` is empty"),
+        ({"alpha": [1]}, True, SMALL, "unknown axis 'alpha'; valid axes are content_weight, style_weight, ratio"),
+        ({"ratio": [1, 2], "seed": [1]}, False, SMALL.replace(init="noise"), "same length, got lengths"),
+        ({"style_layers": [("relu1_1",), ("relu9_1",)]}, True, SMALL, "`style_layers` has unknown layer 'relu9_1'"),
+        ({"style_layers": [()]}, True, SMALL, "empty layer set"),
+        ({"style_weight": [1.0, -2.0]}, True, SMALL, "`style_weight` must be a finite number >= 0, got -2.0"),
+        ({"tv_weight": [float("nan")]}, True, SMALL, "`tv_weight` must be a finite number >= 0"),
+        ({"ratio": [0.0]}, True, SMALL, "`ratio` must be a finite number > 0, got 0.0"),
+        ({"ratio": [1e-3], "style_weight": [1.0]}, True, SMALL, "both 'ratio' and 'style_weight'"),
+        ({"seed": [0, 1]}, True, SMALL, "sweeps 'seed' but `init` is 'content'"),
+        ({"layer_weights": [(1.0, 2.0)]}, True, SMALL, "`layer_weights` has 2 values for 5 style layers"),
+        ({"style_weight": [1.0]}, True, SMALL.replace(box="clip"), "`box` 'clip' is not available in sweeps"),
+        ({"style_weight": "1,2"}, True, SMALL, "must be a list of values"),
+    ],
+)
+def test_bad_sweeps_fail_before_any_compilation(axes, product, config, match):
+    with pytest.raises(ValueError, match=match):
+        check_axes(config, axes, product)
+
+
+def test_batched_run_matches_independent_runs(real_params, pictures):
+    content, style, _ = pictures
+    axes = {"style_layers": [("relu1_1",), ("relu1_1", "relu2_1", "relu3_1")], "ratio": [1e-4, 1e-2]}
+    batched = sweep(content, style, SMALL, axes, params=real_params)
+    assert batched.losses.shape == (4,) and batched.images.shape == (4, 32, 40, 3)
+    assert (batched.steps == SMALL.num_steps).all()
+    for i, member in enumerate(members(axes)):
+        alone = sweep(content, style, SMALL, {k: [v] for k, v in member.items()}, params=real_params)
+        # Same algorithm, same settings; only the batched convolutions' rounding differs.
+        np.testing.assert_allclose(batched.losses[i], alone.losses[0], rtol=2e-3)
+        np.testing.assert_allclose(batched.images[i], alone.images[0], atol=2e-2)
+    # Layers outside a member's set carry zero weight: their weighted terms vanish.
+    assert batched.terms[0]["style/relu2_1"] == 0.0 and batched.terms[0]["style/relu1_1"] > 0
+    assert batched.layer_losses[0]["style/relu2_1"] > 0  # measured, unweighted
+    assert batched.settings[1] == {"style_layers": ["relu1_1"], "ratio": 1e-2}
+
+
+def test_sweep_optimises_every_member_and_counts_evaluations(real_params, pictures):
+    content, style, _ = pictures
+    result = sweep(content, style, SMALL, {"style_weight": [1e2, 1e4]}, params=real_params)
+    start = sweep(content, style, SMALL.replace(num_steps=0), {"style_weight": [1e2, 1e4]}, params=real_params)
+    assert (result.losses < 0.5 * start.losses).all()
+    assert (result.evals >= result.steps + 1).all() and result.iterations >= SMALL.num_steps
+    assert result.iterations <= 2 * SMALL.num_steps
+    assert start.iterations == 0 and (start.steps == 0).all()
+
+
+def test_swept_styles_match_runs_with_each_style(real_params, pictures):
+    content, style_a, style_b = pictures
+    both = sweep(content, None, SMALL, {"style": {"a": style_a, "b": style_b}}, params=real_params)
+    assert [s["style"] for s in both.settings] == ["a", "b"]
+    for i, style in enumerate((style_a, style_b)):
+        alone = sweep(content, style, SMALL, {"style_weight": [SMALL.style_weight]}, params=real_params)
+        np.testing.assert_allclose(both.losses[i], alone.losses[0], rtol=2e-3)
+
+
+def test_noise_seeds_and_adam(real_params, pictures):
+    content, style, _ = pictures
+    config = SMALL.replace(init="noise", optimizer="adam", num_steps=6)
+    result = sweep(content, style, config, {"seed": [0, 1, 0]}, params=real_params)
+    np.testing.assert_allclose(result.images[0], result.images[2], atol=1e-6)
+    assert np.abs(result.images[0] - result.images[1]).max() > 0.1
+    assert (result.steps == 6).all() and (result.evals == 7).all()
+
+
+def test_batches_run_in_turn_and_too_large_a_batch_is_refused(real_params, pictures, monkeypatch):
+    content, style, _ = pictures
+    axes = {"style_weight": [1e2, 1e3, 1e4]}
+    whole = sweep(content, style, SMALL, axes, params=real_params)
+    parts = sweep(content, style, SMALL, axes, params=real_params, batch_size=2)
+    assert parts.batch_size == 2
+    np.testing.assert_allclose(parts.losses, whole.losses, rtol=2e-3)
+    monkeypatch.setattr(sweep_module, "available_memory", lambda device: 1 << 20)
+    with pytest.raises(MemoryLimitError, match=r"`batch_size` 2 needs about .* GiB per device, more than 80% of"):
+        sweep(content, style, SMALL, axes, params=real_params, batch_size=2)
+
+
+def test_auto_batch_size_halves_until_it_fits(real_params, pictures, monkeypatch):
+    content, style, _ = pictures
+    measure = sweep_module._program_bytes
+    needed = []
+    monkeypatch.setattr(sweep_module, "_program_bytes", lambda compiled: needed.append(measure(compiled)) or needed[-1])
+    config, axes = SMALL.replace(num_steps=1), {"style_weight": [1, 2, 3, 4]}
+    assert sweep(content, style, config, axes, params=real_params).batch_size == 4
+    four = max(needed)
+    needed.clear()
+    assert sweep(content, style, config, axes, params=real_params, batch_size=2).batch_size == 2
+    two = max(needed)
+    assert two < four
+    monkeypatch.setattr(sweep_module, "available_memory", lambda device: int((two + four) / 2 / 0.8))
+    result = sweep(content, style, config, axes, params=real_params)
+    assert result.batch_size == 2 and len(result.losses) == 4
+
+
+def test_save_sweep_writes_images_json_and_a_labelled_grid(tmp_path, real_params, pictures):
+    content, style, _ = pictures
+    axes = {"style_layers": [("relu1_1",), ("relu1_1", "relu2_1")], "ratio": [1e-4, 1e-3, 1e-2]}
+    result = sweep(content, style, SMALL.replace(num_steps=2), axes, params=real_params)
+    path = save_sweep(tmp_path / "out", result, SMALL, content="c.png")
+    data = json.loads(path.read_text())
+    assert data["content"] == "c.png" and data["axes"]["ratio"] == [1e-4, 1e-3, 1e-2]
+    assert [m["file"] for m in data["members"]][:2] == [
+        "000_style_layers=relu1_1_ratio=0.0001.png",
+        "001_style_layers=relu1_1_ratio=0.001.png",
+    ]
+    first = data["members"][0]
+    assert set(first) >= {"settings", "loss", "terms", "layer_losses", "steps", "evals"}
+    assert first["steps"] == 2
+    for member in data["members"]:
+        with Image.open(tmp_path / "out" / member["file"]) as image:
+            assert image.size == (40, 32)
+    with Image.open(tmp_path / "out" / "grid.png") as grid:
+        assert grid.width > 3 * 40 and grid.height > 2 * 32
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
+
+
+def test_contact_sheet_places_tiles_and_checks_counts():
+    tiles = [np.full((10, 12, 3), v, np.float32) for v in (0.0, 0.25, 0.5, 1.0)]
+    sheet = contact_sheet(tiles, ["a", "b"], ["x", "y"], row_title="rows", column_title="cols")
+    assert sheet.shape[2] == 3 and sheet.shape[0] > 20 and sheet.shape[1] > 24
+    with pytest.raises(ValueError, match="`images` has 4 images for 3 rows x 2 columns"):
+        contact_sheet(tiles, ["a", "b", "c"], ["x", "y"])
+
+
+_SHARDED = """
+import jax, numpy as np
+from nst_jax import StyleConfig, load_params, samples
+from nst_jax.sweep import sweep
+assert len(jax.devices()) == 4, jax.devices()
+params, _ = load_params()
+content, style = samples.village(24, 24), samples.swirls(24, 24)
+config = StyleConfig(num_steps=6)
+axes = {"style_weight": [1e2, 1e3, 1e4, 3e3, 5e2]}
+sharded = sweep(content, style, config, axes, params=params)
+single = sweep(content, style, config, axes, params=params, devices=jax.devices()[:1])
+assert sharded.batch_size == 8 and single.batch_size == 5, (sharded.batch_size, single.batch_size)
+np.testing.assert_allclose(sharded.losses, single.losses, rtol=2e-4)  # per-device batches of 2 vs one of 5
+np.testing.assert_allclose(sharded.images, single.images, atol=2e-3)
+print("ok")
+"""
+
+
+def test_sharded_over_four_devices_equals_one_device(real_params):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_SHARDED)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_cli_sweep(tmp_path, capsys, real_params):
+    from nst_jax import cli, save_image
+
+    content, style_a, style_b = tmp_path / "c.png", tmp_path / "a.png", tmp_path / "b.png"
+    save_image(content, samples.village(24, 32))
+    save_image(style_a, samples.swirls(24, 32))
+    save_image(style_b, samples.swirls(32, 24))
+    out = tmp_path / "out"
+    argv = ["sweep", str(content), str(style_a), str(style_b), "-o", str(out), "--size", "32", "--steps", "3", "-q"]
+    assert cli.main([*argv, "--vary", "style_weight=1e2,1e4"]) == 0
+    data = json.loads((out / "sweep.json").read_text())
+    assert [m["settings"] for m in data["members"]] == [
+        {"style_weight": 100.0, "style": "a"},
+        {"style_weight": 100.0, "style": "b"},
+        {"style_weight": 10000.0, "style": "a"},
+        {"style_weight": 10000.0, "style": "b"},
+    ]
+    assert (out / "grid.png").exists() and len(list(out.glob("0*.png"))) == 4
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--vary", "alpha=1,2"], "--vary has unknown axis 'alpha'; valid axes are content_weight"),
+        (["--vary", "ratio"], "--vary must look like NAME=V1,V2"),
+        (["--vary", "ratio=a,b"], "--vary ratio: cannot read 'a,b'"),
+        (["--vary", "style_layers=relu1_1,relu1_1+relu7_1"], "`style_layers` has unknown layer 'relu7_1'"),
+        (["--vary", "style_weight=-1,2"], "`style_weight` must be a finite number >= 0, got -1.0"),
+        ([], "nothing to sweep"),
+        (["--vary", "ratio=1e-3", "--vary", "ratio=1e-2"], "--vary names an axis twice"),
+    ],
+)
+def test_cli_sweep_mistakes_are_one_line(tmp_path, capsys, extra, match):
+    from nst_jax import cli, save_image
+
+    content = tmp_path / "c.png"
+    save_image(content, samples.village(16, 16))
+    out = tmp_path / "out"
+    assert cli.main(["sweep", str(content), str(content), "-o", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and match in err, err
+    assert not out.exists()
+
+
+def test_compiled_once_for_repeated_sweeps(real_params):
+    content, style = samples.village(24, 28), samples.swirls(24, 28)  # a shape no other test compiles
+    compiles = []
+
+    def listener(event, seconds, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(seconds)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        sweep(content, style, SMALL.replace(num_steps=1), {"style_weight": [1, 2]}, params=real_params)
+        first = len(compiles)
+        sweep(content, style, SMALL.replace(num_steps=2), {"style_weight": [3, 4]}, params=real_params)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert first > 0 and len(compiles) == first
