@@ -67,6 +67,7 @@ class SweepResult(NamedTuple):
     evals: np.ndarray  # [B] loss+gradient evaluations each member used (initial one included)
     iterations: int  # batched evaluations, summed over batches (each evaluates a whole batch)
     batch_size: int  # members per compiled batch (a multiple of the device count)
+    bytes_per_device: int  # XLA's memory analysis of the batch program: arguments + outputs + temporaries
     seconds: float  # wall time, compilation included
     axes: dict[str, list]  # the swept axes as given (style: labels), in order
     product: bool  # members are the Cartesian product of the axes (else zipped)
@@ -390,6 +391,7 @@ def sweep(
         evals=state["evals"],
         iterations=iterations,
         batch_size=size,
+        bytes_per_device=run.bytes_per_device,
         seconds=time.perf_counter() - start,
         axes=axis_labels,
         product=product,
@@ -440,6 +442,7 @@ class _BatchRunner:
         while True:
             self.programs = self._compile(size)
             needed = max(_program_bytes(p) for p in self.programs)
+            self.bytes_per_device = needed
             if limit is None or needed <= memory_fraction * limit:
                 return size
             if batch_size is not None or size <= num_devices:
@@ -576,6 +579,7 @@ def save_sweep(directory, result: SweepResult, config: StyleConfig, *, extension
             "members": records,
             "batched_evals": result.iterations,
             "batch_size": result.batch_size,
+            "bytes_per_device": result.bytes_per_device,
             "seconds": result.seconds,
             "devices": [str(d) for d in jax.devices()],
         },

@@ -41,15 +41,37 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
+def _memory_table(params, sizes) -> dict:
+    """MiB per device of the compiled batch program, by long side and batch size (nothing is run)."""
+    table = {}
+    for size in sizes:
+        h, w = fit_long_side((384, 512), size)
+        content, style = samples.village(h, w), samples.swirls(h, w)
+        config = StyleConfig(num_steps=0)
+        row = {}
+        for batch in (1, 2, 4, 8):
+            result = sweep(content, style, config, {"style_weight": [1e3] * batch}, params=params)
+            row[batch] = round(result.bytes_per_device / 2**20, 1)
+        table[f"{h}x{w}"] = row
+    return {"mib_per_device": table}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--optax-vmap-steps", type=int, default=10)
+    parser.add_argument(
+        "--memory", type=int, nargs="*", metavar="SIZE",
+        help="only print the batch program's memory (XLA memory analysis) for B = 1, 2, 4, 8 at these sizes",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     params, _ = load_params()
+    if args.memory:
+        print(json.dumps(_memory_table(params, args.memory), indent=1))
+        return
     h, w = fit_long_side((384, 512), args.size)
     content, style = samples.village(h, w), samples.swirls(h, w)
     config = StyleConfig(num_steps=args.steps, size=args.size)
