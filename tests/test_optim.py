@@ -44,7 +44,7 @@ def test_adam_descends(rng):
 
 def test_chunks_do_not_recompile(rng):
     loss, target = _quadratic(rng)
-    optimizer = optim.make_optimizer("lbfgs")
+    optimizer = optim.make_optimizer("lbfgs", memory_size=7)  # a setting no other test compiles
     state = optim.init_loop(loss, optimizer, jnp.full(target.shape, 0.5, jnp.float32))
     before = optim._run_chunk._cache_size()
     for length in (3, 5, 1, 7):
