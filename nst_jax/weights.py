@@ -185,13 +185,14 @@ def _cache_entry(sha256: str) -> Path:
     return cache_dir() / "weights" / sha256
 
 
-def load_params(path: str | os.PathLike | None = None) -> tuple[dict, WeightsInfo]:
-    """Loads VGG-19 parameters, converting and caching a PyTorch file on first use.
+def load_params(path: str | os.PathLike | None = None, format: str | None = None) -> tuple[dict, WeightsInfo]:
+    """Loads VGG-19 parameters, converting and caching a foreign weight file on first use.
 
     Args:
-      path: ``None`` for the default weights; a PyTorch checkpoint of the
-        normalised layout (converted once, cached by sha256); or an orbax
-        checkpoint directory (loaded as it is).
+      path: ``None`` for the default weights; a weight file in any format of
+        :data:`nst_jax.converters.FORMATS` (detected from its content; converted once and
+        cached by sha256); or an orbax checkpoint directory (loaded as it is).
+      format: overrides the detected format of a file.
 
     Returns:
       ``(params, info)``: the parameter pytree and where it came from.
@@ -209,11 +210,11 @@ def load_params(path: str | os.PathLike | None = None) -> tuple[dict, WeightsInf
             return restore_params(entry), WeightsInfo(str(source), digest, str(entry), converted=False)
         except ValueError:
             log.warning("cache entry %s is unreadable; converting %s again", entry, source)
-    from nst_jax.converters import load_torch_state_dict
+    from nst_jax.converters import convert
 
-    params = convert_sequential_state_dict(load_torch_state_dict(source))
-    save_params(params, entry, source=str(source), sha256=digest, format="torch-sequential")
-    log.info("converted %s -> %s", source, entry)
+    params, used = convert(source, format)
+    save_params(params, entry, source=str(source), sha256=digest, format=used)
+    log.info("converted %s (%s) -> %s", source, used, entry)
     return jax.tree.map(np.asarray, params), WeightsInfo(str(source), digest, str(entry), converted=True)
 
 

@@ -51,7 +51,9 @@ def test_missing_and_unreadable_inputs(tmp_path, capsys, images):
     _one_line_error(capsys, ["stylize", str(images[0]), str(broken), "-o", str(out)], "is not a readable image")
     _one_line_error(capsys, ["stylize", str(images[0]), str(images[1]), "-o", str(tmp_path / "out.xyz")], "'.xyz'")
     _one_line_error(capsys, ["stylize", str(images[0])], "the following arguments are required")
-    _one_line_error(capsys, ["stylize", *map(str, images), "-o", str(out), "--weights", str(broken)], "not a readable")
+    _one_line_error(
+        capsys, ["stylize", *map(str, images), "-o", str(out), "--weights", str(broken)], "unknown weight format"
+    )
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "content.png", "style.jpg"]
 

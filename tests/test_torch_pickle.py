@@ -4,6 +4,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch_files
+
 from nst_jax.converters import UnsafePickleError, load_torch_state_dict
 
 
