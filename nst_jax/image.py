@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax.config import INITS
+from nst_jax.config import COLOUR_MATCHES, INITS
 
 
 def fit_long_side(shape: tuple[int, int], size: int) -> tuple[int, int]:
@@ -50,3 +50,77 @@ def initial_image(init: str | np.ndarray, content: jax.Array, style: jax.Array |
             raise ValueError("`init` is 'style' but there is no style image")
         init = style
     return resize(jnp.asarray(init, jnp.float32), shape)
+
+
+# Colour preservation (Gatys, Bethge, Hertzmann, Shechtman, "Preserving Color in Neural Artistic
+# Style Transfer", 2016). YIQ as in the paper (NTSC matrix).
+_RGB_TO_YIQ = np.array(
+    [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]], np.float32
+)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+
+
+def rgb_to_yiq(image: jax.Array) -> jax.Array:
+    """``[h, w, 3]`` RGB -> YIQ (Y in [0, 1]; I, Q signed)."""
+    return jnp.asarray(image, jnp.float32) @ _RGB_TO_YIQ.T
+
+
+def yiq_to_rgb(image: jax.Array) -> jax.Array:
+    return jnp.asarray(image, jnp.float32) @ _YIQ_TO_RGB.T
+
+
+def luminance_image(image: jax.Array) -> jax.Array:
+    """The luminance Y as a grey RGB image (what the network sees in luminance-only transfer)."""
+    y = rgb_to_yiq(image)[..., :1]
+    return jnp.repeat(y, 3, axis=-1)
+
+
+def match_luminance(style: jax.Array, content: jax.Array) -> jax.Array:
+    """Style's luminance with the content's mean and standard deviation (the paper's eq. for L_S'), as grey RGB.
+
+    References:
+      Gatys et al. 2016, "Preserving Color...", section 2.2 (luminance-only transfer).
+    """
+    ys, yc = rgb_to_yiq(style)[..., 0], rgb_to_yiq(content)[..., 0]
+    matched = (ys - ys.mean()) * (yc.std() / jnp.maximum(ys.std(), 1e-6)) + yc.mean()
+    return jnp.repeat(matched[..., None], 3, axis=-1)
+
+
+def with_content_colour(result: jax.Array, content: jax.Array) -> jax.Array:
+    """The result's luminance with the content's I and Q channels, back in RGB, clipped to [0, 1]."""
+    y = rgb_to_yiq(result)[..., :1]
+    iq = rgb_to_yiq(content)[..., 1:]
+    return jnp.clip(yiq_to_rgb(jnp.concatenate([y, iq], axis=-1)), 0.0, 1.0)
+
+
+def _sqrt_psd(cov, inverse=False):
+    values, vectors = jnp.linalg.eigh(cov)
+    values = jnp.maximum(values, 1e-8)
+    power = -0.5 if inverse else 0.5
+    return (vectors * values**power) @ vectors.T
+
+
+def match_colour(source: jax.Array, target: jax.Array, mode: str = "cholesky") -> jax.Array:
+    """``source``'s colours moved to ``target``'s mean and covariance by an affine map ``x' = A x + b``.
+
+    ``mode="cholesky"``: ``A = L_t L_s^-1`` (``Sigma = L L^T``); ``"eigen"``: the symmetric
+    ``A = Sigma_t^(1/2) Sigma_s^(-1/2)``. ``b = mu_t - A mu_s``. Used to give the style
+    image the content's colour histogram before transfer.
+
+    References:
+      Gatys et al. 2016, "Preserving Color...", section 2.1 (colour histogram matching).
+    """
+    if mode not in COLOUR_MATCHES:
+        raise ValueError(f"`mode` must be one of {COLOUR_MATCHES}, got {mode!r}")
+    s = jnp.asarray(source, jnp.float32).reshape(-1, 3)
+    t = jnp.asarray(target, jnp.float32).reshape(-1, 3)
+    mu_s, mu_t = s.mean(0), t.mean(0)
+    eye = 1e-5 * jnp.eye(3)
+    cov_s = jnp.cov(s, rowvar=False) + eye
+    cov_t = jnp.cov(t, rowvar=False) + eye
+    if mode == "cholesky":
+        a = jnp.linalg.cholesky(cov_t) @ jnp.linalg.inv(jnp.linalg.cholesky(cov_s))
+    else:
+        a = _sqrt_psd(cov_t) @ _sqrt_psd(cov_s, inverse=True)
+    out = (s - mu_s) @ a.T + mu_t
+    return jnp.clip(out.reshape(jnp.shape(source)), 0.0, 1.0)

@@ -48,13 +48,18 @@ def style_loss(
     return sum(layer_weights[k] * style_layer_loss(features[k], target_grams[k]) for k in target_grams)
 
 
-def total_variation(image: jax.Array) -> jax.Array:
+def total_variation(image: jax.Array, circular: bool = False) -> jax.Array:
     """Mean squared difference of neighbouring pixels, summed over both directions.
 
     Not in the paper; neural-style and most later tools add it to suppress high-frequency noise.
+    ``circular=True`` also counts the pairs across the wrapped edges (for seamless tiles).
     """
-    dy = jnp.square(image[1:, :, :] - image[:-1, :, :])
-    dx = jnp.square(image[:, 1:, :] - image[:, :-1, :])
+    if circular:
+        dy = jnp.square(jnp.roll(image, -1, axis=0) - image)
+        dx = jnp.square(jnp.roll(image, -1, axis=1) - image)
+    else:
+        dy = jnp.square(image[1:, :, :] - image[:-1, :, :])
+        dx = jnp.square(image[:, 1:, :] - image[:, :-1, :])
     return jnp.mean(dy) + jnp.mean(dx)
 
 

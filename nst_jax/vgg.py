@@ -38,7 +38,7 @@ The paper's "conv4_2" means the rectified response, which is ``relu4_2`` here.
 """
 
 POOLINGS = ("avg", "max")
-PADDINGS = ("zeros", "reflect")
+PADDINGS = ("zeros", "reflect", "circular")  # circular: the image wraps around (seamless tiles)
 
 
 def check_choice(argument: str, value, choices: Sequence[str]) -> None:
@@ -110,8 +110,9 @@ class _Conv(nn.Module):
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         half = (self.size - 1) // 2
-        if self.padding == "reflect" and half:
-            x = jnp.pad(x, ((0, 0), (half, half), (half, half), (0, 0)), mode="reflect")
+        if self.padding in ("reflect", "circular") and half:
+            mode = "reflect" if self.padding == "reflect" else "wrap"
+            x = jnp.pad(x, ((0, 0), (half, half), (half, half), (0, 0)), mode=mode)
             pad = ((0, 0), (0, 0))
         else:
             pad = ((half, half), (half, half))
@@ -124,7 +125,8 @@ class VGG19(nn.Module):
     Attributes:
       pooling: ``"avg"`` (the paper: "replacing the max-pooling operation by
         average pooling improves the gradient flow") or ``"max"``.
-      padding: ``"zeros"`` (the original network's) or ``"reflect"``.
+      padding: ``"zeros"`` (the original network's), ``"reflect"``, or ``"circular"`` (every
+        convolution and pooling window wraps around: the image is a seamless tile).
     """
 
     pooling: str = "avg"
@@ -146,6 +148,9 @@ class VGG19(nn.Module):
             elif name.startswith("relu"):
                 x = nn.relu(x)
             else:
+                if self.padding == "circular":
+                    # An odd side wraps its last window around to the first row/column.
+                    x = jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0)), mode="wrap")
                 pool = nn.avg_pool if self.pooling == "avg" else nn.max_pool
                 x = pool(x, (2, 2), strides=(2, 2))
             if name in layers:

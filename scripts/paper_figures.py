@@ -1,10 +1,15 @@
-"""Re-makes the figures of Gatys et al. (2015/2016) as contact sheets, each figure one batched sweep.
+"""Re-makes the figures of Gatys et al. (2015/2016) as contact sheets.
 
-Figure 2: one photograph rendered in several styles (top row: the styles; bottom row: results).
-Figure 3: style layer sets (conv1_1, +conv2_1, ..., +conv5_1) down, alpha/beta 1e-5..1e-2 across.
+Figure 1: reconstructions from white noise: the content from relu1_1 .. relu5_1 (top row) and
+the style from the nested sets relu1_1, relu1_1..relu2_1, ..., relu1_1..relu5_1 (bottom row).
+Figure 2 and 3 are one batched sweep each. Figure 2: one photograph rendered in several
+styles (top row: the styles; bottom row: results). Figure 3: style layer sets (conv1_1,
++conv2_1, ..., +conv5_1) down, alpha/beta 1e-5..1e-2 across.
 
 The images are not part of the project; pass their paths, e.g. from ``../shared/images``:
 
+    python scripts/paper_figures.py 1 --content ../shared/images/tubingen.jpg \
+        --styles ../shared/images/starry_night.jpg -o figures/fig1
     python scripts/paper_figures.py 2 --content ../shared/images/tubingen.jpg \\
         --styles ../shared/images/{shipwreck,starry_night,the_scream,seated-nude}.jpg -o figures/fig2
     python scripts/paper_figures.py 3 --content ../shared/images/tubingen.jpg \\
@@ -38,6 +43,26 @@ def _progress(p) -> None:
     )
 
 
+def figure1(args, params) -> None:
+    from nst_jax import stylize
+
+    config = StyleConfig(size=args.size, num_steps=args.steps, init="noise")
+    content = load_image(args.content, args.size)
+    style = load_image(args.styles[0], args.size)
+    tiles = []
+    for layers in LAYER_SETS:
+        result = stylize(content, None, config.replace(content_layers=(layers[-1],)), params=params)
+        tiles.append(result.image)
+        print(f"  content from {layers[-1]}: loss {result.loss:.3g}", file=sys.stderr)
+    for layers in LAYER_SETS:
+        result = stylize(None, style, config.replace(style_layers=layers), params=params, shape=content.shape[:2])
+        tiles.append(result.image)
+        print(f"  style from {'+'.join(layers)}: loss {result.loss:.3g}", file=sys.stderr)
+    columns = [layers[-1].replace("relu", "conv") for layers in LAYER_SETS]
+    sheet = contact_sheet(tiles, ["content", "style (up to)"], columns, title="Figure 1: reconstructions")
+    print("wrote", save_image(Path(args.output) / "figure1.png", sheet))
+
+
 def figure2(args, params) -> None:
     config = StyleConfig(size=args.size, num_steps=args.steps)
     content = load_image(args.content, args.size)
@@ -68,7 +93,7 @@ def figure3(args, params) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("figure", type=int, choices=(2, 3))
+    parser.add_argument("figure", type=int, choices=(1, 2, 3))
     parser.add_argument("--content", required=True)
     parser.add_argument("--styles", nargs="+", required=True)
     parser.add_argument("-o", "--output", required=True, help="output directory")
@@ -77,7 +102,7 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     args = parser.parse_args(argv)
     params, _ = load_params()
-    {2: figure2, 3: figure3}[args.figure](args, params)
+    {1: figure1, 2: figure2, 3: figure3}[args.figure](args, params)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ def _np_conv(x, kernel_hwio, bias, padding):
     """Reference 'same' 3x3 (or 1x1) convolution in numpy, float64."""
     kh, kw = kernel_hwio.shape[:2]
     ph, pw = kh // 2, kw // 2
-    mode = "reflect" if padding == "reflect" else "constant"
+    mode = {"reflect": "reflect", "circular": "wrap"}.get(padding, "constant")
     xp = np.pad(x, ((ph, ph), (pw, pw), (0, 0)), mode=mode)
     h, w = x.shape[:2]
     out = np.zeros((h, w, kernel_hwio.shape[3]))
@@ -32,6 +32,8 @@ def _np_features(params, image, layers, pooling="avg", padding="zeros"):
         elif name.startswith("relu"):
             x = np.maximum(x, 0)
         else:
+            if padding == "circular":  # odd sides wrap their last window around
+                x = np.pad(x, ((0, x.shape[0] % 2), (0, x.shape[1] % 2), (0, 0)), mode="wrap")
             h, w, c = x.shape
             blocks = x[: h // 2 * 2, : w // 2 * 2].reshape(h // 2, 2, w // 2, 2, c)
             x = blocks.mean((1, 3)) if pooling == "avg" else blocks.max((1, 3))
@@ -102,7 +104,7 @@ def test_unknown_layer_is_named(tiny_params, rng):
     ("kwargs", "match"),
     [
         ({"pooling": "min"}, r"`pooling` must be one of \('avg', 'max'\), got 'min'"),
-        ({"padding": "wrap"}, r"`padding` must be one of \('zeros', 'reflect'\), got 'wrap'"),
+        ({"padding": "wrap"}, r"`padding` must be one of \('zeros', 'reflect', 'circular'\), got 'wrap'"),
     ],
 )
 def test_bad_modes(tiny_params, rng, kwargs, match):
@@ -113,3 +115,14 @@ def test_bad_modes(tiny_params, rng, kwargs, match):
 def test_bad_image_shape(tiny_params):
     with pytest.raises(ValueError, match=r"`image` must have shape \[height, width, 3\], got \(1, 8, 8, 3\)"):
         vgg.features(tiny_params, jnp.zeros((1, 8, 8, 3)), ("relu1_1",))
+
+
+def test_circular_padding_is_exactly_translation_equivariant(tiny_params, rng):
+    image = random_image(rng, 64, 48)
+    shifted = np.roll(image, (16, -32), axis=(0, 1))
+    layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    got = vgg.features(tiny_params, shifted, layers, padding="circular")
+    want = vgg.features(tiny_params, image, layers, padding="circular")
+    for layer, factor in zip(layers, (1, 2, 4, 8, 16), strict=True):
+        rolled = np.roll(np.asarray(want[layer]), (16 // factor, -32 // factor), axis=(0, 1))
+        np.testing.assert_allclose(got[layer], rolled, rtol=1e-5, atol=1e-5, err_msg=layer)

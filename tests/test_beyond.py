@@ -1,0 +1,184 @@
+"""Textures, reconstructions, colour preservation, style blends and style scale (the follow-up papers)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_image
+
+from nst_jax import StyleConfig, cli, make_objective, samples, save_image, stylize
+from nst_jax.image import match_colour, match_luminance, rgb_to_yiq, with_content_colour, yiq_to_rgb
+from nst_jax.losses import gram
+from nst_jax.stylize import prepare_styles
+from nst_jax.vgg import features
+
+TINY = StyleConfig(num_steps=6, chunk_size=3)
+
+
+def test_yiq_round_trip_and_grey_has_no_chroma(rng):
+    image = random_image(rng, 8, 8)
+    np.testing.assert_allclose(yiq_to_rgb(rgb_to_yiq(image)), image, atol=1e-5)
+    grey = np.repeat(rng.random((8, 8, 1)), 3, axis=-1).astype(np.float32)
+    yiq = np.asarray(rgb_to_yiq(grey))
+    np.testing.assert_allclose(yiq[..., 0], grey[..., 0], atol=1e-5)
+    np.testing.assert_allclose(yiq[..., 1:], 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["cholesky", "eigen"])
+def test_colour_matching_gives_the_targets_mean_and_covariance(rng, mode):
+    source = (0.2 + 0.3 * rng.random((32, 32, 3)) * np.array([1.0, 0.5, 0.8])).astype(np.float32)
+    target = (0.3 + 0.4 * rng.random((32, 32, 3)) @ np.array([[1, 0.3, 0], [0, 1, 0.2], [0.1, 0, 1]])).astype(
+        np.float32
+    )
+    target = np.clip(target, 0, 1)
+    out = np.asarray(match_colour(source, target, mode)).reshape(-1, 3).astype(np.float64)
+    t = target.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(out.mean(0), t.mean(0), atol=1e-4)
+    np.testing.assert_allclose(np.cov(out, rowvar=False), np.cov(t, rowvar=False), atol=1e-4)
+    with pytest.raises(ValueError, match=r"`mode` must be one of \('cholesky', 'eigen'\), got 'lab'"):
+        match_colour(source, target, "lab")
+
+
+def test_luminance_transfer_keeps_the_contents_chroma(rng):
+    content, style = random_image(rng, 16, 16), random_image(rng, 20, 20)
+    matched = np.asarray(match_luminance(style, content))
+    np.testing.assert_allclose(matched[..., 0], matched[..., 1])  # grey
+    y_c = np.asarray(rgb_to_yiq(content))[..., 0]
+    np.testing.assert_allclose([matched[..., 0].mean(), matched[..., 0].std()], [y_c.mean(), y_c.std()], rtol=1e-4)
+    result = np.full((16, 16, 3), 0.5, np.float32)
+    combined = np.asarray(rgb_to_yiq(with_content_colour(result, content)))
+    inside = np.all(
+        (np.asarray(with_content_colour(result, content)) > 0) & (with_content_colour(result, content) < 1), -1
+    )
+    np.testing.assert_allclose(combined[inside][:, 1:], np.asarray(rgb_to_yiq(content))[inside][:, 1:], atol=1e-5)
+
+
+def test_stylize_with_luminance_keeps_content_colours(real_params):
+    content, style = samples.village(24, 32), samples.swirls(24, 32)
+    result = stylize(content, style, TINY.replace(preserve_colour="luminance"), params=real_params)
+    out_iq = np.asarray(rgb_to_yiq(result.image))[..., 1:]
+    content_iq = np.asarray(rgb_to_yiq(content))[..., 1:]
+    inside = np.all((result.image > 0.01) & (result.image < 0.99), -1)
+    np.testing.assert_allclose(out_iq[inside], content_iq[inside], atol=2e-3)
+
+
+def test_histogram_preservation_recolours_the_style_before_transfer(rng):
+    content, style = random_image(rng, 16, 16) * 0.5, random_image(rng, 20, 20)
+    (recoloured,) = prepare_styles(style, (16, 16), StyleConfig(preserve_colour="histogram"), content=content)
+    np.testing.assert_allclose(np.asarray(recoloured).reshape(-1, 3).mean(0), content.reshape(-1, 3).mean(0), atol=1e-3)
+
+
+def test_style_blend_mixes_gram_targets(tiny_params, rng):
+    content, a, b = random_image(rng, 16, 16), random_image(rng, 20, 20), random_image(rng, 24, 16)
+    config = StyleConfig(style_layers=("relu1_1", "relu2_1"), style_blend=(3.0, 1.0))
+    mixed = make_objective(tiny_params, content, [a, b], config)
+    for layer in config.style_layers:
+        ga = gram(features(tiny_params, jnp.asarray(a), (layer,))[layer])
+        gb = gram(features(tiny_params, jnp.asarray(b), (layer,))[layer])
+        np.testing.assert_allclose(mixed.style_targets[layer], 0.75 * ga + 0.25 * gb, rtol=1e-5, atol=1e-7)
+    only_a = make_objective(tiny_params, content, [a, b], config.replace(style_blend=(1.0, 0.0)))
+    single = make_objective(tiny_params, content, a, config.replace(style_blend=None))
+    np.testing.assert_allclose(only_a.style_targets["relu2_1"], single.style_targets["relu2_1"], rtol=1e-6)
+    with pytest.raises(ValueError, match="`style_blend` has 2 weights for 3 style images"):
+        make_objective(tiny_params, content, [a, b, a], config)
+    with pytest.raises(ValueError, match="`style_blend` must be weights >= 0 with a positive sum"):
+        StyleConfig(style_blend=(0.0, 0.0))
+
+
+def test_style_scale_resizes_relative_to_the_output(rng):
+    style = random_image(rng, 40, 60)
+    (scaled,) = prepare_styles(style, (100, 200), StyleConfig(style_scale=0.5))
+    assert scaled.shape == (67, 100, 3)
+    (unchanged,) = prepare_styles(style, (100, 200), StyleConfig())
+    assert unchanged.shape == style.shape
+    with pytest.raises(ValueError, match=r"`style_scale` must be a number in \(0, 16\], got 0"):
+        StyleConfig(style_scale=0)
+
+
+def test_texture_has_the_asked_size_whatever_the_style_size(real_params):
+    style = samples.swirls(40, 24)
+    result = stylize(None, style, TINY, params=real_params, shape=(20, 36))
+    assert result.image.shape == (20, 36, 3)
+    assert result.history[-1][1] < result.history[0][1]
+
+
+def test_content_reconstruction_from_one_layer_approaches_the_image(real_params):
+    content = samples.village(24, 32)
+    config = StyleConfig(num_steps=30, content_layers=("relu1_1",), init="noise", box="penalty")
+    result = stylize(content, None, config, params=real_params)
+    start = np.abs(np.asarray(stylize(content, None, config.replace(num_steps=0), params=real_params).image) - content)
+    assert np.abs(result.image - content).mean() < 0.5 * start.mean()
+
+
+def test_cli_texture_and_reconstruct(tmp_path, real_params):
+    style, photo = tmp_path / "s.png", tmp_path / "c.png"
+    save_image(style, samples.swirls(32, 48))
+    save_image(photo, samples.village(24, 32))
+    assert (
+        cli.main(["texture", str(style), "-o", str(tmp_path / "t.png"), "--size", "40x24", "--steps", "2", "-q"]) == 0
+    )
+    from PIL import Image
+
+    with Image.open(tmp_path / "t.png") as image:
+        assert image.size == (40, 24)
+    argv = ["reconstruct", str(photo), "-o", str(tmp_path / "r.png"), "--layers", "relu2_1", "--steps", "2", "-q"]
+    assert cli.main(argv) == 0
+    argv = ["reconstruct", str(photo), "-o", str(tmp_path / "g.png"), "--from", "style", "--layers", "relu1_1,relu2_1"]
+    assert cli.main([*argv, "--steps", "2", "-q"]) == 0
+    assert (tmp_path / "r.png").exists() and (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["texture", "{s}", "-o", "{o}", "--size", "40x4"], "expected WIDTHxHEIGHT with both sides >= 16"),
+        (["texture", "{s}", "-o", "{o}", "--size", "big"], "expected WIDTHxHEIGHT (e.g. 512x384)"),
+        (["stylize", "{s}", "{s}", "-o", "{o}", "--style-blend", "1,2,3"], "`style_blend` has 3 weights for 1 style"),
+        (["stylize", "{s}", "{s}", "-o", "{o}", "--preserve-colour", "hue"], "invalid choice: 'hue'"),
+        (["reconstruct", "{s}", "-o", "{o}", "--layers", "relu9_9"], "unknown layer 'relu9_9'"),
+    ],
+)
+def test_cli_mistakes_in_the_new_commands(tmp_path, capsys, argv, match):
+    style = tmp_path / "s.png"
+    save_image(style, samples.swirls(16, 16))
+    argv = [a.replace("{s}", str(style)).replace("{o}", str(tmp_path / "out.png")) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and match in err, err
+    assert not (tmp_path / "out.png").exists()
+
+
+def _seam_and_interior(image):
+    """Mean |difference| across the wrapped seams and between interior neighbours."""
+    image = np.asarray(image, np.float64)
+    seam = np.abs(image[:, 0] - image[:, -1]).mean() + np.abs(image[0] - image[-1]).mean()
+    interior = np.abs(np.diff(image, axis=1)).mean() + np.abs(np.diff(image, axis=0)).mean()
+    return seam, interior
+
+
+def test_tileable_textures_have_no_seam(real_params):
+    style = samples.swirls(32, 32)
+    config = StyleConfig(num_steps=40, padding="circular", tv_weight=1.0, init="noise")
+    tile = stylize(None, style, config, params=real_params, shape=(32, 32)).image
+    seam, interior = _seam_and_interior(tile)
+    assert seam < 1.5 * interior, (seam, interior)
+    tiled = np.tile(tile, (2, 2, 1))  # the seams inside a 2x2 tiling look like the interior
+    middle_seam = np.abs(tiled[:, 31] - tiled[:, 32]).mean()
+    assert middle_seam < 1.5 * np.abs(np.diff(tile, axis=1)).mean()
+
+
+def test_circular_total_variation_counts_the_wrapped_pairs():
+    from nst_jax.losses import total_variation
+
+    image = np.zeros((4, 4, 3), np.float32)
+    image[:, 0] = 1.0  # a column that only differs from its right neighbour... and its wrapped left one
+    assert float(total_variation(image)) == pytest.approx(np.mean(np.ones((4, 3, 3)) * [[1], [0], [0]]) * 1.0)
+    assert float(total_variation(image, circular=True)) == pytest.approx(2 * 4 * 3 / (4 * 4 * 3))
+
+
+def test_cli_tileable_flag(tmp_path, real_params):
+    style = tmp_path / "s.png"
+    save_image(style, samples.swirls(32, 32))
+    argv = ["texture", str(style), "-o", str(tmp_path / "t.png"), "--size", "32x32", "--steps", "2", "--tileable"]
+    assert cli.main([*argv, "-q"]) == 0
+    args = cli._build_parser().parse_args([*argv[:-1], "--tileable"])
+    assert args.padding == "circular"
