@@ -5,12 +5,13 @@ batch with ``jax.vmap`` at the call site.
 """
 
 from nst_jax.config import INITS, OPTIMIZERS, StyleConfig
-from nst_jax.image import fit_long_side, initial_image, resize
+from nst_jax.image import fit_long_side, initial_image, match_colour, resize
 from nst_jax.io import load_image, save_image
 from nst_jax.losses import content_loss, gram, style_layer_loss, style_loss, total_variation
 from nst_jax.objective import Objective, default_layer_weights, make_objective
 from nst_jax.optim import LoopState, init_loop, make_optimizer, run_chunk
 from nst_jax.stylize import Progress, Result, optimize, stylize
+from nst_jax.sweep import SWEEP_AXES, SweepProgress, SweepResult, save_sweep, sweep
 from nst_jax.vgg import LAYERS, PADDINGS, POOLINGS, VGG19, features
 from nst_jax.weights import WeightsInfo, cache_dir, load_params
 
@@ -22,12 +23,15 @@ __all__ = [
     "OPTIMIZERS",
     "PADDINGS",
     "POOLINGS",
+    "SWEEP_AXES",
     "VGG19",
     "LoopState",
     "Objective",
     "Progress",
     "Result",
     "StyleConfig",
+    "SweepProgress",
+    "SweepResult",
     "WeightsInfo",
     "cache_dir",
     "content_loss",
@@ -41,12 +45,15 @@ __all__ = [
     "load_params",
     "make_objective",
     "make_optimizer",
+    "match_colour",
     "optimize",
     "resize",
     "run_chunk",
     "save_image",
+    "save_sweep",
     "style_layer_loss",
     "style_loss",
     "stylize",
+    "sweep",
     "total_variation",
 ]

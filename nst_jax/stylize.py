@@ -35,6 +35,14 @@ class Progress(NamedTuple):
     num_evals: int  # loss+gradient evaluations so far
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`optimize`; ``result`` holds the last finished chunk (a checkpoint was written if asked)."""
+
+    def __init__(self, result):
+        super().__init__("interrupted")
+        self.result = result
+
+
 class Result(NamedTuple):
     """Outcome of :func:`stylize`."""
 
@@ -57,6 +65,8 @@ def stylize(
     init: str | np.ndarray | None = None,
     callback: Callable[[Progress], bool | None] | None = None,
     shape: tuple[int, int] | None = None,
+    checkpoint: str | None = None,
+    resume: str | None = None,
 ) -> Result:
     """Optimises an image to match ``content``'s features and ``style``'s Gram matrices.
 
@@ -72,14 +82,23 @@ def stylize(
       init: overrides ``config.init`` (a name or an image array).
       callback: called between chunks with a :class:`Progress`; returning ``True`` stops.
       shape: ``(height, width)`` of the output when ``content`` is ``None``.
+      checkpoint: directory for checkpoints (every ``config.checkpoint_every`` steps, and on Ctrl-C).
+      resume: a checkpoint directory to continue from (same inputs and settings).
 
     Returns:
       A :class:`Result`.
+
+    Raises:
+      Interrupted: on Ctrl-C (a ``KeyboardInterrupt`` carrying the result so far).
     """
     if params is None:
         from nst_jax.weights import load_params
 
         params, _ = load_params(config.weights)
+    if config.scales:
+        if checkpoint or resume:
+            raise ValueError("`scales` cannot be combined with checkpoints or `resume` (each scale is a new run)")
+        return _coarse_to_fine(content, style, config, params, init, callback, shape)
     if content is None:
         if shape is None:
             raise ValueError("`shape` is needed when `content` is None")
@@ -95,10 +114,49 @@ def stylize(
         init = "noise"  # nothing else to start from
     image = initial_image(init, network_content, styles[0] if styles else None, config.seed)
     objective = make_objective(params, None if content is None else network_content, styles or None, config)
-    result = optimize(objective, image, config, callback=callback)
-    if content is not None and config.preserve_colour == "luminance":
+    recolour = content is not None and config.preserve_colour == "luminance"
+    try:
+        result = optimize(objective, image, config, callback=callback, checkpoint=checkpoint, resume=resume)
+    except Interrupted as e:
+        if recolour:
+            e.result = e.result._replace(image=np.asarray(with_content_colour(e.result.image, reference)))
+        raise
+    if recolour:
         result = result._replace(image=np.asarray(with_content_colour(result.image, reference)))
     return result
+
+
+def _coarse_to_fine(content, style, config: StyleConfig, params, init, callback, shape) -> Result:
+    """Optimises at each of ``config.scales`` in turn, each stage starting from the last one's result, upsampled.
+
+    The content (or ``shape``) gives the aspect ratio and the final resolution's image;
+    every stage sees content and styles resized to its own long side, so the style's
+    strokes keep their size relative to the image.
+
+    References:
+      Gatys, Ecker, Bethge, Hertzmann, Shechtman, "Controlling Perceptual Factors in Neural
+      Style Transfer", CVPR 2017, section 5 (coarse-to-fine).
+    """
+    final = tuple(shape) if content is None else tuple(jnp.shape(content)[:2])
+    styles = None if style is None else ([style] if getattr(style, "ndim", None) == 3 else list(style))
+    history, steps, evals, seconds, image, result = [], 0, 0, 0.0, None, None
+    for size in config.scales:
+        stage_shape = fit_long_side(final, size)
+        stage_content = None if content is None else resize(content, stage_shape)
+        stage_styles = None
+        if styles is not None:
+            stage_styles = [resize(s, fit_long_side(jnp.shape(s)[:2], size)) for s in styles]
+        stage_init = init if image is None else resize(image, stage_shape)
+        result = stylize(
+            stage_content, stage_styles, config.replace(scales=(), size=size), params=params,
+            init=stage_init, callback=callback, shape=stage_shape,
+        )  # fmt: skip
+        image = result.image
+        history += [(steps + s, loss) for s, loss in result.history]
+        steps, evals, seconds = steps + result.num_steps, evals + result.num_evals, seconds + result.seconds
+        if not result.finite:
+            break
+    return result._replace(history=history, num_steps=steps, num_evals=evals, seconds=seconds)
 
 
 def prepare_styles(style, output_shape: tuple[int, int], config: StyleConfig, content=None) -> list[jax.Array]:
@@ -138,39 +196,60 @@ def optimize(
     config: StyleConfig = StyleConfig(),
     *,
     callback: Callable[[Progress], bool | None] | None = None,
+    checkpoint: str | None = None,
+    resume: str | None = None,
 ) -> Result:
     """Runs the chunked, jitted optimisation loop on any objective ``f(image) -> (loss, aux)``.
 
-    Uses ``config.optimizer``, ``lr``, ``memory_size``, ``num_steps``,
-    ``chunk_size``, ``box`` and ``save_every`` (chunk ends fall on multiples of
-    it, so a callback can save there). ``loss`` and ``terms`` of the result are
-    those of the optimiser's image; the returned image is that image clipped to [0, 1].
+    Uses ``config.optimizer``, ``lr``, ``memory_size``, ``num_steps``, ``chunk_size``,
+    ``box``, ``save_every`` and ``checkpoint_every`` (chunk ends fall on multiples of both,
+    so a callback can save there and checkpoints land on them). ``loss`` and ``terms`` of
+    the result are those of the optimiser's image; the returned image is that image
+    clipped to [0, 1]. With ``resume``, the loop continues from that checkpoint; a resumed
+    run ends bit-identical (on CPU) to one that was never interrupted.
     """
+    from nst_jax.checkpoint import restore_checkpoint, save_checkpoint
+
     optimizer = optim.make_optimizer(config.optimizer, config.lr, config.memory_size)
     loss_fn = jax.tree_util.Partial(type(objective).value, objective)
     start = time.perf_counter()
     state = optim.init_loop(loss_fn, optimizer, jnp.clip(jnp.asarray(image, jnp.float32), 0.0, 1.0))
     history = [(0, float(state.value))]
-    while bool(state.finite) and int(state.step) < config.num_steps:
-        done = int(state.step)
-        chunk = min(config.chunk_size, config.num_steps - done)
-        if config.save_every:
-            chunk = min(chunk, config.save_every - done % config.save_every)
-        # A step with a non-finite loss is undone inside the chunk, which then ends
-        # with `finite` False: `state` always holds the last image with a finite loss.
-        state = optim.run_chunk(loss_fn, optimizer, state, chunk)
-        if bool(state.finite) and config.box == "clip":
-            clipped = optim.clip_to_box(loss_fn, state)
-            state = clipped if bool(jnp.isfinite(clipped.value)) else state._replace(finite=jnp.asarray(False))
-        history.append((int(state.step), float(state.value)))
-        if callback is not None:
-            image_in_box = jnp.clip(state.image, 0.0, 1.0)
-            seconds = time.perf_counter() - start
-            progress = Progress(
-                int(state.step), config.num_steps, float(state.value), image_in_box, seconds, int(state.num_evals)
-            )
-            if callback(progress):
-                break
+    if resume is not None:
+        state, history = restore_checkpoint(resume, state)
+    try:
+        while bool(state.finite) and int(state.step) < config.num_steps:
+            done = int(state.step)
+            chunk = min(config.chunk_size, config.num_steps - done)
+            for every in (config.save_every, config.checkpoint_every):
+                if every:
+                    chunk = min(chunk, every - done % every)
+            # A step with a non-finite loss is undone inside the chunk, which then ends
+            # with `finite` False: `state` always holds the last image with a finite loss.
+            new = optim.run_chunk(loss_fn, optimizer, state, chunk)
+            if bool(new.finite) and config.box == "clip":
+                clipped = optim.clip_to_box(loss_fn, new)
+                new = clipped if bool(jnp.isfinite(clipped.value)) else new._replace(finite=jnp.asarray(False))
+            state = new
+            history.append((int(state.step), float(state.value)))
+            if checkpoint is not None and config.checkpoint_every and int(state.step) % config.checkpoint_every == 0:
+                save_checkpoint(checkpoint, state, history)
+            if callback is not None:
+                image_in_box = jnp.clip(state.image, 0.0, 1.0)
+                seconds = time.perf_counter() - start
+                progress = Progress(
+                    int(state.step), config.num_steps, float(state.value), image_in_box, seconds, int(state.num_evals)
+                )
+                if callback(progress):
+                    break
+    except KeyboardInterrupt:
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, state, history)
+        raise Interrupted(_result(objective, state, history, start)) from None
+    return _result(objective, state, history, start)
+
+
+def _result(objective, state, history, start) -> Result:
     terms = _terms(objective, state.image)
     return Result(
         image=np.clip(np.asarray(state.image), 0.0, 1.0),

@@ -182,3 +182,79 @@ def test_cli_tileable_flag(tmp_path, real_params):
     assert cli.main([*argv, "-q"]) == 0
     args = cli._build_parser().parse_args([*argv[:-1], "--tileable"])
     assert args.padding == "circular"
+
+
+def test_coarse_to_fine_runs_every_scale_and_ends_at_the_last(real_params):
+    content, style = samples.village(48, 64), samples.swirls(30, 40)
+    stages = []
+    config = TINY.replace(scales=(32, 64))
+    result = stylize(content, style, config, params=real_params, callback=lambda p: stages.append(p.image.shape))
+    assert result.image.shape == (48, 64, 3)
+    assert {s[:2] for s in stages} == {(24, 32), (48, 64)}
+    assert result.num_steps == 2 * TINY.num_steps
+    steps = [s for s, _ in result.history]
+    assert steps == sorted(steps) and steps[-1] == 2 * TINY.num_steps
+    with pytest.raises(ValueError, match=r"`scales` must be increasing integers >= 16, got \(64, 32\)"):
+        StyleConfig(scales=(64, 32))
+
+
+def test_cli_scales_set_the_output_size(tmp_path, real_params):
+    photo, style = tmp_path / "c.png", tmp_path / "s.png"
+    save_image(photo, samples.village(48, 64))
+    save_image(style, samples.swirls(48, 64))
+    out = tmp_path / "o.png"
+    assert cli.main(["stylize", str(photo), str(style), "-o", str(out), "--scales", "24,40", "--steps", "2", "-q"]) == 0
+    from PIL import Image
+
+    with Image.open(out) as image:
+        assert image.size == (40, 30)
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(real_params, tmp_path):
+    content, style = samples.village(24, 32), samples.swirls(24, 32)
+    config = StyleConfig(num_steps=12, chunk_size=5, checkpoint_every=4)
+    whole = stylize(content, style, config, params=real_params)
+    checkpoint = str(tmp_path / "ckpt")
+    first = stylize(content, style, config, params=real_params, checkpoint=checkpoint, callback=lambda p: p.step >= 8)
+    assert first.num_steps == 8
+    resumed = stylize(content, style, config, params=real_params, checkpoint=checkpoint, resume=checkpoint)
+    np.testing.assert_array_equal(resumed.image, whole.image)
+    assert resumed.loss == whole.loss and resumed.num_evals == whole.num_evals
+    assert resumed.history == whole.history
+    with pytest.raises(
+        ValueError, match=r"`resume`: the checkpoint's image is \(24, 32, 3\), this run's is \(16, 16, 3\)"
+    ):
+        stylize(samples.village(16, 16), style, config, params=real_params, resume=checkpoint)
+    with pytest.raises(FileNotFoundError, match="`resume`: no checkpoint in"):
+        stylize(content, style, config, params=real_params, resume=str(tmp_path / "none"))
+
+
+def test_ctrl_c_saves_image_and_checkpoint_and_resume_finishes(tmp_path, monkeypatch, capsys, real_params):
+    from PIL import Image
+
+    from nst_jax import optim
+
+    photo, style = tmp_path / "c.png", tmp_path / "s.png"
+    save_image(photo, samples.village(24, 32))
+    save_image(style, samples.swirls(24, 32))
+    argv = ["stylize", str(photo), str(style), "--size", "32", "--steps", "9", "--chunk-size", "3", "-q"]
+    assert cli.main([*argv, "-o", str(tmp_path / "whole.png")]) == 0
+
+    real_run_chunk, calls = optim.run_chunk, []
+
+    def interrupted_on_the_second_chunk(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run_chunk(*args)
+
+    monkeypatch.setattr(optim, "run_chunk", interrupted_on_the_second_chunk)
+    out = tmp_path / "out.png"
+    assert cli.main([*argv, "-o", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted at step 3; saved" in err and "--resume" in err
+    assert out.exists() and (tmp_path / "out.png.ckpt" / "run.json").exists()
+    monkeypatch.setattr(optim, "run_chunk", real_run_chunk)
+    assert cli.main([*argv, "-o", str(out), "--resume", str(tmp_path / "out.png.ckpt")]) == 0
+    with Image.open(out) as a, Image.open(tmp_path / "whole.png") as b:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

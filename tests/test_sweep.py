@@ -1,3 +1,4 @@
+import importlib
 import json
 import os
 import subprocess
@@ -10,10 +11,10 @@ import pytest
 from PIL import Image
 
 from nst_jax import StyleConfig, samples
-from nst_jax import sweep as sweep_module
 from nst_jax.io import contact_sheet
 from nst_jax.sweep import MemoryLimitError, check_axes, members, save_sweep, sweep
 
+sweep_module = importlib.import_module("nst_jax.sweep")  # the module (nst_jax.sweep is the function)
 SMALL = StyleConfig(num_steps=12, chunk_size=5)
 
 
