@@ -83,6 +83,15 @@ def _build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, ...)")
     stylize.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     stylize.add_argument("--resume", metavar="DIR", help="continue from a checkpoint (OUT.ckpt of an earlier run)")
+    stylize.add_argument(
+        "--masks", metavar="IMAGE",
+        help="spatial control: a mask image of flat colours, one region per STYLE (darkest colour -> first "
+        "STYLE); a STYLE of 'none' leaves its region unstyled",
+    )  # fmt: skip
+    stylize.add_argument(
+        "--style-masks", nargs="+", metavar="IMAGE",
+        help="with --masks: one mask per STYLE, white where its Gram matrices are taken from",
+    )  # fmt: skip
     _add_config_arguments(stylize, {})
     demo = commands.add_parser("demo", help="stylise the built-in village with the built-in swirls (offline)")
     demo.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, ...)")
@@ -367,10 +376,16 @@ def _prepare(args: argparse.Namespace):
     output = Path(args.output)
     output_format(output)  # a bad extension fails now, not after the optimisation
     shape = None
+    masks = style_masks = None
     if args.command == "stylize":
         config = _config_from(args, {})
         content = load_image(args.content, config.size)
-        style = [load_image(path, config.size) for path in args.style]
+        masked = args.masks is not None
+        style = [None if masked and path == "none" else load_image(path, config.size) for path in args.style]
+        if masked:
+            masks, style_masks = _masks(args, content, style)
+        elif args.style_masks:
+            raise _UsageError("--style-masks needs --masks")
     elif args.command == "texture":
         shape = args.shape
         config = _config_from(args, {"size": max(shape), "init": "noise"})
@@ -405,10 +420,35 @@ def _prepare(args: argparse.Namespace):
     if resume is not None and config.scales:
         raise ValueError("--resume cannot be combined with --scales (each scale is a new run)")
     params, _ = load_params(config.weights)
-    return content, style, init, params, config, output, shape, resume
+    return content, style, init, params, config, output, shape, resume, masks, style_masks
 
 
-def _run(content, style, init, params, config: StyleConfig, output: Path, shape, resume, quiet: bool) -> int:
+def _masks(args, content, styles):
+    """Region masks of the output and the optional per-style masks, from the mask images."""
+    import jax
+    import numpy as np
+
+    from nst_jax.image import region_masks, resize
+    from nst_jax.io import load_image
+
+    labels = load_image(args.masks)
+    # Nearest neighbour: resampling must not invent colours between the regions'.
+    labels = np.asarray(jax.image.resize(labels, (*content.shape[:2], 3), "nearest"))
+    masks = region_masks(labels, len(styles))
+    if not args.style_masks:
+        return masks, None
+    if len(args.style_masks) != len(styles):
+        raise _UsageError(f"--style-masks has {len(args.style_masks)} images for {len(styles)} STYLE images")
+    style_masks = []
+    for path, style in zip(args.style_masks, styles, strict=True):
+        grey = load_image(path).mean(axis=-1)
+        style_masks.append(None if style is None else np.asarray(resize(grey[..., None], style.shape[:2]))[..., 0])
+    return masks, style_masks
+
+
+def _run(
+    content, style, init, params, config: StyleConfig, output: Path, shape, resume, masks, style_masks, quiet: bool
+) -> int:
     from nst_jax.io import save_image
     from nst_jax.stylize import Interrupted, stylize
 
@@ -418,7 +458,7 @@ def _run(content, style, init, params, config: StyleConfig, output: Path, shape,
     try:
         result = stylize(
             content, style, config, params=params, init=init, callback=progress, shape=shape,
-            checkpoint=checkpoint, resume=resume,
+            checkpoint=checkpoint, resume=resume, masks=masks, style_masks=style_masks,
         )  # fmt: skip
     except Interrupted as e:
         save_image(output, e.result.image)

@@ -124,3 +124,28 @@ def match_colour(source: jax.Array, target: jax.Array, mode: str = "cholesky") -
         a = _sqrt_psd(cov_t) @ _sqrt_psd(cov_s, inverse=True)
     out = (s - mu_s) @ a.T + mu_t
     return jnp.clip(out.reshape(jnp.shape(source)), 0.0, 1.0)
+
+
+def region_masks(labels: np.ndarray, count: int) -> np.ndarray:
+    """``count`` one-hot region masks ``[count, h, w]`` from a mask image of flat colours.
+
+    The regions are the ``count`` most common colours, ordered darkest to brightest (by
+    luminance); every pixel goes to the nearest of them, so anti-aliased edges are fine.
+    """
+    pixels = np.round(np.asarray(labels, np.float32).reshape(-1, 3) * 255).astype(np.int32)
+    colours, counts = np.unique(pixels, axis=0, return_counts=True)
+    if len(colours) < count:
+        raise ValueError(f"`masks` has {len(colours)} colours for {count} style images: give one region per style")
+    chosen = colours[np.argsort(-counts, kind="stable")[:count]]
+    chosen = chosen[np.argsort(chosen @ np.array([0.299, 0.587, 0.114]), kind="stable")]
+    nearest = np.argmin(((pixels[:, None, :] - chosen[None]) ** 2).sum(-1), axis=1)
+    h, w = np.shape(labels)[:2]
+    return (nearest[None, :] == np.arange(count)[:, None]).reshape(count, h, w).astype(np.float32)
+
+
+def layer_mask(mask: jax.Array, shape: tuple[int, int]) -> jax.Array:
+    """A ``[h, w]`` mask downsampled (area-averaged) to a layer's ``shape``: the 2017 paper's simple propagation."""
+    mask = jnp.asarray(mask, jnp.float32)
+    if tuple(mask.shape) == tuple(shape):
+        return mask
+    return jnp.clip(jax.image.resize(mask, shape, "linear", antialias=True), 0.0, 1.0)

@@ -29,6 +29,19 @@ def gram(features: jax.Array) -> jax.Array:
     return jnp.matmul(flat.T, flat, precision=jax.lax.Precision.HIGHEST) / (h * w)
 
 
+def masked_gram(features: jax.Array, mask: jax.Array) -> jax.Array:
+    """Guided Gram matrix ``(F * T)^T (F * T) / sum(T^2)`` of ``[h, w, c]`` features and a ``[h, w]`` mask.
+
+    References:
+      Gatys, Ecker, Bethge, Hertzmann, Shechtman, "Controlling Perceptual Factors in Neural
+      Style Transfer", CVPR 2017, eq. 4 (normalised by the region's size, as :func:`gram` is by M).
+    """
+    h, w, c = features.shape
+    weights = mask.reshape(h * w, 1)
+    flat = features.reshape(h * w, c) * weights
+    return jnp.matmul(flat.T, flat, precision=jax.lax.Precision.HIGHEST) / jnp.maximum(jnp.sum(weights**2), 1e-6)
+
+
 def content_loss(features: jax.Array, target: jax.Array) -> jax.Array:
     """Mean squared difference of feature maps (the paper's eq. 1 up to the factor 2/(N M))."""
     return jnp.mean(jnp.square(features - target))

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from nst_jax import losses, vgg
 from nst_jax.config import StyleConfig
+from nst_jax.image import layer_mask
 
 
 def _check_image(argument: str, image) -> jax.Array:
@@ -43,6 +44,10 @@ class Objective:
     layer_weights: dict  # style layer -> weight
     tv_weight: jax.Array
     box_weight: jax.Array
+    # Spatial control (Gatys et al. CVPR 2017): with masks, each style target is [R, c, c]
+    # (one guided Gram matrix per region) and style_masks[layer] is [R, h_l, w_l].
+    style_masks: dict | None = None
+    region_weights: jax.Array | None = None  # [R]: each region's share of the image (0: no style there)
     pooling: str = flax.struct.field(pytree_node=False, default="avg")
     padding: str = flax.struct.field(pytree_node=False, default="zeros")
 
@@ -54,7 +59,12 @@ class Objective:
             aux[f"content/{layer}"] = self.content_weight * losses.content_loss(feats[layer], target)
         for layer, target in self.style_targets.items():
             weight = self.style_weight * self.layer_weights[layer]
-            aux[f"style/{layer}"] = weight * losses.style_layer_loss(feats[layer], target)
+            if self.style_masks is None:
+                loss = losses.style_layer_loss(feats[layer], target)
+            else:
+                region_loss = lambda mask, a, f=feats[layer]: jnp.mean(jnp.square(losses.masked_gram(f, mask) - a))
+                loss = jnp.sum(self.region_weights * jax.vmap(region_loss)(self.style_masks[layer], target))
+            aux[f"style/{layer}"] = weight * loss
         aux["tv"] = self.tv_weight * losses.total_variation(image, circular=self.padding == "circular")
         aux["box"] = self.box_weight * losses.box_penalty(image)
         return sum(aux.values()), aux
@@ -88,6 +98,9 @@ def make_objective(
     content: jax.Array | None,
     style: jax.Array | None,
     config: StyleConfig = StyleConfig(),
+    *,
+    masks: jax.Array | None = None,
+    style_masks=None,
 ) -> Objective:
     """Computes the targets once and returns the pure objective.
 
@@ -98,6 +111,11 @@ def make_objective(
         (their Gram targets are mixed by ``config.style_blend``, equal weights by default), or
         ``None`` for no style loss.
       config: layers, weights, pooling and padding (other fields are ignored).
+      masks: ``[R, h, w]`` region masks of the output (spatial control): region r takes its
+        style from ``style[r]`` (a sequence of R images; ``None`` entries leave a region
+        without style), through guided Gram matrices.
+      style_masks: optional sequence of R ``[h', w']`` masks choosing the part of each style
+        image its Gram matrices come from (``None``: the whole image).
 
     Returns:
       An :class:`Objective`; ``objective(image)`` is pure, jit-compatible,
@@ -110,12 +128,14 @@ def make_objective(
     style_layers = config.style_layers if style is not None else ()
     if not content_layers and not style_layers:
         raise ValueError("`content` and `style` are both None (or have no layers): there is nothing to match")
-    layer_weights = config.layer_weights or default_layer_weights(style_layers)
     content_targets, style_targets = {}, {}
     if content_layers:
         content_targets = dict(
             _jit_features(params, _check_image("content", content), content_layers, config.pooling, config.padding)
         )
+    if style_layers and masks is not None:
+        shape = content.shape[:2] if content is not None else masks.shape[1:]
+        return _with_masks(params, content_targets, style, masks, style_masks, shape, style_layers, config)
     if style_layers:
         styles = [style] if _is_one_image(style) else list(style)
         blend = _blend_weights(config.style_blend, len(styles))
@@ -125,6 +145,11 @@ def make_objective(
             for layer in style_layers:
                 gram = weight * _gram_jit(feats[layer])
                 style_targets[layer] = gram if i == 0 else style_targets[layer] + gram
+    return _assemble(params, content_targets, style_targets, style_layers, config)
+
+
+def _assemble(params, content_targets, style_targets, style_layers, config) -> Objective:
+    layer_weights = config.layer_weights or default_layer_weights(style_layers)
     scalar = lambda x: jnp.asarray(x, jnp.float32)
     return Objective(
         params=params,
@@ -138,6 +163,42 @@ def make_objective(
         pooling=config.pooling,
         padding=config.padding,
     )
+
+
+def _with_masks(params, content_targets, style, masks, style_masks, shape, style_layers, config) -> Objective:
+    """The objective with one guided Gram target per region (Gatys et al. CVPR 2017, section 4)."""
+    masks = jnp.asarray(masks, jnp.float32)
+    styles = [style] if _is_one_image(style) else list(style)
+    if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(shape):
+        raise ValueError(f"`masks` must be [regions, {shape[0]}, {shape[1]}] (the output's size), got {masks.shape}")
+    if len(styles) != masks.shape[0]:
+        raise ValueError(f"`masks` has {masks.shape[0]} regions for {len(styles)} style images: give one per region")
+    if config.style_blend is not None:
+        raise ValueError("`style_blend` cannot be combined with `masks`: each region has its own style")
+    style_masks = [None] * len(styles) if style_masks is None else list(style_masks)
+    if len(style_masks) != len(styles):
+        raise ValueError(f"`style_masks` has {len(style_masks)} masks for {len(styles)} style images")
+    probe = jax.eval_shape(
+        lambda x: vgg.features(params, x, style_layers, pooling=config.pooling, padding=config.padding),
+        jax.ShapeDtypeStruct((*shape, 3), jnp.float32),
+    )
+    output_masks = {layer: jnp.stack([layer_mask(m, probe[layer].shape[:2]) for m in masks]) for layer in style_layers}
+    targets = {layer: [] for layer in style_layers}
+    for i, (image, mask) in enumerate(zip(styles, style_masks, strict=True)):
+        if image is None:
+            for layer in style_layers:
+                channels = probe[layer].shape[-1]
+                targets[layer].append(jnp.zeros((channels, channels), jnp.float32))
+            continue
+        image = _check_image(f"style[{i}]", image)
+        feats = _jit_features(params, image, style_layers, config.pooling, config.padding)
+        for layer in style_layers:
+            guide = jnp.ones(feats[layer].shape[:2]) if mask is None else layer_mask(mask, feats[layer].shape[:2])
+            targets[layer].append(losses.masked_gram(feats[layer], guide))
+    area = masks.reshape(masks.shape[0], -1).mean(axis=1)
+    styled = jnp.asarray([image is not None for image in styles], jnp.float32)
+    base = _assemble(params, content_targets, {k: jnp.stack(v) for k, v in targets.items()}, style_layers, config)
+    return base.replace(style_masks=output_masks, region_weights=area * styled)
 
 
 def _is_one_image(style) -> bool:

@@ -67,6 +67,8 @@ def stylize(
     shape: tuple[int, int] | None = None,
     checkpoint: str | None = None,
     resume: str | None = None,
+    masks: jax.Array | None = None,
+    style_masks=None,
 ) -> Result:
     """Optimises an image to match ``content``'s features and ``style``'s Gram matrices.
 
@@ -84,6 +86,8 @@ def stylize(
       shape: ``(height, width)`` of the output when ``content`` is ``None``.
       checkpoint: directory for checkpoints (every ``config.checkpoint_every`` steps, and on Ctrl-C).
       resume: a checkpoint directory to continue from (same inputs and settings).
+      masks, style_masks: spatial control (see :func:`~nst_jax.objective.make_objective`):
+        ``[R, h, w]`` output regions, each styled by ``style[r]`` (``None``: no style there).
 
     Returns:
       A :class:`Result`.
@@ -96,6 +100,8 @@ def stylize(
 
         params, _ = load_params(config.weights)
     if config.scales:
+        if masks is not None:
+            raise ValueError("`scales` cannot be combined with `masks` yet")
         if checkpoint or resume:
             raise ValueError("`scales` cannot be combined with checkpoints or `resume` (each scale is a new run)")
         return _coarse_to_fine(content, style, config, params, init, callback, shape)
@@ -112,8 +118,12 @@ def stylize(
     init = config.init if init is None else init
     if content is None and isinstance(init, str) and init == "content":
         init = "noise"  # nothing else to start from
-    image = initial_image(init, network_content, styles[0] if styles else None, config.seed)
-    objective = make_objective(params, None if content is None else network_content, styles or None, config)
+    first_style = next((s for s in styles if s is not None), None)
+    image = initial_image(init, network_content, first_style, config.seed)
+    objective = make_objective(
+        params, None if content is None else network_content, styles or None, config,
+        masks=masks, style_masks=style_masks,
+    )  # fmt: skip
     recolour = content is not None and config.preserve_colour == "luminance"
     try:
         result = optimize(objective, image, config, callback=callback, checkpoint=checkpoint, resume=resume)
@@ -172,6 +182,9 @@ def prepare_styles(style, output_shape: tuple[int, int], config: StyleConfig, co
     styles = [style] if getattr(style, "ndim", None) == 3 else list(style)
     out = []
     for image in styles:
+        if image is None:  # a region without style (spatial control)
+            out.append(None)
+            continue
         image = jnp.asarray(image, jnp.float32)
         if config.style_scale != 1.0:
             image = resize(

@@ -4,6 +4,7 @@ texture:  textures synthesised from the style at two output sizes (style only, f
 colour:   no preservation / luminance-only / histogram (Cholesky) / histogram (eigen)
 blend:    two styles mixed 1:0, 0.7:0.3, 0.3:0.7, 0:1 (Gram targets mixed)
 scale:    style_scale 0.5, 1, 2
+tile:     a seamless texture (--tileable) and its 2x2 tiling
 
     python scripts/feature_figures.py colour --content ../shared/images/tubingen.jpg \\
         --styles ../shared/images/the_scream.jpg -o figures/colour
@@ -33,7 +34,7 @@ def _run(label, content, style, config, params, **kwargs):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("figure", choices=("texture", "colour", "blend", "scale"))
+    parser.add_argument("figure", choices=("texture", "colour", "blend", "scale", "tile"))
     parser.add_argument("--content")
     parser.add_argument("--styles", nargs="+")
     parser.add_argument("-o", "--output", required=True)
@@ -64,6 +65,14 @@ def main(argv=None) -> None:
         blends = [(1.0, 0.0), (0.7, 0.3), (0.3, 0.7), (0.0, 1.0)]
         tiles = [_run(f"blend {b}", content, styles[:2], config.replace(style_blend=b), params) for b in blends]
         rows, columns = [""], [f"{a:g} : {b:g}" for a, b in blends]
+    elif args.figure == "tile":
+        import numpy as np
+
+        side = args.size // 2
+        tile = _run("tile", None, styles[0], config.replace(padding="circular"), params, shape=(side, side))
+        plain = _run("plain", None, styles[0], config, params, shape=(side, side))
+        tiles = [np.tile(plain, (2, 2, 1)), np.tile(tile, (2, 2, 1))]
+        rows, columns = [""], ["2x2 tiling, zeros padding", "2x2 tiling, --tileable"]
     else:
         scales = (0.5, 1.0, 2.0)
         tiles = [_run(f"scale {s}", content, styles[0], config.replace(style_scale=s), params) for s in scales]

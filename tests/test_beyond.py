@@ -258,3 +258,71 @@ def test_ctrl_c_saves_image_and_checkpoint_and_resume_finishes(tmp_path, monkeyp
     assert cli.main([*argv, "-o", str(out), "--resume", str(tmp_path / "out.png.ckpt")]) == 0
     with Image.open(out) as a, Image.open(tmp_path / "whole.png") as b:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_masked_gram_with_a_full_mask_is_the_gram(rng):
+    from nst_jax.losses import masked_gram
+
+    feats = jnp.asarray(rng.random((6, 5, 4)), jnp.float32)
+    np.testing.assert_allclose(masked_gram(feats, jnp.ones((6, 5))), gram(feats), rtol=1e-6)
+    half = np.zeros((6, 5), np.float32)
+    half[:3] = 1
+    np.testing.assert_allclose(masked_gram(feats, half), gram(feats[:3]), rtol=1e-6)
+
+
+def test_region_masks_order_dark_to_bright_and_absorb_antialiasing():
+    from nst_jax.image import region_masks
+
+    labels = np.zeros((4, 6, 3), np.float32)
+    labels[:, 3:] = [1.0, 1.0, 1.0]
+    labels[:, 2] = [0.1, 0.1, 0.1]  # an anti-aliased edge, nearer to black
+    masks = region_masks(labels, 2)
+    np.testing.assert_array_equal(masks[0][:, :3], 1)
+    np.testing.assert_array_equal(masks[1][:, 3:], 1)
+    with pytest.raises(ValueError, match="`masks` has 3 colours for 4 style images"):
+        region_masks(labels, 4)
+
+
+def test_one_full_region_is_the_unmasked_objective(real_params, rng):
+    content, style = samples.village(24, 32), samples.swirls(24, 32)
+    image = jnp.asarray(random_image(rng, 24, 32))
+    plain = make_objective(real_params, content, style, StyleConfig())
+    masked = make_objective(real_params, content, [style], StyleConfig(), masks=np.ones((1, 24, 32), np.float32))
+    np.testing.assert_allclose(masked(image)[0], plain(image)[0], rtol=1e-5)
+    with pytest.raises(ValueError, match="`masks` has 1 regions for 2 style images"):
+        make_objective(real_params, content, [style, style], StyleConfig(), masks=np.ones((1, 24, 32)))
+
+
+def test_spatial_control_styles_only_its_region(real_params):
+    content, style = samples.village(32, 48), samples.swirls(32, 48)
+    masks = np.zeros((2, 32, 48), np.float32)
+    masks[0, :, :24], masks[1, :, 24:] = 1, 1
+    config = StyleConfig(num_steps=30, style_weight=1e4)
+    result = stylize(content, [style, None], config, params=real_params, masks=masks)
+    change = np.abs(result.image - content).mean(axis=(0, 2))
+    assert change[:20].mean() > 2 * change[28:].mean()
+
+
+def test_cli_masks(tmp_path, capsys, real_params):
+    photo, style, mask = tmp_path / "c.png", tmp_path / "s.png", tmp_path / "m.png"
+    save_image(photo, samples.village(24, 32))
+    save_image(style, samples.swirls(24, 32))
+    labels = np.zeros((24, 32, 3), np.float32)
+    labels[:, 16:] = 1
+    save_image(mask, labels)
+    argv = ["stylize", str(photo), str(style), "none", "-o", str(tmp_path / "o.png"), "--masks", str(mask)]
+    assert cli.main([*argv, "--steps", "2", "--size", "32", "-q"]) == 0
+    bad = [
+        "stylize",
+        str(photo),
+        str(style),
+        str(style),
+        str(style),
+        "-o",
+        str(tmp_path / "x.png"),
+        "--masks",
+        str(mask),
+    ]
+    assert cli.main(bad) == 2
+    assert "`masks` has 2 colours for 3 style images" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
