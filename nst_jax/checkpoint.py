@@ -21,8 +21,12 @@ _STATE = "state"
 _RUN = "run.json"
 
 
-def save_checkpoint(directory: str | os.PathLike, state, history: list[tuple[int, float]]) -> Path:
-    """Writes ``state`` (any pytree of arrays) and ``history`` atomically to ``directory``."""
+def write_directory(directory: str | os.PathLike, pytree, name: str, metadata: dict) -> Path:
+    """Writes ``pytree`` (orbax, in ``directory/name``) and ``metadata`` (JSON) so ``directory`` appears whole.
+
+    Everything is written to a staging directory beside ``directory`` and renamed into place;
+    an existing ``directory`` is moved aside first and removed only after the rename.
+    """
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()
@@ -30,9 +34,9 @@ def save_checkpoint(directory: str | os.PathLike, state, history: list[tuple[int
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(staging / _STATE, jax.tree.map(np.asarray, state))
-        run = {"history": [[int(s), float(v)] for s, v in history], "image_shape": list(np.shape(state.image))}
-        (staging / _RUN).write_text(json.dumps(run))
+            checkpointer.save(staging / name, jax.tree.map(np.asarray, pytree))
+        for file, data in metadata.items():
+            (staging / file).write_text(json.dumps(data, indent=1, sort_keys=True))
         old = None
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
@@ -44,6 +48,12 @@ def save_checkpoint(directory: str | os.PathLike, state, history: list[tuple[int
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def save_checkpoint(directory: str | os.PathLike, state, history: list[tuple[int, float]]) -> Path:
+    """Writes ``state`` (any pytree of arrays) and ``history`` atomically to ``directory``."""
+    run = {"history": [[int(s), float(v)] for s, v in history], "image_shape": list(np.shape(state.image))}
+    return write_directory(directory, state, _STATE, {_RUN: run})
 
 
 def restore_checkpoint(directory: str | os.PathLike, like) -> tuple[object, list[tuple[int, float]]]:

@@ -15,11 +15,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
-import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jax
@@ -143,21 +140,9 @@ def save_params(params, directory: str | os.PathLike, **metadata) -> Path:
 
     The directory appears whole or not at all (written beside it, then renamed).
     """
-    import orbax.checkpoint as ocp
+    from nst_jax.checkpoint import write_directory
 
-    directory = Path(directory).absolute()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(staging / _PARAMS_DIR, jax.tree.map(np.asarray, params))
-        (staging / _SOURCE_JSON).write_text(json.dumps(metadata, indent=2, sort_keys=True))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory
+    return write_directory(directory, params, _PARAMS_DIR, {_SOURCE_JSON: metadata})
 
 
 def restore_params(directory: str | os.PathLike) -> dict:
