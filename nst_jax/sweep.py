@@ -29,6 +29,7 @@ from nst_jax import lbfgs, optim, vgg
 from nst_jax.config import StyleConfig
 from nst_jax.image import initial_image
 from nst_jax.objective import Objective, default_layer_weights, make_objective, paper_weights
+from nst_jax.stylize import prepare_styles
 
 # What a sweep can vary. "ratio" is content_weight / style_weight (the paper's alpha/beta in
 # this library's normalisation: the default 1/1e3 = 1e-3 gives pictures like the paper's
@@ -127,8 +128,16 @@ def _member_configs(config: StyleConfig, settings: list[dict]) -> tuple[list[Sty
         )
     if config.box == "clip":
         raise ValueError("`box` 'clip' is not available in sweeps; use 'penalty' (the default) or 'none'")
-    if config.save_every:
-        raise ValueError(f"`save_every` is not available in sweeps (got {config.save_every}); use 0")
+    unsupported = {
+        "save_every": config.save_every,
+        "checkpoint_every": config.checkpoint_every,
+        "scales": config.scales,
+        "style_blend": config.style_blend,
+        "preserve_colour": config.preserve_colour if config.preserve_colour == "luminance" else None,
+    }
+    for name, value in unsupported.items():
+        if value:
+            raise ValueError(f"`{name}` {value!r} is not available in sweeps; run those with stylize")
     configs = []
     for member in settings:
         changes = {k: v for k, v in member.items() if k in ("content_weight", "style_weight", "tv_weight", "seed")}
@@ -333,6 +342,12 @@ def sweep(
         params, _ = load_params(config.weights)
 
     start = time.perf_counter()
+    if content is not None:  # style_scale and histogram colour matching, as stylize applies them
+        output_shape = jnp.shape(content)[:2]
+        if styles is not None:
+            styles = [prepare_styles(s, output_shape, config, content=content)[0] for s in styles]
+        elif style is not None:
+            style = prepare_styles(style, output_shape, config, content=content)[0]
     shared = config.replace(style_layers=union, layer_weights=None)
     base = make_objective(params, content, styles[0] if styles else style, shared)
     style_batched = styles is not None

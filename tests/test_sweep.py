@@ -47,6 +47,8 @@ def test_members_are_the_product_first_axis_slowest_or_zipped():
         ({"layer_weights": [(1.0, 2.0)]}, True, SMALL, "`layer_weights` has 2 values for 5 style layers"),
         ({"style_weight": [1.0]}, True, SMALL.replace(box="clip"), "`box` 'clip' is not available in sweeps"),
         ({"style_weight": "1,2"}, True, SMALL, "must be a list of values"),
+        ({"ratio": [1e-3]}, True, SMALL.replace(scales=(16, 32)), r"`scales` \(16, 32\) is not available in sweeps"),
+        ({"ratio": [1e-3]}, True, SMALL.replace(preserve_colour="luminance"), "`preserve_colour` 'luminance' is not"),
     ],
 )
 def test_bad_sweeps_fail_before_any_compilation(axes, product, config, match):
@@ -244,3 +246,17 @@ def test_compiled_once_for_repeated_sweeps(real_params):
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert first > 0 and len(compiles) == first
+
+
+def test_style_scale_and_histogram_colour_apply_to_sweeps_as_to_stylize(real_params, pictures):
+    content, style, _ = pictures
+    config = SMALL.replace(num_steps=0, style_scale=0.5, preserve_colour="histogram")
+    swept = sweep(content, style, config, {"style_weight": [1e3]}, params=real_params)
+    plain = sweep(content, style, SMALL.replace(num_steps=0), {"style_weight": [1e3]}, params=real_params)
+    from nst_jax.objective import make_objective
+    from nst_jax.stylize import prepare_styles
+
+    prepared = prepare_styles(style, content.shape[:2], config, content=content)[0]
+    expected = make_objective(real_params, content, prepared, config)(content)[0]
+    np.testing.assert_allclose(swept.losses[0], expected, rtol=1e-4)
+    assert abs(swept.losses[0] - plain.losses[0]) > 1e-3 * plain.losses[0]
