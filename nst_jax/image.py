@@ -12,6 +12,11 @@ import numpy as np
 from nst_jax.config import COLOUR_MATCHES, INITS
 
 
+def as_images(images) -> list:
+    """One ``[h, w, 3]`` image, or a sequence of them (entries may be ``None``), as a list."""
+    return [images] if getattr(images, "ndim", None) == 3 else list(images)
+
+
 def fit_long_side(shape: tuple[int, int], size: int) -> tuple[int, int]:
     """``(height, width)`` with the long side ``size`` and the aspect ratio of ``shape``."""
     h, w = shape

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from nst_jax import losses, vgg
 from nst_jax.config import StyleConfig
-from nst_jax.image import layer_mask
+from nst_jax.image import as_images, layer_mask
 
 
 def _check_image(argument: str, image) -> jax.Array:
@@ -137,7 +137,7 @@ def make_objective(
         shape = content.shape[:2] if content is not None else masks.shape[1:]
         return _with_masks(params, content_targets, style, masks, style_masks, shape, style_layers, config)
     if style_layers:
-        styles = [style] if _is_one_image(style) else list(style)
+        styles = as_images(style)
         blend = _blend_weights(config.style_blend, len(styles))
         for i, (image, weight) in enumerate(zip(styles, blend, strict=True)):
             argument = "style" if len(styles) == 1 else f"style[{i}]"
@@ -168,7 +168,7 @@ def _assemble(params, content_targets, style_targets, style_layers, config) -> O
 def _with_masks(params, content_targets, style, masks, style_masks, shape, style_layers, config) -> Objective:
     """The objective with one guided Gram target per region (Gatys et al. CVPR 2017, section 4)."""
     masks = jnp.asarray(masks, jnp.float32)
-    styles = [style] if _is_one_image(style) else list(style)
+    styles = as_images(style)
     if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(shape):
         raise ValueError(f"`masks` must be [regions, {shape[0]}, {shape[1]}] (the output's size), got {masks.shape}")
     if len(styles) != masks.shape[0]:
@@ -199,10 +199,6 @@ def _with_masks(params, content_targets, style, masks, style_masks, shape, style
     styled = jnp.asarray([image is not None for image in styles], jnp.float32)
     base = _assemble(params, content_targets, {k: jnp.stack(v) for k, v in targets.items()}, style_layers, config)
     return base.replace(style_masks=output_masks, region_weights=area * styled)
-
-
-def _is_one_image(style) -> bool:
-    return hasattr(style, "shape") and hasattr(style, "ndim") and style.ndim == 3
 
 
 def _blend_weights(blend, count: int) -> list[float]:

@@ -13,6 +13,7 @@ import numpy as np
 from nst_jax import optim
 from nst_jax.config import StyleConfig
 from nst_jax.image import (
+    as_images,
     fit_long_side,
     initial_image,
     luminance_image,
@@ -148,7 +149,7 @@ def _coarse_to_fine(content, style, config: StyleConfig, params, init, callback,
       Style Transfer", CVPR 2017, section 5 (coarse-to-fine).
     """
     final = tuple(shape) if content is None else tuple(jnp.shape(content)[:2])
-    styles = None if style is None else ([style] if getattr(style, "ndim", None) == 3 else list(style))
+    styles = None if style is None else as_images(style)
     history, steps, evals, seconds, image, result = [], 0, 0, 0.0, None, None
     for size in config.scales:
         stage_shape = fit_long_side(final, size)
@@ -179,7 +180,7 @@ def prepare_styles(style, output_shape: tuple[int, int], config: StyleConfig, co
     """
     if style is None:
         return []
-    styles = [style] if getattr(style, "ndim", None) == 3 else list(style)
+    styles = as_images(style)
     out = []
     for image in styles:
         if image is None:  # a region without style (spatial control)
