@@ -42,3 +42,13 @@ def rng():
 
 def random_image(rng, h=32, w=32):
     return rng.random((h, w, 3)).astype(np.float32)
+
+
+def one_line_error(capsys, argv, match):
+    """Runs the CLI and checks a user mistake: exit 2 and one line ``nst-jax: error: ...`` containing ``match``."""
+    from nst_jax import cli
+
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("nst-jax: error: "), err
+    assert match in err, err

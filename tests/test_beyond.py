@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_image
+from conftest import one_line_error, random_image
 
 from nst_jax import StyleConfig, cli, make_objective, samples, save_image, stylize
 from nst_jax.image import match_colour, match_luminance, rgb_to_yiq, with_content_colour, yiq_to_rgb
@@ -141,9 +141,7 @@ def test_cli_mistakes_in_the_new_commands(tmp_path, capsys, argv, match):
     style = tmp_path / "s.png"
     save_image(style, samples.swirls(16, 16))
     argv = [a.replace("{s}", str(style)).replace("{o}", str(tmp_path / "out.png")) for a in argv]
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and match in err, err
+    one_line_error(capsys, argv, match)
     assert not (tmp_path / "out.png").exists()
 
 

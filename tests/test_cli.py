@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 from PIL import Image
 
 from nst_jax import cli, save_image
@@ -16,13 +17,6 @@ def images(tmp_path, rng):
     save_image(content, rng.random((24, 32, 3)))
     save_image(style, rng.random((30, 30, 3)))
     return content, style
-
-
-def _one_line_error(capsys, argv, match):
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("nst-jax: error: "), err
-    assert match in err, err
 
 
 @pytest.mark.parametrize(
@@ -39,19 +33,19 @@ def _one_line_error(capsys, argv, match):
 )
 def test_bad_options(tmp_path, capsys, images, extra, match):
     out = tmp_path / "out.png"
-    _one_line_error(capsys, ["stylize", str(images[0]), str(images[1]), "-o", str(out), *extra], match)
+    one_line_error(capsys, ["stylize", str(images[0]), str(images[1]), "-o", str(out), *extra], match)
     assert not out.exists()
 
 
 def test_missing_and_unreadable_inputs(tmp_path, capsys, images):
     out = tmp_path / "out.png"
-    _one_line_error(capsys, ["stylize", str(tmp_path / "nope.jpg"), str(images[1]), "-o", str(out)], "does not exist")
+    one_line_error(capsys, ["stylize", str(tmp_path / "nope.jpg"), str(images[1]), "-o", str(out)], "does not exist")
     broken = tmp_path / "broken.png"
     broken.write_text("garbage")
-    _one_line_error(capsys, ["stylize", str(images[0]), str(broken), "-o", str(out)], "is not a readable image")
-    _one_line_error(capsys, ["stylize", str(images[0]), str(images[1]), "-o", str(tmp_path / "out.xyz")], "'.xyz'")
-    _one_line_error(capsys, ["stylize", str(images[0])], "the following arguments are required")
-    _one_line_error(
+    one_line_error(capsys, ["stylize", str(images[0]), str(broken), "-o", str(out)], "is not a readable image")
+    one_line_error(capsys, ["stylize", str(images[0]), str(images[1]), "-o", str(tmp_path / "out.xyz")], "'.xyz'")
+    one_line_error(capsys, ["stylize", str(images[0])], "the following arguments are required")
+    one_line_error(
         capsys, ["stylize", *map(str, images), "-o", str(out), "--weights", str(broken)], "unknown weight format"
     )
     assert not out.exists()

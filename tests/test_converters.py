@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import weight_files
-from conftest import random_image
+from conftest import one_line_error, random_image
 
 from nst_jax import vgg
 from nst_jax.converters import FORMATS, convert, detect_format
@@ -256,12 +256,9 @@ def test_cli_convert_and_normalize(tmp_path, capsys, convs_0_255, rng, monkeypat
     ],
 )
 def test_cli_convert_mistakes_are_one_line(tmp_path, capsys, argv, match, monkeypatch):
-    from nst_jax import cli
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "junk").write_bytes(b"\x00junk" * 20)
     argv = [a.replace("{junk}", str(tmp_path / "junk")) for a in argv]
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and match in err, err
+    one_line_error(capsys, argv, match)
     assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from conftest import one_line_error
 from PIL import Image
 
 from nst_jax import StyleConfig, samples
@@ -219,14 +220,12 @@ def test_cli_sweep(tmp_path, capsys, real_params):
     ],
 )
 def test_cli_sweep_mistakes_are_one_line(tmp_path, capsys, extra, match):
-    from nst_jax import cli, save_image
+    from nst_jax import save_image
 
     content = tmp_path / "c.png"
     save_image(content, samples.village(16, 16))
     out = tmp_path / "out"
-    assert cli.main(["sweep", str(content), str(content), "-o", str(out), *extra]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and match in err, err
+    one_line_error(capsys, ["sweep", str(content), str(content), "-o", str(out), *extra], match)
     assert not out.exists()
 
 
