@@ -96,6 +96,42 @@ def _conv2d_bwd(padding, residuals, g):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def _line_conv(v: jax.Array, taps: jax.Array, mode: str) -> jax.Array:
+    """A 3-tap convolution along axis 1 of ``v`` [n, length, c] with ``taps`` [3, c, o], padded by ``mode``."""
+    length = v.shape[1]
+    padded = jnp.pad(v, ((0, 0), (1, 1), (0, 0)), mode=mode)
+    shifted = jnp.concatenate([padded[:, i : i + length] for i in range(3)], axis=-1)
+    return shifted @ taps.reshape(-1, taps.shape[-1])
+
+
+def padded_conv3x3(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
+    """A 'same' 3x3 convolution of ``x`` [n, h, w, c] whose border is padded by ``padding``.
+
+    ``"reflect"`` and ``"circular"`` are computed as the zero-padded convolution plus the
+    convolution of the one-pixel ring by which the padded input differs from the
+    zero-padded one (four thin strips: rows 0 and h-1, columns 0 and w-1 of the output).
+    Why: XLA:CPU runs a convolution without its own padding (``jnp.pad`` then a
+    'valid' convolution) about 3x slower than a padded one, which made reflect padding
+    cost 1.9x per evaluation; the strips cost about 2%.
+    """
+    same = ((1, 1), (1, 1))
+    h, w = x.shape[1:3]
+    if padding == "zeros":
+        return conv2d(x, kernel, same)
+    mode = "reflect" if padding == "reflect" else "wrap"
+    if min(h, w) < 2:  # nothing to reflect from: pad explicitly (tiny maps only)
+        return conv2d(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=mode), kernel, same)[:, 1:-1, 1:-1]
+    top, bottom = (1, h - 2) if mode == "reflect" else (h - 1, 0)  # rows that padding puts above/below
+    left, right = (1, w - 2) if mode == "reflect" else (w - 1, 0)
+    out = conv2d(x, kernel, same)
+    # The padded rows (corners included) feed output rows 0 and h-1 through kernel rows 0 and 2...
+    out = out.at[:, 0].add(_line_conv(x[:, top], kernel[0], mode))
+    out = out.at[:, -1].add(_line_conv(x[:, bottom], kernel[2], mode))
+    # ...and the padded columns (corners excluded: counted above) feed columns 0 and w-1.
+    out = out.at[:, :, 0].add(_line_conv(x[:, :, left], kernel[:, 0], "constant"))
+    return out.at[:, :, -1].add(_line_conv(x[:, :, right], kernel[:, 2], "constant"))
+
+
 class _Conv(nn.Module):
     """A convolution with ``kernel`` (HWIO) and ``bias`` parameters, as ``nn.Conv`` names them."""
 
@@ -109,14 +145,9 @@ class _Conv(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (self.size, self.size, x.shape[-1], self.features)
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        half = (self.size - 1) // 2
-        if self.padding in ("reflect", "circular") and half:
-            mode = "reflect" if self.padding == "reflect" else "wrap"
-            x = jnp.pad(x, ((0, 0), (half, half), (half, half), (0, 0)), mode=mode)
-            pad = ((0, 0), (0, 0))
-        else:
-            pad = ((half, half), (half, half))
-        return conv2d(x, kernel, pad) + bias
+        if self.size == 1:
+            return conv2d(x, kernel, ((0, 0), (0, 0))) + bias
+        return padded_conv3x3(x, kernel, self.padding) + bias
 
 
 class VGG19(nn.Module):

@@ -95,6 +95,19 @@ def test_conv2d_gradient(rng, padding):
         np.testing.assert_allclose(ours, reference, rtol=1e-10)
 
 
+@pytest.mark.parametrize("padding", vgg.PADDINGS)
+@pytest.mark.parametrize("shape", [(7, 5), (2, 3), (1, 4), (3, 1)])
+def test_padded_conv3x3_matches_explicit_padding(rng, padding, shape):
+    """The ring-corrected 'same' convolution equals np.pad + convolution, and so do its gradients."""
+    x = rng.standard_normal((2, *shape, 3))
+    k = rng.standard_normal((3, 3, 3, 4))
+    got = vgg.padded_conv3x3(jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32), padding)
+    want = np.stack([_np_conv(image, k, 0.0, padding) for image in x])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    with jax.enable_x64(True):
+        check_grads(lambda x, k: vgg.padded_conv3x3(x, k, padding), (jnp.asarray(x), jnp.asarray(k)), 1, ["rev"])
+
+
 def test_unknown_layer_is_named(tiny_params, rng):
     with pytest.raises(ValueError, match=r"`layers` has unknown layer 'conv6_1'; valid layers are conv1_1"):
         vgg.features(tiny_params, random_image(rng), ("relu1_1", "conv6_1"))
