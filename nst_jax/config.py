@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import field
 
-from nst_jax.vgg import PADDINGS, POOLINGS, check_choice, check_layers
+from nst_jax.vgg import PADDINGS, POOLINGS, PRECISIONS, check_choice, check_layers
 
 OPTIMIZERS = ("lbfgs", "adam")
 PRESERVE_COLOURS = ("none", "luminance", "histogram")
@@ -58,6 +58,14 @@ class StyleConfig:
         "zeros",
         "convolution padding: zeros (the network's own), reflect, or circular (a seamless tile; --tileable)",
         choices=PADDINGS,
+    )
+    # Not in the paper (its Caffe code ran float32). float32 is the default everywhere, GPUs
+    # included: TF32's rounding noise can make the L-BFGS line search fail.
+    precision: str = _f(
+        "highest",
+        "convolution arithmetic: highest (float32), tf32 (TensorFloat-32 on NVIDIA GPUs) or bf16 (bfloat16 "
+        "with float32 accumulation); Gram matrices and losses are always float32",
+        choices=PRECISIONS,
     )
     # Departure: the paper starts from white noise; starting from the content image
     # converges in far fewer steps and is what the authors' released code does.
@@ -123,7 +131,8 @@ class StyleConfig:
                 raise ValueError(f"`style_blend` must be weights >= 0 with a positive sum, got {self.style_blend!r}")
             object.__setattr__(self, "style_blend", blend)
         choices_of = (
-            ("pooling", POOLINGS), ("padding", PADDINGS), ("optimizer", OPTIMIZERS), ("box", BOXES),
+            ("pooling", POOLINGS), ("padding", PADDINGS), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS),
+            ("box", BOXES),
             ("preserve_colour", PRESERVE_COLOURS), ("colour_match", COLOUR_MATCHES),
         )  # fmt: skip
         for name, choices in choices_of:

@@ -50,10 +50,13 @@ class Objective:
     region_weights: jax.Array | None = None  # [R]: each region's share of the image (0: no style there)
     pooling: str = flax.struct.field(pytree_node=False, default="avg")
     padding: str = flax.struct.field(pytree_node=False, default="zeros")
+    precision: str = flax.struct.field(pytree_node=False, default="highest")
 
     def __call__(self, image: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         layers = tuple(name for name in vgg.LAYERS if name in self.content_targets or name in self.style_targets)
-        feats = vgg.features(self.params, image, layers, pooling=self.pooling, padding=self.padding)
+        feats = vgg.features(
+            self.params, image, layers, pooling=self.pooling, padding=self.padding, precision=self.precision
+        )
         aux = {}
         for layer, target in self.content_targets.items():
             aux[f"content/{layer}"] = self.content_weight * losses.content_loss(feats[layer], target)
@@ -85,12 +88,15 @@ def _channels(layer: str) -> int:
     return vgg.CONV_CHANNELS[convs[-1]]
 
 
-_features_jit = jax.jit(vgg.features, static_argnames=("layers", "pooling", "padding"))
+_features_jit = jax.jit(vgg.features, static_argnames=("layers", "pooling", "padding", "precision"))
 _gram_jit = jax.jit(losses.gram)
 
 
-def _jit_features(params, image, layers, pooling, padding):
-    return _features_jit(params, image, layers=layers, pooling=pooling, padding=padding)
+def _jit_features(params, image, layers, config: StyleConfig):
+    """Target features, computed in the same arithmetic as the objective's."""
+    return _features_jit(
+        params, image, layers=layers, pooling=config.pooling, padding=config.padding, precision=config.precision
+    )
 
 
 def make_objective(
@@ -130,9 +136,7 @@ def make_objective(
         raise ValueError("`content` and `style` are both None (or have no layers): there is nothing to match")
     content_targets, style_targets = {}, {}
     if content_layers:
-        content_targets = dict(
-            _jit_features(params, _check_image("content", content), content_layers, config.pooling, config.padding)
-        )
+        content_targets = dict(_jit_features(params, _check_image("content", content), content_layers, config))
     if style_layers and masks is not None:
         shape = content.shape[:2] if content is not None else masks.shape[1:]
         return _with_masks(params, content_targets, style, masks, style_masks, shape, style_layers, config)
@@ -141,7 +145,7 @@ def make_objective(
         blend = _blend_weights(config.style_blend, len(styles))
         for i, (image, weight) in enumerate(zip(styles, blend, strict=True)):
             argument = "style" if len(styles) == 1 else f"style[{i}]"
-            feats = _jit_features(params, _check_image(argument, image), style_layers, config.pooling, config.padding)
+            feats = _jit_features(params, _check_image(argument, image), style_layers, config)
             for layer in style_layers:
                 gram = weight * _gram_jit(feats[layer])
                 style_targets[layer] = gram if i == 0 else style_targets[layer] + gram
@@ -162,6 +166,7 @@ def _assemble(params, content_targets, style_targets, style_layers, config) -> O
         box_weight=scalar(config.box_weight if config.box == "penalty" else 0.0),
         pooling=config.pooling,
         padding=config.padding,
+        precision=config.precision,
     )
 
 
@@ -179,7 +184,7 @@ def _with_masks(params, content_targets, style, masks, style_masks, shape, style
     if len(style_masks) != len(styles):
         raise ValueError(f"`style_masks` has {len(style_masks)} masks for {len(styles)} style images")
     probe = jax.eval_shape(
-        lambda x: vgg.features(params, x, style_layers, pooling=config.pooling, padding=config.padding),
+        lambda x: _jit_features(params, x, style_layers, config),
         jax.ShapeDtypeStruct((*shape, 3), jnp.float32),
     )
     output_masks = {layer: jnp.stack([layer_mask(m, probe[layer].shape[:2]) for m in masks]) for layer in style_layers}
@@ -191,7 +196,7 @@ def _with_masks(params, content_targets, style, masks, style_masks, shape, style
                 targets[layer].append(jnp.zeros((channels, channels), jnp.float32))
             continue
         image = _check_image(f"style[{i}]", image)
-        feats = _jit_features(params, image, style_layers, config.pooling, config.padding)
+        feats = _jit_features(params, image, style_layers, config)
         for layer in style_layers:
             guide = jnp.ones(feats[layer].shape[:2]) if mask is None else layer_mask(mask, feats[layer].shape[:2])
             targets[layer].append(losses.masked_gram(feats[layer], guide))

@@ -173,9 +173,12 @@ def _weights_over(config: StyleConfig, union: tuple[str, ...]) -> list[float]:
     return [weights.get(layer, 0.0) for layer in union]
 
 
-def _objective_axes(style_batched: bool) -> Objective:
-    """vmap ``in_axes`` of a batched Objective: weights batched, parameters and content targets shared."""
-    return Objective(
+def _objective_axes(objectives: Objective, style_batched: bool) -> Objective:
+    """vmap ``in_axes`` of a batched Objective: weights batched, parameters and content targets shared.
+
+    Built from ``objectives`` itself so its static fields (pooling, padding, precision) match.
+    """
+    return objectives.replace(
         params=None,
         content_targets=None,
         style_targets=0 if style_batched else None,
@@ -184,6 +187,8 @@ def _objective_axes(style_batched: bool) -> Objective:
         layer_weights=0,
         tv_weight=0,
         box_weight=None,
+        style_masks=None,
+        region_weights=None,
     )
 
 
@@ -213,7 +218,7 @@ def _steps_evals(state) -> tuple[jax.Array, jax.Array]:
 
 @jax.jit(static_argnames=("style_batched", "optimizer", "memory_size"))
 def _init_batch(objectives, images, num_steps, style_batched, optimizer, memory_size):
-    axes = _objective_axes(style_batched)
+    axes = _objective_axes(objectives, style_batched)
     values, grads = jax.vmap(lambda o, x: jax.value_and_grad(o.value)(x), in_axes=(axes, 0))(objectives, images)
     if optimizer is None:
         state = jax.vmap(lambda x, v, g: lbfgs.init(x, v, g, memory_size))(images, values, grads)
@@ -228,7 +233,7 @@ def _init_batch(objectives, images, num_steps, style_batched, optimizer, memory_
 @jax.jit(static_argnames=("style_batched", "optimizer"), donate_argnames=("state",))
 def _run_batch(objectives, state, num_steps, max_iterations, style_batched, optimizer):
     """Up to ``max_iterations`` batched iterations in one ``while_loop``; ends when every member is done."""
-    axes = _objective_axes(style_batched)
+    axes = _objective_axes(objectives, style_batched)
     if optimizer is None:
         iteration = jax.vmap(_lbfgs_iteration, in_axes=(axes, 0, None))
     else:
@@ -247,7 +252,7 @@ def _run_batch(objectives, state, num_steps, max_iterations, style_batched, opti
 
 @jax.jit(static_argnames=("style_batched",))
 def _final_terms(objectives, images, style_batched):
-    axes = _objective_axes(style_batched)
+    axes = _objective_axes(objectives, style_batched)
     weighted = jax.vmap(lambda o, x: o(x)[1], in_axes=(axes, 0))(objectives, images)
     ones = lambda x: jnp.ones_like(x)
     unweighted = objectives.replace(

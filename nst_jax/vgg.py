@@ -39,6 +39,11 @@ The paper's "conv4_2" means the rectified response, which is ``relu4_2`` here.
 
 POOLINGS = ("avg", "max")
 PADDINGS = ("zeros", "reflect", "circular")  # circular: the image wraps around (seamless tiles)
+# Arithmetic of the convolutions (Gram matrices and losses are always float32):
+# highest: float32 everywhere; tf32: lax.Precision.HIGH (TensorFloat-32 on NVIDIA GPUs,
+# bf16x3 on TPUs, float32 on CPUs); bf16: bfloat16 activations and weights with float32
+# accumulation and float32 outputs.
+PRECISIONS = ("highest", "tf32", "bf16")
 
 
 def check_choice(argument: str, value, choices: Sequence[str]) -> None:
@@ -61,12 +66,23 @@ def check_layers(argument: str, layers: Sequence[str]) -> tuple[str, ...]:
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
-def _conv(x: jax.Array, kernel: jax.Array, padding) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMENSIONS)
+def _arithmetic(precision: str, *operands: jax.Array) -> tuple[dict, tuple[jax.Array, ...]]:
+    """``precision``/``preferred_element_type`` keywords of a conv or matmul, and its operands cast for it."""
+    if precision == "bf16":
+        return {"preferred_element_type": jnp.float32}, tuple(a.astype(jnp.bfloat16) for a in operands)
+    level = jax.lax.Precision.HIGH if precision == "tf32" else jax.lax.Precision.HIGHEST
+    return {"precision": level}, operands
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv2d(x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+def _conv(x: jax.Array, kernel: jax.Array, padding, precision: str = "highest") -> jax.Array:
+    keywords, (x, kernel) = _arithmetic(precision, x, kernel)
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMENSIONS, **keywords)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(
+    x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, int], tuple[int, int]], precision: str = "highest"
+) -> jax.Array:
     """Stride-1 NHWC/HWIO convolution whose input gradient uses an explicitly flipped kernel.
 
     Numerically the same as ``lax.conv_general_dilated``. Why it exists: XLA:CPU
@@ -74,37 +90,39 @@ def conv2d(x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, int], tupl
     into its dimension labels, and inside a ``while_loop`` body (where every
     optimiser step runs) that convolution then misses the fast convolution
     library and runs about 4x slower. Flipping the kernel in the backward pass
-    keeps it on the fast path.
+    keeps it on the fast path. ``precision`` is one of :data:`PRECISIONS`; the
+    gradient is computed in the same arithmetic.
     """
-    return _conv(x, kernel, padding)
+    return _conv(x, kernel, padding, precision)
 
 
-def _conv2d_fwd(x, kernel, padding):
-    return _conv(x, kernel, padding), (x, kernel)
+def _conv2d_fwd(x, kernel, padding, precision):
+    return _conv(x, kernel, padding, precision), (x, kernel)
 
 
-def _conv2d_bwd(padding, residuals, g):
+def _conv2d_bwd(padding, precision, residuals, g):
     x, kernel = residuals
     kh, kw = kernel.shape[:2]
     (top, bottom), (left, right) = padding
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    dx = _conv(g, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)))
-    _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, padding), kernel)
-    return dx, kernel_vjp(g)[0]
+    dx = _conv(g, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)), precision)
+    _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, padding, precision), kernel)
+    return dx.astype(x.dtype), kernel_vjp(g)[0].astype(kernel.dtype)
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-def _line_conv(v: jax.Array, taps: jax.Array, mode: str) -> jax.Array:
+def _line_conv(v: jax.Array, taps: jax.Array, mode: str, precision: str) -> jax.Array:
     """A 3-tap convolution along axis 1 of ``v`` [n, length, c] with ``taps`` [3, c, o], padded by ``mode``."""
     length = v.shape[1]
     padded = jnp.pad(v, ((0, 0), (1, 1), (0, 0)), mode=mode)
     shifted = jnp.concatenate([padded[:, i : i + length] for i in range(3)], axis=-1)
-    return shifted @ taps.reshape(-1, taps.shape[-1])
+    keywords, (shifted, taps) = _arithmetic(precision, shifted, taps.reshape(-1, taps.shape[-1]))
+    return jnp.matmul(shifted, taps, **keywords)
 
 
-def padded_conv3x3(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
+def padded_conv3x3(x: jax.Array, kernel: jax.Array, padding: str, precision: str = "highest") -> jax.Array:
     """A 'same' 3x3 convolution of ``x`` [n, h, w, c] whose border is padded by ``padding``.
 
     ``"reflect"`` and ``"circular"`` are computed as the zero-padded convolution plus the
@@ -117,19 +135,20 @@ def padded_conv3x3(x: jax.Array, kernel: jax.Array, padding: str) -> jax.Array:
     same = ((1, 1), (1, 1))
     h, w = x.shape[1:3]
     if padding == "zeros":
-        return conv2d(x, kernel, same)
+        return conv2d(x, kernel, same, precision)
     mode = "reflect" if padding == "reflect" else "wrap"
     if min(h, w) < 2:  # nothing to reflect from: pad explicitly (tiny maps only)
-        return conv2d(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=mode), kernel, same)[:, 1:-1, 1:-1]
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=mode)
+        return conv2d(padded, kernel, same, precision)[:, 1:-1, 1:-1]
     top, bottom = (1, h - 2) if mode == "reflect" else (h - 1, 0)  # rows that padding puts above/below
     left, right = (1, w - 2) if mode == "reflect" else (w - 1, 0)
-    out = conv2d(x, kernel, same)
+    out = conv2d(x, kernel, same, precision)
     # The padded rows (corners included) feed output rows 0 and h-1 through kernel rows 0 and 2...
-    out = out.at[:, 0].add(_line_conv(x[:, top], kernel[0], mode))
-    out = out.at[:, -1].add(_line_conv(x[:, bottom], kernel[2], mode))
+    out = out.at[:, 0].add(_line_conv(x[:, top], kernel[0], mode, precision))
+    out = out.at[:, -1].add(_line_conv(x[:, bottom], kernel[2], mode, precision))
     # ...and the padded columns (corners excluded: counted above) feed columns 0 and w-1.
-    out = out.at[:, :, 0].add(_line_conv(x[:, :, left], kernel[:, 0], "constant"))
-    return out.at[:, :, -1].add(_line_conv(x[:, :, right], kernel[:, 2], "constant"))
+    out = out.at[:, :, 0].add(_line_conv(x[:, :, left], kernel[:, 0], "constant", precision))
+    return out.at[:, :, -1].add(_line_conv(x[:, :, right], kernel[:, 2], "constant", precision))
 
 
 class _Conv(nn.Module):
@@ -138,6 +157,7 @@ class _Conv(nn.Module):
     features: int
     size: int
     padding: str = "zeros"
+    precision: str = "highest"
 
     @nn.compact
     def __call__(self, x):
@@ -146,8 +166,8 @@ class _Conv(nn.Module):
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         if self.size == 1:
-            return conv2d(x, kernel, ((0, 0), (0, 0))) + bias
-        return padded_conv3x3(x, kernel, self.padding) + bias
+            return conv2d(x, kernel, ((0, 0), (0, 0)), self.precision) + bias
+        return padded_conv3x3(x, kernel, self.padding, self.precision) + bias
 
 
 class VGG19(nn.Module):
@@ -158,24 +178,27 @@ class VGG19(nn.Module):
         average pooling improves the gradient flow") or ``"max"``.
       padding: ``"zeros"`` (the original network's), ``"reflect"``, or ``"circular"`` (every
         convolution and pooling window wraps around: the image is a seamless tile).
+      precision: the convolutions' arithmetic, one of :data:`PRECISIONS`.
     """
 
     pooling: str = "avg"
     padding: str = "zeros"
+    precision: str = "highest"
 
     @nn.compact
     def __call__(self, image: jax.Array, layers: Sequence[str] = LAYERS) -> dict[str, jax.Array]:
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("padding", self.padding, PADDINGS)
+        check_choice("precision", self.precision, PRECISIONS)
         layers = check_layers("layers", layers)
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"`image` must have shape [height, width, 3], got {image.shape}")
-        x = _Conv(3, 1, name="preprocess")(image[None])
+        x = _Conv(3, 1, precision=self.precision, name="preprocess")(image[None])
         deepest = max(LAYERS.index(layer) for layer in layers)
         out = {}
         for name in LAYERS[: deepest + 1]:
             if name.startswith("conv"):
-                x = _Conv(CONV_CHANNELS[name], 3, self.padding, name=name)(x)
+                x = _Conv(CONV_CHANNELS[name], 3, self.padding, self.precision, name=name)(x)
             elif name.startswith("relu"):
                 x = nn.relu(x)
             else:
@@ -196,6 +219,7 @@ def features(
     *,
     pooling: str = "avg",
     padding: str = "zeros",
+    precision: str = "highest",
 ) -> dict[str, jax.Array]:
     """Feature maps of one image, computed only as deep as the deepest requested layer.
 
@@ -205,11 +229,12 @@ def features(
       layers: names from :data:`LAYERS`.
       pooling: one of :data:`POOLINGS`.
       padding: one of :data:`PADDINGS`.
+      precision: one of :data:`PRECISIONS` (outputs are float32 in every case).
 
     Returns:
       ``{layer: [h, w, channels]}`` for each requested layer.
     """
-    return VGG19(pooling=pooling, padding=padding).apply({"params": params}, image, tuple(layers))
+    return VGG19(pooling=pooling, padding=padding, precision=precision).apply({"params": params}, image, tuple(layers))
 
 
 def param_shapes() -> dict[str, dict[str, tuple[int, ...]]]:

@@ -108,6 +108,32 @@ def test_padded_conv3x3_matches_explicit_padding(rng, padding, shape):
         check_grads(lambda x, k: vgg.padded_conv3x3(x, k, padding), (jnp.asarray(x), jnp.asarray(k)), 1, ["rev"])
 
 
+def test_precisions(real_params, rng):
+    """tf32 is float32 on a CPU; bf16 stays within bfloat16's rounding of the float32 features, gradients too."""
+    image = jnp.asarray(random_image(rng, 48, 40))
+    layers = ("relu1_1", "relu3_1", "relu5_1")
+    exact = vgg.features(real_params, image, layers)
+    if jax.default_backend() == "cpu":
+        tf32 = vgg.features(real_params, image, layers, precision="tf32")
+        for layer in layers:
+            np.testing.assert_allclose(tf32[layer], exact[layer], rtol=1e-5, atol=1e-5 * np.abs(exact[layer]).max())
+    bf16 = vgg.features(real_params, image, layers, precision="bf16")
+    for layer in layers:
+        assert bf16[layer].dtype == jnp.float32
+        error = np.linalg.norm(bf16[layer] - exact[layer]) / np.linalg.norm(exact[layer])
+        assert 1e-4 < error < 3e-2, (layer, error)  # really narrower, and still close
+    grad = lambda precision: jax.grad(
+        lambda x: jnp.sum(vgg.features(real_params, x, ("relu3_1",), precision=precision)["relu3_1"] ** 2)
+    )(image)
+    exact_grad, bf16_grad = grad("highest"), grad("bf16")
+    assert np.linalg.norm(bf16_grad - exact_grad) / np.linalg.norm(exact_grad) < 3e-2
+
+
+def test_bad_precision(tiny_params, rng):
+    with pytest.raises(ValueError, match=r"`precision` must be one of \('highest', 'tf32', 'bf16'\), got 'fp8'"):
+        vgg.features(tiny_params, random_image(rng), ("relu1_1",), precision="fp8")
+
+
 def test_unknown_layer_is_named(tiny_params, rng):
     with pytest.raises(ValueError, match=r"`layers` has unknown layer 'conv6_1'; valid layers are conv1_1"):
         vgg.features(tiny_params, random_image(rng), ("relu1_1", "conv6_1"))
