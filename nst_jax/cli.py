@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import pickle
 import sys
@@ -421,7 +422,37 @@ def _prepare(args: argparse.Namespace):
     if resume is not None and config.scales:
         raise ValueError("--resume cannot be combined with --scales (each scale is a new run)")
     params, _ = load_params(config.weights)
+    _check_memory(content, style, init, params, config, shape, masks, style_masks)
     return content, style, init, params, config, output, shape, resume, masks, style_masks
+
+
+# XLA's memory analysis of the default loop: 3.0 kB per output pixel at 2048x2048, 3.2 kB at
+# 1024x1024 (fixed costs weigh more at small sizes). Only a quick first guess: above half
+# the free memory the exact analysis decides.
+_ROUGH_BYTES_PER_PIXEL = 3200
+
+
+def _check_memory(content, style, init, params, config: StyleConfig, shape, masks, style_masks) -> None:
+    """Refuses, before the optimisation allocates anything, an output that cannot fit in memory."""
+    import jax
+
+    from nst_jax.stylize import memory_needed
+    from nst_jax.sweep import available_memory
+
+    h, w = shape if content is None else content.shape[:2]
+    free = available_memory(jax.devices()[0])
+    if free is None or _ROUGH_BYTES_PER_PIXEL * h * w < free / 2:
+        return
+    limit = 0.9 * free  # leave room for Python, images and the allocator's slack
+    needed = memory_needed(
+        content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks
+    )
+    if needed > limit:
+        fits = int(max(h, w) * math.sqrt(limit / needed))
+        raise ValueError(
+            f"`size` {config.size} ({h}x{w} output) needs about {needed / 2**30:.1f} GiB, more than the "
+            f"{limit / 2**30:.1f} GiB limit (90% of the memory available); the largest size that fits is about {fits}"
+        )
 
 
 def _masks(args, content, styles):

@@ -126,6 +126,11 @@ def run_chunk(loss_fn, optimizer, state: LoopState, num_steps) -> LoopState:
     return _run_chunk(loss_fn, optimizer, state, jnp.asarray(num_steps, jnp.int32))
 
 
+def chunk_program(loss_fn, optimizer, state: LoopState):
+    """The compiled program :func:`run_chunk` runs (``state`` may be abstract), for its memory and cost analysis."""
+    return _run_chunk.lower(loss_fn, optimizer, state, jnp.int32(1)).compile()
+
+
 @jax.jit(static_argnames=("optimizer",))
 def _run_chunk(loss_fn, optimizer, state, num_steps):
     stop = state.step + num_steps

@@ -106,6 +106,21 @@ def stylize(
         if checkpoint or resume:
             raise ValueError("`scales` cannot be combined with checkpoints or `resume` (each scale is a new run)")
         return _coarse_to_fine(content, style, config, params, init, callback, shape)
+    objective, image, reference = _setup(content, style, config, params, init, shape, masks, style_masks)
+    recolour = content is not None and config.preserve_colour == "luminance"
+    try:
+        result = optimize(objective, image, config, callback=callback, checkpoint=checkpoint, resume=resume)
+    except Interrupted as e:
+        if recolour:
+            e.result = e.result._replace(image=np.asarray(with_content_colour(e.result.image, reference)))
+        raise
+    if recolour:
+        result = result._replace(image=np.asarray(with_content_colour(result.image, reference)))
+    return result
+
+
+def _setup(content, style, config: StyleConfig, params, init, shape, masks, style_masks):
+    """The objective, the initial image and the content at its given size (or zeros of ``shape``)."""
     if content is None:
         if shape is None:
             raise ValueError("`shape` is needed when `content` is None")
@@ -125,16 +140,35 @@ def stylize(
         params, None if content is None else network_content, styles or None, config,
         masks=masks, style_masks=style_masks,
     )  # fmt: skip
-    recolour = content is not None and config.preserve_colour == "luminance"
-    try:
-        result = optimize(objective, image, config, callback=callback, checkpoint=checkpoint, resume=resume)
-    except Interrupted as e:
-        if recolour:
-            e.result = e.result._replace(image=np.asarray(with_content_colour(e.result.image, reference)))
-        raise
-    if recolour:
-        result = result._replace(image=np.asarray(with_content_colour(result.image, reference)))
-    return result
+    return objective, image, reference
+
+
+def memory_needed(
+    content, style, config: StyleConfig = StyleConfig(), *, params, init=None, shape=None, masks=None, style_masks=None
+) -> int:
+    """Bytes that :func:`stylize` with these arguments needs at its largest scale; allocates and runs nothing.
+
+    Arguments as for :func:`stylize` (arrays or ``jax.ShapeDtypeStruct``). The figure is
+    XLA's memory analysis of the compiled optimisation loop at the output's size
+    (arguments, outputs and temporaries: parameters, targets, activations kept for the
+    gradient, optimiser state), with every input abstract. Measured against the process's
+    peak RSS in ``scripts/bench.py`` (``--memory``).
+    """
+    abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.float32), tree)
+    config = config.replace(scales=())  # the last scale is the output's size: the largest program
+    array_init = init is not None and not isinstance(init, str)  # an image: abstract like the others
+
+    def build(content, style, image, masks, style_masks):
+        return _setup(content, style, config, params, image if array_init else init, shape, masks, style_masks)[:2]
+
+    inputs = (content, style, init if array_init else None, masks, style_masks)
+    objective, image = jax.eval_shape(build, *(None if a is None else abstract(a) for a in inputs))
+    optimizer = optim.make_optimizer(config.optimizer, config.lr, config.memory_size)
+    loss_fn = jax.tree_util.Partial(type(objective).value, objective)
+    state = jax.eval_shape(lambda f, x: optim.init_loop(f, optimizer, x), loss_fn, image)
+    compiled = optim.chunk_program(loss_fn, optimizer, state)
+    analysis = compiled.memory_analysis()
+    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes)
 
 
 def _coarse_to_fine(content, style, config: StyleConfig, params, init, callback, shape) -> Result:

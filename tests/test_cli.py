@@ -121,3 +121,12 @@ def test_a_bug_during_the_run_keeps_its_traceback(monkeypatch, images, tmp_path,
     with pytest.raises(ValueError, match="internal failure"):
         cli.main(["stylize", *map(str, images), "-o", str(out), "--size", "32", "--steps", "1"])
     assert not out.exists()
+
+
+def test_refuses_a_size_that_cannot_fit_before_running(tmp_path, capsys, images, real_params, monkeypatch):
+    monkeypatch.setattr("nst_jax.sweep.available_memory", lambda device: 4 * 2**20)
+    out = tmp_path / "result.png"
+    argv = ["stylize", *map(str, images), "-o", str(out), "--size", "32", "--steps", "2"]
+    one_line_error(capsys, argv, "`size` 32 (24x32 output) needs about 0.")
+    one_line_error(capsys, argv, "GiB limit (90% of the memory available); the largest size that fits is about ")
+    assert not out.exists()

@@ -101,3 +101,17 @@ def test_a_second_stylize_call_reuses_the_compiled_loop(real_params):
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles == []
+
+
+def test_memory_needed_grows_with_the_output_and_allocates_nothing(tiny_params):
+    from nst_jax.stylize import memory_needed
+
+    config = StyleConfig(style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_1",))
+    shape = lambda side: jax.ShapeDtypeStruct((side, side, 3), jnp.float32)
+    small = memory_needed(shape(32), [shape(32)], config, params=tiny_params)
+    large = memory_needed(shape(64), [shape(40)], config, params=tiny_params)
+    # Activations and the L-BFGS history grow with the pixels (4x here); the parameters do not.
+    assert small < large < 4 * small
+    assert large - small > 2 * (64 * 64 - 32 * 32) * 3 * 4 * config.memory_size
+    texture = memory_needed(None, [shape(40)], config, params=tiny_params, shape=(64, 64), init="noise")
+    assert small < texture <= large
