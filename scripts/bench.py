@@ -1,11 +1,16 @@
-"""Per-evaluation speed of the style-transfer loss+gradient, printed as JSON.
+"""Per-evaluation speed, start-up time and memory of the style-transfer loss+gradient, printed as JSON.
 
-Measures, in one run: seconds per loss+gradient evaluation at each size
-(compile time separate; warm; several repeats; min and median), L-BFGS
-evaluations per step, peak memory (process max RSS), achieved GFLOP/s (XLA cost
-analysis) against a jitted f32 matrix multiply measured in the same run, and,
-when torch is importable (``pip install ".[bench]"``), an eager PyTorch
-evaluation of the same loss on the same weights, interleaved with ours.
+Measures, in one run: seconds per loss+gradient evaluation at each size and precision
+(compile time separate; warm; several repeats; min and median), achieved GFLOP/s (XLA cost
+analysis of the float32 program, so "direct-convolution-equivalent") against jitted float32
+and bfloat16 matrix multiplies measured in the same run, L-BFGS evaluations per step, and,
+when torch is importable (``pip install ".[bench]"``), an eager PyTorch evaluation of the
+same loss on the same weights, interleaved with ours. Also: how far each precision's
+features and final image are from float32's; the first and the second start of
+``nst-jax demo`` at 512 px with a fresh persistent compilation cache; memory per megapixel
+(XLA's analysis of the loop, and the process's peak RSS); optionally (``--big 2048``) a
+real coarse-to-fine run at that size with its peak RSS. Ends with each target of issue 6
+and whether it is met.
 
     python scripts/bench.py --sizes 256 512 --repeats 5
 """
@@ -14,15 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import StyleConfig, load_params, make_objective, optim, samples
+from nst_jax import StyleConfig, load_params, make_objective, optim, samples, stylize, vgg
+from nst_jax.stylize import memory_needed
 
 
 def _timeit(fn, repeats):
@@ -34,9 +45,9 @@ def _timeit(fn, repeats):
     return times
 
 
-def _matmul_gflops(repeats: int, n: int = 2048) -> float:
-    a = jnp.asarray(np.random.default_rng(0).random((n, n), np.float32))
-    mm = jax.jit(lambda a: a @ a)
+def _matmul_gflops(repeats: int, dtype, n: int = 2048) -> float:
+    a = jnp.asarray(np.random.default_rng(0).random((n, n), np.float32), dtype)
+    mm = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
     mm(a).block_until_ready()
     best = min(_timeit(lambda: mm(a).block_until_ready(), repeats))
     return 2 * n**3 / best / 1e9
@@ -107,9 +118,7 @@ def _torch_loss(params, content, style, config):
     return evaluate
 
 
-def bench_size(params, size: int, config: StyleConfig, repeats: int, lbfgs_steps: int, use_torch: bool) -> dict:
-    h = w = size  # square, as the figures in the issues are quoted
-    content, style = samples.village(h, w), samples.swirls(h, w)
+def _compiled_eval(params, content, style, config):
     objective = make_objective(params, content, style, config)
     value_and_grad = jax.jit(jax.value_and_grad(lambda o, x: o(x)[0], argnums=1))
     x = jnp.asarray(content)
@@ -118,45 +127,175 @@ def bench_size(params, size: int, config: StyleConfig, repeats: int, lbfgs_steps
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", float("nan")))
     run = lambda: jax.block_until_ready(compiled(objective, x))
     run()
-    torch_eval = _torch_loss(params, content, style, config) if use_torch else None
+    return objective, run, compile_s, float(cost.get("flops", float("nan")))
+
+
+def bench_size(params, h: int, w: int, config: StyleConfig, precisions, repeats: int, lbfgs_steps: int, torch_on):
+    """Evaluation times of each precision and of PyTorch, interleaved, at one size."""
+    content, style = samples.village(h, w), samples.swirls(h, w)
+    runs = {p: _compiled_eval(params, content, style, config.replace(precision=p)) for p in precisions}
+    torch_eval = _torch_loss(params, content, style, config) if torch_on else None
     if torch_eval:
         torch_eval()
-    ours, theirs = [], []
-    for _ in range(repeats):  # interleaved, so both see the same machine state
-        ours += _timeit(run, 1)
+    times = {p: [] for p in precisions}
+    theirs = []
+    for _ in range(repeats):  # interleaved, so all see the same machine state
+        for p, (_, run, _, _) in runs.items():
+            times[p] += _timeit(run, 1)
         if torch_eval:
             theirs += _timeit(torch_eval, 1)
-    result = {
-        "size": f"{h}x{w}",
-        "compile_s": round(compile_s, 2),
-        "eval_s_min": round(min(ours), 4),
-        "eval_s_median": round(statistics.median(ours), 4),
-        "gflop_per_eval": round(flops / 1e9, 1),
-        "gflops_achieved": round(flops / min(ours) / 1e9, 1),
-    }
+    flops = runs["highest"][3] if "highest" in runs else next(iter(runs.values()))[3]
+    result = {"size": f"{h}x{w}", "gflop_per_eval": round(flops / 1e9, 1)}
     if torch_eval:
         result["torch_eval_s_min"] = round(min(theirs), 4)
         result["torch_eval_s_median"] = round(statistics.median(theirs), 4)
-        result["speedup_vs_torch"] = round(min(theirs) / min(ours), 3)
-    if lbfgs_steps:
-        optimizer = optim.make_optimizer("lbfgs")
-        loss_fn = jax.tree_util.Partial(type(objective).value, objective)
-        state = optim.init_loop(loss_fn, optimizer, x)
-        state = optim.run_chunk(loss_fn, optimizer, state, 1)
-        jax.block_until_ready(state)
-        evals0, steps0 = int(state.num_evals), int(state.step)
-        start = time.perf_counter()
-        state = jax.block_until_ready(optim.run_chunk(loss_fn, optimizer, state, lbfgs_steps))
-        seconds = time.perf_counter() - start
-        evals, steps = int(state.num_evals) - evals0, int(state.step) - steps0
-        result["lbfgs_evals_per_step"] = round(evals / steps, 3)
-        result["lbfgs_step_s"] = round(seconds / steps, 4)
-        result["lbfgs_overhead_vs_evals"] = round(seconds / (evals * min(ours)) - 1, 3)
+    for p, (objective, _, compile_s, _) in runs.items():
+        entry = {
+            "compile_s": round(compile_s, 2),
+            "eval_s_min": round(min(times[p]), 4),
+            "eval_s_median": round(statistics.median(times[p]), 4),
+            "gflops_achieved": round(flops / min(times[p]) / 1e9, 1),  # float32 direct-convolution FLOPs
+        }
+        if torch_eval:
+            entry["speedup_vs_torch"] = round(min(theirs) / min(times[p]), 3)
+        if lbfgs_steps:
+            entry.update(_lbfgs_figures(objective, jnp.asarray(content), lbfgs_steps, min(times[p])))
+        result[p] = entry
+    feats = {
+        p: vgg.features(params, jnp.asarray(content), config.style_layers, precision=p, padding=config.padding)
+        for p in precisions
+    }
+    for p in precisions:
+        if p != "highest" and "highest" in feats:
+            errors = [
+                float(jnp.linalg.norm(feats[p][k] - feats["highest"][k]) / jnp.linalg.norm(feats["highest"][k]))
+                for k in config.style_layers
+            ]
+            result[p]["feature_rel_error_max"] = round(max(errors), 5)
+    needed = memory_needed(content, [style], config, params=params)
+    result["loop_memory_mib"] = round(needed / 2**20, 1)
+    result["loop_memory_mib_per_mp"] = round(needed / 2**20 / (h * w / 1e6), 1)
     result["peak_rss_gib_so_far"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     return result
+
+
+def _lbfgs_figures(objective, x, lbfgs_steps: int, eval_s: float) -> dict:
+    optimizer = optim.make_optimizer("lbfgs")
+    loss_fn = jax.tree_util.Partial(type(objective).value, objective)
+    state = optim.init_loop(loss_fn, optimizer, x)
+    state = jax.block_until_ready(optim.run_chunk(loss_fn, optimizer, state, 1))
+    evals0, steps0 = int(state.num_evals), int(state.step)
+    start = time.perf_counter()
+    state = jax.block_until_ready(optim.run_chunk(loss_fn, optimizer, state, lbfgs_steps))
+    seconds = time.perf_counter() - start
+    evals, steps = int(state.num_evals) - evals0, int(state.step) - steps0
+    return {
+        "lbfgs_evals_per_step": round(evals / steps, 3),
+        "lbfgs_step_s": round(seconds / steps, 4),
+        "lbfgs_overhead_vs_evals": round(seconds / (evals * eval_s) - 1, 3),
+    }
+
+
+def final_images(params, size: int, steps: int, precisions, config: StyleConfig) -> dict:
+    """How far each precision's stylised image is from float32's after the same L-BFGS steps."""
+    content, style = samples.village(size * 3 // 4, size), samples.swirls(size * 3 // 4, size)
+    images = {}
+    for p in precisions:
+        result = stylize(content, style, config.replace(precision=p, num_steps=steps), params=params)
+        images[p] = (result.image, result.loss)
+    reference, _ = images.get("highest", next(iter(images.values())))
+    out = {"size": f"{size * 3 // 4}x{size}", "steps": steps}
+    for p, (image, loss) in images.items():
+        difference = np.abs(image - reference)
+        out[p] = {
+            "loss": round(loss, 4),
+            "pixel_abs_diff_mean": round(float(difference.mean()), 5),
+            "pixel_abs_diff_max": round(float(difference.max()), 4),
+        }
+    return out
+
+
+_CHILD = """
+import json, sys, time
+start = time.perf_counter()
+import jax
+totals = {}
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, seconds, **_: totals.__setitem__(event, totals.get(event, 0.0) + seconds))
+from nst_jax.cli import main
+status = main(sys.argv[1:])
+wall = time.perf_counter() - start
+compile_s = sum(v for k, v in totals.items() if k.startswith("/jax/core/compile/") or "retrieval" in k)
+print(json.dumps({"status": status, "wall_s": wall, "compile_s": compile_s}))
+"""
+
+
+def startup(params, size: int, config: StyleConfig) -> dict:
+    """``nst-jax demo`` at ``size`` px for one step, twice, with a fresh persistent compilation cache.
+
+    compile_s: tracing, lowering and compiling (or loading from the cache) in the process;
+    start_s: the process's wall time minus its loss+gradient evaluations (count printed by
+    the command, each timed here at the same size).
+    """
+    h, w = 384 * size // 512, size
+    _, run, _, _ = _compiled_eval(params, samples.village(h, w), samples.swirls(h, w), config)
+    eval_s = min(_timeit(run, 3))
+    out = {"command": f"nst-jax demo --size {size} --steps 1 --chunk-size 1", "eval_s": round(eval_s, 3)}
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as outdir:
+        env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache}
+        argv = ["demo", "-o", f"{outdir}/demo.png", "--size", str(size), "--steps", "1", "--chunk-size", "1"]
+        for which in ("first", "second"):
+            done = subprocess.run(
+                [sys.executable, "-c", _CHILD, *argv], env=env, capture_output=True, text=True, check=True
+            )
+            child = json.loads(done.stdout.strip().splitlines()[-1])
+            evals = int(re.search(r"(\d+) evaluations", done.stderr).group(1)) + 1  # + the final terms (~1)
+            out[which] = {
+                "wall_s": round(child["wall_s"], 2),
+                "compile_s": round(child["compile_s"], 2),
+                "evaluations": evals,
+                "start_s": round(child["wall_s"] - evals * eval_s, 2),
+            }
+    return out
+
+
+def big_run(size: int, steps: int) -> dict:
+    """A real coarse-to-fine ``nst-jax demo`` at ``size`` px in a subprocess: wall time and peak RSS."""
+    scales = ",".join(str(s) for s in (512, 1024, 2048, 4096, 8192) if s < size) + f",{size}"
+    with tempfile.TemporaryDirectory() as outdir:
+        argv = ["demo", "-o", f"{outdir}/big.png", "--size", str(size), "--scales", scales, "--steps", str(steps), "-q"]
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "nst_jax", *argv], check=True)
+        wall = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    return {"command": "nst-jax " + " ".join(argv[3:]), "wall_s": round(wall, 1), "peak_rss_gib": round(rss, 2)}
+
+
+def targets(report: dict) -> list[dict]:
+    """Each target of issue 6, its measured value, and whether it is met."""
+    out = []
+    for entry in report["sizes"]:
+        best = max((p for p in report["precisions"] if "speedup_vs_torch" in entry[p]), default=None,
+                   key=lambda p: entry[p]["speedup_vs_torch"])  # fmt: skip
+        if best:
+            value = entry[best]["speedup_vs_torch"]
+            out.append({"target": f"{entry['size']}: torch time / ours >= 1.5", "value": value,
+                        "precision": best, "met": value >= 1.5})  # fmt: skip
+        for p in report["precisions"]:
+            value = entry[p]["fraction_of_matmul_rate"]
+            out.append({"target": f"{entry['size']} {p}: GFLOP/s / f32 matmul GFLOP/s >= 1", "value": value,
+                        "met": value >= 1.0})  # fmt: skip
+    if "startup" in report:
+        first, second = report["startup"]["first"], report["startup"]["second"]
+        out.append({"target": "first start compiles in <= 15 s", "value": first["compile_s"],
+                    "met": first["compile_s"] <= 15})  # fmt: skip
+        out.append({"target": "second start < 3 s", "value": second["start_s"], "met": second["start_s"] < 3})
+    if "big" in report:
+        out.append({"target": "big run peak RSS <= 24 GiB", "value": report["big"]["peak_rss_gib"],
+                    "met": report["big"]["peak_rss_gib"] <= 24})  # fmt: skip
+    return out
 
 
 def main(argv=None) -> None:
@@ -165,6 +304,11 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lbfgs-steps", type=int, default=10, help="L-BFGS steps timed per size (0: skip)")
     parser.add_argument("--padding", default="zeros", choices=("zeros", "reflect"))
+    parser.add_argument("--precisions", nargs="+", default=["highest", "bf16"], choices=vgg.PRECISIONS)
+    parser.add_argument("--image-steps", type=int, default=30, help="L-BFGS steps of the final-image comparison")
+    parser.add_argument("--no-startup", action="store_true", help="skip the first/second start measurement")
+    parser.add_argument("--big", type=int, default=0, help="also run a real coarse-to-fine stylisation this large")
+    parser.add_argument("--big-steps", type=int, default=10, help="steps per scale of the --big run")
     parser.add_argument(
         "--no-torch", action="store_true", help="skip the PyTorch comparison even if torch is installed"
     )
@@ -184,14 +328,28 @@ def main(argv=None) -> None:
         "jax": jax.__version__,
         "torch": torch_version,
         "padding": args.padding,
-        "matmul_gflops_f32": round(_matmul_gflops(args.repeats), 1),
+        "precisions": args.precisions,
+        "matmul_gflops_f32": round(_matmul_gflops(args.repeats, jnp.float32), 1),
+        "matmul_gflops_bf16": round(_matmul_gflops(args.repeats, jnp.bfloat16), 1),
         "sizes": [],
     }
+    print(json.dumps({k: v for k, v in report.items() if k != "sizes"}), flush=True)
     for size in args.sizes:
-        entry = bench_size(params, size, config, args.repeats, args.lbfgs_steps, use_torch)
-        entry["fraction_of_matmul_rate"] = round(entry["gflops_achieved"] / report["matmul_gflops_f32"], 3)
+        entry = bench_size(params, size, size, config, args.precisions, args.repeats, args.lbfgs_steps, use_torch)
+        for p in args.precisions:
+            entry[p]["fraction_of_matmul_rate"] = round(entry[p]["gflops_achieved"] / report["matmul_gflops_f32"], 3)
         report["sizes"].append(entry)
         print(json.dumps(entry), flush=True)
+    if args.image_steps and len(args.precisions) > 1:
+        report["final_images"] = final_images(params, 256, args.image_steps, args.precisions, config)
+        print(json.dumps(report["final_images"]), flush=True)
+    if not args.no_startup:
+        report["startup"] = startup(params, 512, config)
+        print(json.dumps(report["startup"]), flush=True)
+    if args.big:
+        report["big"] = big_run(args.big, args.big_steps)
+        print(json.dumps(report["big"]), flush=True)
+    report["targets"] = targets(report)
     print(json.dumps(report, indent=2))
 
 
