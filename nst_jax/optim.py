@@ -79,10 +79,10 @@ def _init_loop(loss_fn, optimizer, image):
     value, grad = jax.value_and_grad(loss_fn)(image)
     one = jnp.ones((), jnp.int32)
     state = LoopState(image, optimizer.init(image), value, grad, 0 * one, one, jnp.isfinite(value))
-    # Give every leaf the exact type a step returns (optax leaves some weakly typed at init),
-    # so the first and later chunks share one compiled program.
-    after = jax.eval_shape(lambda s: step(loss_fn, optimizer, s), state)
-    return jax.tree.map(lambda x, a: jax.lax.convert_element_type(x, a.dtype), state, after)
+    # Make every leaf strongly typed, as a step returns it (optax leaves some weakly typed at
+    # init), so the first and later chunks share one compiled program. (Not by eval_shape of
+    # a step: tracing one costs ~1.2 s at every start, which the compilation cache cannot save.)
+    return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
 
 
 def reevaluate(loss_fn, state: LoopState) -> LoopState:
