@@ -8,6 +8,7 @@ program as constants, and the weights can carry a batch axis for sweeps.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import flax.struct
@@ -96,13 +97,20 @@ def _channels(layer: str) -> int:
     return vgg.CONV_CHANNELS[convs[-1]]
 
 
-_features_jit = jax.jit(vgg.features, static_argnames=("layers", "pooling", "padding", "precision"))
-_gram_jit = jax.jit(losses.gram)
+_STATIC = ("layers", "pooling", "padding", "precision")
+_features_jit = jax.jit(vgg.features, static_argnames=_STATIC)
 
 
-def _jit_features(params, image, layers, config: StyleConfig):
-    """Target features, computed in the same arithmetic as the objective's."""
-    return _features_jit(
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _grams_jit(params, image, layers, pooling, padding, precision):
+    """Gram matrices of one style image in one program (not one per layer: each costs start-up time)."""
+    feats = vgg.features(params, image, layers, pooling=pooling, padding=padding, precision=precision)
+    return {layer: losses.gram(f) for layer, f in feats.items()}
+
+
+def _jit_features(params, image, layers, config: StyleConfig, grams: bool = False):
+    """Target features (or their Gram matrices), computed in the same arithmetic as the objective's."""
+    return (_grams_jit if grams else _features_jit)(
         params, image, layers=layers, pooling=config.pooling, padding=config.padding, precision=config.precision
     )
 
@@ -153,9 +161,9 @@ def make_objective(
         blend = _blend_weights(config.style_blend, len(styles))
         for i, (image, weight) in enumerate(zip(styles, blend, strict=True)):
             argument = "style" if len(styles) == 1 else f"style[{i}]"
-            feats = _jit_features(params, _check_image(argument, image), style_layers, config)
+            grams = _jit_features(params, _check_image(argument, image), style_layers, config, grams=True)
             for layer in style_layers:
-                gram = weight * _gram_jit(feats[layer])
+                gram = grams[layer] if len(styles) == 1 else weight * grams[layer]
                 style_targets[layer] = gram if i == 0 else style_targets[layer] + gram
     return _assemble(params, content_targets, style_targets, style_layers, config)
 
