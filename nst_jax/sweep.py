@@ -435,7 +435,7 @@ class _BatchRunner:
             lambda x: jax.device_put(x if ax is None else x[index], shared if ax is None else batched), tree
         )
         objectives = jax.tree.map(
-            take, _objective_axes(self.style_batched), self.objectives, is_leaf=lambda x: x is None
+            take, _objective_axes(self.objectives, self.style_batched), self.objectives, is_leaf=lambda x: x is None
         )
         return objectives, jax.device_put(self.images[index], batched)
 

@@ -228,7 +228,7 @@ from nst_jax.cli import main
 status = main(sys.argv[1:])
 wall = time.perf_counter() - start
 compile_s = sum(v for k, v in totals.items() if k.startswith("/jax/core/compile/") or "retrieval" in k)
-print(json.dumps({"status": status, "wall_s": wall, "compile_s": compile_s}))
+print(json.dumps({"status": status, "wall_s": wall, "compile_s": compile_s, **totals}))
 """
 
 
@@ -271,15 +271,23 @@ def startup(params, size: int, config: StyleConfig) -> dict:
 
 
 def big_run(size: int, steps: int) -> dict:
-    """A real coarse-to-fine ``nst-jax demo`` at ``size`` px in a subprocess: wall time and peak RSS."""
+    """A real coarse-to-fine ``nst-jax stylize`` of a square image at ``size`` px in a subprocess: time, peak RSS."""
     scales = ",".join(str(s) for s in (512, 1024, 2048, 4096, 8192) if s < size) + f",{size}"
-    with tempfile.TemporaryDirectory() as outdir:
-        argv = ["demo", "-o", f"{outdir}/big.png", "--size", str(size), "--scales", scales, "--steps", str(steps), "-q"]
+    with tempfile.TemporaryDirectory() as folder:
+        save_image(f"{folder}/content.png", samples.village(512, 512))
+        save_image(f"{folder}/style.png", samples.swirls(512, 512))
+        options = ["--size", str(size), "--scales", scales, "--steps", str(steps), "-q"]
+        argv = ["stylize", f"{folder}/content.png", f"{folder}/style.png", "-o", f"{folder}/big.png", *options]
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "nst_jax", *argv], check=True)
         wall = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    return {"command": "nst-jax " + " ".join(argv[3:]), "wall_s": round(wall, 1), "peak_rss_gib": round(rss, 2)}
+    return {
+        "command": "nst-jax stylize C S " + " ".join(options),
+        "output": f"{size}x{size}",
+        "wall_s": round(wall, 1),
+        "peak_rss_gib": round(rss, 2),
+    }
 
 
 def targets(report: dict) -> list[dict]:

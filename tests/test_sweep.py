@@ -74,6 +74,15 @@ def test_batched_run_matches_independent_runs(real_params, pictures):
     assert batched.settings[1] == {"style_layers": ["relu1_1"], "ratio": 1e-2}
 
 
+def test_network_settings_reach_every_member(real_params, pictures):
+    """Padding and precision are static fields of the batched objective; a member equals its own run."""
+    content, style, _ = pictures
+    config = SMALL.replace(padding="reflect", precision="bf16", num_steps=2)
+    batched = sweep(content, style, config, {"ratio": [1e-3, 1e-2]}, params=real_params)
+    alone = sweep(content, style, config, {"ratio": [1e-2]}, params=real_params)
+    np.testing.assert_allclose(batched.losses[1], alone.losses[0], rtol=1e-2)  # bf16 rounding differs
+
+
 def test_sweep_optimises_every_member_and_counts_evaluations(real_params, pictures):
     content, style, _ = pictures
     result = sweep(content, style, SMALL, {"style_weight": [1e2, 1e4]}, params=real_params)
