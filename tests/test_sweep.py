@@ -77,7 +77,9 @@ def test_batched_run_matches_independent_runs(real_params, pictures):
 def test_network_settings_reach_every_member(real_params, pictures):
     """Padding and precision are static fields of the batched objective; a member equals its own run."""
     content, style, _ = pictures
-    config = SMALL.replace(padding="reflect", precision="bf16", num_steps=2)
+    config = SMALL.replace(
+        padding="reflect", precision="bf16", num_steps=2, style_layers=("relu1_1",), content_layers=("relu2_1",)
+    )
     batched = sweep(content, style, config, {"ratio": [1e-3, 1e-2]}, params=real_params)
     alone = sweep(content, style, config, {"ratio": [1e-2]}, params=real_params)
     np.testing.assert_allclose(batched.losses[1], alone.losses[0], rtol=1e-2)  # bf16 rounding differs
