@@ -131,6 +131,14 @@ def chunk_program(loss_fn, optimizer, state: LoopState):
     return _run_chunk.lower(loss_fn, optimizer, state, jnp.int32(1)).compile()
 
 
+def program_bytes(compiled) -> int:
+    """Peak bytes of a compiled program per device (arguments, outputs and temporaries), from XLA's analysis."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return 0
+    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes)
+
+
 @jax.jit(static_argnames=("optimizer",))
 def _run_chunk(loss_fn, optimizer, state, num_steps):
     stop = state.step + num_steps

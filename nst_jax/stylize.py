@@ -151,8 +151,8 @@ def memory_needed(
     Arguments as for :func:`stylize` (arrays or ``jax.ShapeDtypeStruct``). The figure is
     XLA's memory analysis of the compiled optimisation loop at the output's size
     (arguments, outputs and temporaries: parameters, targets, activations kept for the
-    gradient, optimiser state), with every input abstract. Measured against the process's
-    peak RSS in ``scripts/bench.py`` (``--memory``).
+    gradient, optimiser state), with every input abstract. A whole process peaks about
+    1.2x higher (measured at 2048 x 2048: 14.8 GiB RSS for 12.4 GiB analysed).
     """
     abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.float32), tree)
     config = config.replace(scales=())  # the last scale is the output's size: the largest program
@@ -166,9 +166,7 @@ def memory_needed(
     optimizer = optim.make_optimizer(config.optimizer, config.lr, config.memory_size)
     loss_fn = jax.tree_util.Partial(type(objective).value, objective)
     state = jax.eval_shape(lambda f, x: optim.init_loop(f, optimizer, x), loss_fn, image)
-    compiled = optim.chunk_program(loss_fn, optimizer, state)
-    analysis = compiled.memory_analysis()
-    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes)
+    return optim.program_bytes(optim.chunk_program(loss_fn, optimizer, state))
 
 
 def _coarse_to_fine(content, style, config: StyleConfig, params, init, callback, shape) -> Result:

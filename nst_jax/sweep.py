@@ -282,14 +282,6 @@ def available_memory(device: jax.Device) -> int | None:
         return None
 
 
-def _program_bytes(compiled) -> int:
-    """Peak bytes of a compiled program per device (arguments, outputs and temporaries)."""
-    analysis = compiled.memory_analysis()
-    if analysis is None:
-        return 0
-    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes)
-
-
 def sweep(
     content: jax.Array | None,
     style: jax.Array | None,
@@ -461,7 +453,7 @@ class _BatchRunner:
         limit = available_memory(self.mesh.devices.flat[0])
         while True:
             self.programs = self._compile(size)
-            needed = max(_program_bytes(p) for p in self.programs)
+            needed = max(optim.program_bytes(p) for p in self.programs)
             self.bytes_per_device = needed
             if limit is None or needed <= memory_fraction * limit:
                 return size

@@ -11,7 +11,7 @@ import pytest
 from conftest import one_line_error
 from PIL import Image
 
-from nst_jax import StyleConfig, samples
+from nst_jax import StyleConfig, optim, samples
 from nst_jax.io import contact_sheet
 from nst_jax.sweep import MemoryLimitError, check_axes, members, save_sweep, sweep
 
@@ -127,9 +127,9 @@ def test_batches_run_in_turn_and_too_large_a_batch_is_refused(real_params, pictu
 
 def test_auto_batch_size_halves_until_it_fits(real_params, pictures, monkeypatch):
     content, style, _ = pictures
-    measure = sweep_module._program_bytes
+    measure = optim.program_bytes
     needed = []
-    monkeypatch.setattr(sweep_module, "_program_bytes", lambda compiled: needed.append(measure(compiled)) or needed[-1])
+    monkeypatch.setattr(optim, "program_bytes", lambda compiled: needed.append(measure(compiled)) or needed[-1])
     config, axes = SMALL.replace(num_steps=1), {"style_weight": [1, 2, 3, 4]}
     assert sweep(content, style, config, axes, params=real_params).batch_size == 4
     four = max(needed)
