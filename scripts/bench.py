@@ -7,7 +7,7 @@ and bfloat16 matrix multiplies measured in the same run, L-BFGS evaluations per 
 when torch is importable (``pip install ".[bench]"``), an eager PyTorch evaluation of the
 same loss on the same weights, interleaved with ours. Also: how far each precision's
 features and final image are from float32's; the first and the second start of
-``nst-jax demo`` at 512 px with a fresh persistent compilation cache; memory per megapixel
+``nst-jax stylize`` at 512 px with a fresh persistent compilation cache; memory per megapixel
 (XLA's analysis of the loop, and the process's peak RSS); optionally (``--big 2048``) a
 real coarse-to-fine run at that size with its peak RSS. Ends with each target of issue 6
 and whether it is met.
@@ -269,12 +269,13 @@ def startup(params, size: int, config: StyleConfig) -> dict:
             )
             child = json.loads(done.stdout.strip().splitlines()[-1])
             evals = int(re.search(r"(\d+) evaluations", done.stderr).group(1))
+            start_s = child["wall_s"] - evals * eval_s - forward_s
             out[which] = {
                 "wall_s": round(child["wall_s"], 2),
                 "compile_s": round(child["compile_s"], 2),
                 "evaluations": evals,
-                "start_s": round(child["wall_s"] - evals * eval_s - forward_s, 2),
-                "start_s_without_targets": round(child["wall_s"] - evals * eval_s - forward_s - targets_s, 2),
+                "start_s": round(start_s, 2),
+                "start_s_without_targets": round(start_s - targets_s, 2),
             }
     return out
 
