@@ -1,0 +1,131 @@
+"""An independent judge of a stylised picture: how close its style, content and texture are.
+
+None of these numbers uses the optimiser's loss or its weights, so they can compare
+settings (and other tools' outputs) fairly:
+
+- ``style``: per-layer relative Gram distance ``||G(x) - G(s)||_F / ||G(s)||_F`` between
+  the output ``x`` and the style image ``s`` (Gram/M, the VGG's average-pooled features).
+  The deep layers (relu4_1, relu5_1) carry the large strokes, the shallow ones the
+  colours and fine texture.
+- ``content``: relative feature distance ``||F(x) - F(c)||_F / ||F(c)||_F`` to the content
+  image ``c`` at relu4_2 (the paper's content layer).
+- ``high_frequency``: the share of the luma power spectrum (mean removed, Hann window)
+  above a quarter of the sampling rate, radially (|f| > 0.25 cycles per pixel).
+- ``flat_speckle``: RMS of the luma's fine detail (the image minus its 5x5 box blur) over
+  the quarter of the pixels where the *content* is flattest (sky, water, walls): speckle
+  and ripples show there first.
+
+Images are ``[h, w, 3]`` RGB in [0, 1]. The content is compared at the output's size, the
+style at the output's long side (as the CLI loads it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax import losses, vgg
+from nst_jax.image import fit_long_side, resize
+
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+CONTENT_LAYER = "relu4_2"
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+@jax.jit
+def _features(params, image):
+    return vgg.features(params, image, (*STYLE_LAYERS, CONTENT_LAYER), pooling="avg", padding="zeros")
+
+
+def _relative(a, b) -> float:
+    return float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b), 1e-12))
+
+
+def _pair(params, a, b):
+    return tuple(_features(params, jnp.asarray(x, jnp.float32)) for x in (a, b))
+
+
+def style_distances(params, image, style, layers: Sequence[str] = STYLE_LAYERS) -> dict[str, float]:
+    """``{layer: ||G(image) - G(style)|| / ||G(style)||}`` (style used at the size given)."""
+    mine, theirs = _pair(params, image, style)
+    return {layer: _relative(losses.gram(mine[layer]), losses.gram(theirs[layer])) for layer in layers}
+
+
+def content_distance(params, image, content, layer: str = CONTENT_LAYER) -> float:
+    """``||F(image) - F(content)|| / ||F(content)||`` at ``layer`` (content at the image's size)."""
+    mine, theirs = _pair(params, image, content)
+    return _relative(mine[layer], theirs[layer])
+
+
+def luma(image) -> np.ndarray:
+    """``[h, w]`` luma (Rec. 601 weights) of an RGB image."""
+    return np.asarray(image, np.float32) @ _LUMA
+
+
+def high_frequency_share(image, cutoff: float = 0.25) -> float:
+    """Share of the luma's power spectrum above ``cutoff`` cycles per pixel (0.25: half of Nyquist).
+
+    The mean is removed and a Hann window applied (so the image's borders add no false
+    high frequencies); the DC term is excluded from the total.
+    """
+    y = luma(image).astype(np.float64)
+    h, w = y.shape
+    window = np.outer(np.hanning(h), np.hanning(w))
+    power = np.abs(np.fft.fft2((y - y.mean()) * window)) ** 2
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij"))
+    total = power[radius > 0].sum()
+    return float(power[radius > cutoff].sum() / total) if total > 0 else 0.0
+
+
+def _box_blur(y: np.ndarray, radius: int) -> np.ndarray:
+    padded = np.pad(y, radius, mode="reflect")
+    cumulative = padded.cumsum(0).cumsum(1)
+    cumulative = np.pad(cumulative, ((1, 0), (1, 0)))
+    k = 2 * radius + 1
+    h, w = y.shape
+    sums = cumulative[k : k + h, k : k + w] - cumulative[:h, k : k + w] - cumulative[k : k + h, :w] + cumulative[:h, :w]
+    return sums / (k * k)
+
+
+def detail(y: np.ndarray, radius: int = 2) -> np.ndarray:
+    """The fine detail of a ``[h, w]`` map: itself minus its ``(2r+1)^2`` box blur."""
+    return y - _box_blur(y, radius)
+
+
+def flat_speckle(image, content, fraction: float = 0.25) -> float:
+    """RMS fine detail of ``image``'s luma where ``content`` (same size) is flattest.
+
+    The flat region is the ``fraction`` of the pixels with the least local detail in ``content``.
+    """
+    local = _box_blur(np.abs(detail(luma(content))), 4)
+    flat = local <= np.quantile(local, fraction)
+    return float(np.sqrt(np.mean(np.square(detail(luma(image))[flat]))))
+
+
+def judge(params, output, content, style) -> dict:
+    """All the judge's numbers for one output, as a JSON-ready dict.
+
+    Args:
+      params: VGG-19 parameters (:func:`nst_jax.load_params`).
+      output: the stylised image ``[h, w, 3]``.
+      content: the content image (any size; resized to the output's).
+      style: the style image (any size; resized so its long side is the output's).
+
+    Returns:
+      ``{"style": {layer: distance}, "content": distance, "high_frequency": share,
+      "flat_speckle": rms, "shape": [h, w]}``.
+    """
+    output = np.clip(np.asarray(output, np.float32), 0.0, 1.0)
+    shape = output.shape[:2]
+    content = resize(jnp.asarray(content, jnp.float32), shape)
+    style = resize(jnp.asarray(style, jnp.float32), fit_long_side(np.shape(style)[:2], max(shape)))
+    return {
+        "style": style_distances(params, output, style),
+        "content": content_distance(params, output, content),
+        "high_frequency": high_frequency_share(output),
+        "flat_speckle": flat_speckle(output, np.asarray(content)),
+        "shape": list(shape),
+    }
