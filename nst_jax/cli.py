@@ -183,7 +183,8 @@ class _Progress:
     def __call__(self, progress) -> None:
         from nst_jax.io import save_image
 
-        if self.config.save_every and progress.step % self.config.save_every == 0 and progress.step:
+        last_stage = progress.stage == progress.num_stages - 1  # intermediate saves are at the output's size
+        if self.config.save_every and last_stage and progress.step % self.config.save_every == 0 and progress.step:
             save_image(
                 self.output.with_name(f"{self.output.stem}.step{progress.step:05d}{self.output.suffix}"), progress.image
             )
@@ -191,8 +192,11 @@ class _Progress:
             return
         rate = progress.step / progress.seconds if progress.seconds > 0 else 0.0
         remaining = (progress.num_steps - progress.step) / rate if rate > 0 else 0.0
+        stage = ""
+        if progress.num_stages > 1:
+            stage = f"stage {progress.stage + 1}/{progress.num_stages} {max(progress.image.shape[:2])} px  "
         line = (
-            f"step {progress.step:>5}/{progress.num_steps}  loss {progress.loss:.4e}  "
+            f"{stage}step {progress.step:>5}/{progress.num_steps}  loss {progress.loss:.4e}  "
             f"{rate:5.2f} steps/s  ETA {int(remaining) // 60}:{int(remaining) % 60:02d}"
         )
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
@@ -419,8 +423,6 @@ def _prepare(args: argparse.Namespace):
     resume = getattr(args, "resume", None)
     if resume is not None and not (Path(resume) / "run.json").is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {resume!r}")
-    if resume is not None and config.scales:
-        raise ValueError("--resume cannot be combined with --scales (each scale is a new run)")
     params, _ = load_params(config.weights)
     _check_memory(content, style, init, params, config, shape, masks, style_masks)
     return content, style, init, params, config, output, shape, resume, masks, style_masks
@@ -489,7 +491,7 @@ def _run(
 
     _use_persistent_compilation_cache()
     progress = _Progress(output, config, quiet)
-    checkpoint = None if config.scales else str(output.with_name(output.name + ".ckpt"))
+    checkpoint = str(output.with_name(output.name + ".ckpt"))
     try:
         result = stylize(
             content, style, config, params=params, init=init, callback=progress, shape=shape,
@@ -497,7 +499,7 @@ def _run(
         )  # fmt: skip
     except Interrupted as e:
         save_image(output, e.result.image)
-        where = f" and a checkpoint to {checkpoint} (continue with --resume {checkpoint})" if checkpoint else ""
+        where = f" and a checkpoint to {e.checkpoint} (continue with --resume {e.checkpoint})" if e.checkpoint else ""
         print(f"\nnst-jax: interrupted at step {e.result.num_steps}; saved {output}{where}", file=sys.stderr)
         return 130
     if not quiet and sys.stderr.isatty():

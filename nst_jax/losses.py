@@ -61,6 +61,16 @@ def style_loss(
     return sum(layer_weights[k] * style_layer_loss(features[k], target_grams[k]) for k in target_grams)
 
 
+def inverse_mean_square(target: jax.Array) -> jax.Array:
+    """``1 / mean(target^2)``, the scale that turns a mean squared difference from ``target`` into a
+    squared relative distance ``||x - target||^2 / ||target||^2``; 1 for an all-zero target.
+
+    Not in the paper (see ``StyleConfig.loss_scale``).
+    """
+    mean_square = jnp.mean(jnp.square(target))
+    return 1.0 / jnp.where(mean_square > 0, mean_square, 1.0)
+
+
 def total_variation(image: jax.Array, circular: bool = False) -> jax.Array:
     """Mean squared difference of neighbouring pixels, summed over both directions.
 

@@ -49,6 +49,8 @@ class Objective:
     # (one guided Gram matrix per region) and style_masks[layer] is [R, h_l, w_l].
     style_masks: dict | None = None
     region_weights: jax.Array | None = None  # [R]: each region's share of the image (0: no style there)
+    # "relative": every content and style term is divided by its target's mean square.
+    loss_scale: str = flax.struct.field(pytree_node=False, default="relative")
     pooling: str = flax.struct.field(pytree_node=False, default="avg")
     padding: str = flax.struct.field(pytree_node=False, default="zeros")
     precision: str = flax.struct.field(pytree_node=False, default="highest")
@@ -58,15 +60,22 @@ class Objective:
         feats = vgg.features(
             self.params, image, layers, pooling=self.pooling, padding=self.padding, precision=self.precision
         )
+        # Departure (see StyleConfig.loss_scale): by default each term is a squared relative
+        # distance, ||F - P||^2 / ||P||^2 and ||G - A||^2 / ||A||^2, instead of the paper's
+        # plain sums, so the weights mean the same for every layer and every image.
+        scale = losses.inverse_mean_square if self.loss_scale == "relative" else lambda target: 1.0
         aux = {}
         for layer, target in self.content_targets.items():
-            aux[f"content/{layer}"] = self.content_weight * losses.content_loss(feats[layer], target)
+            aux[f"content/{layer}"] = self.content_weight * losses.content_loss(feats[layer], target) * scale(target)
         for layer, target in self.style_targets.items():
             weight = self.style_weight * self.layer_weights[layer]
             if self.style_masks is None:
-                loss = losses.style_layer_loss(feats[layer], target)
+                loss = losses.style_layer_loss(feats[layer], target) * scale(target)
             else:
-                region_loss = lambda mask, a, f=feats[layer]: jnp.mean(jnp.square(losses.masked_gram(f, mask) - a))
+
+                def region_loss(mask, a, f=feats[layer]):
+                    return jnp.mean(jnp.square(losses.masked_gram(f, mask) - a)) * scale(a)
+
                 loss = jnp.sum(self.region_weights * jax.vmap(region_loss)(self.style_masks[layer], target))
             aux[f"style/{layer}"] = weight * loss
         aux["tv"] = self.tv_weight * losses.total_variation(image, circular=self.padding == "circular")
@@ -86,8 +95,14 @@ def _value(objective: Objective, image: jax.Array) -> jax.Array:
     return objective(image)[0]
 
 
-def default_layer_weights(style_layers) -> tuple[float, ...]:
-    """1/N_l per layer, N_l the layer's channel count (see ``StyleConfig.layer_weights``)."""
+def default_layer_weights(style_layers, loss_scale: str = "relative") -> tuple[float, ...]:
+    """The default per-layer weights (see ``StyleConfig.layer_weights``).
+
+    With relative terms, the paper's equal weights 1/L (L layers); with absolute ones, 1/N_l,
+    N_l the layer's channel count.
+    """
+    if loss_scale == "relative":
+        return tuple(1.0 / len(style_layers) for _ in style_layers)
     return tuple(1.0 / _channels(layer) for layer in style_layers)
 
 
@@ -169,7 +184,7 @@ def make_objective(
 
 
 def _assemble(params, content_targets, style_targets, style_layers, config) -> Objective:
-    layer_weights = config.layer_weights or default_layer_weights(style_layers)
+    layer_weights = config.layer_weights or default_layer_weights(style_layers, config.loss_scale)
     scalar = lambda x: jnp.asarray(x, jnp.float32)
     return Objective(
         params=params,
@@ -180,6 +195,7 @@ def _assemble(params, content_targets, style_targets, style_layers, config) -> O
         layer_weights={layer: scalar(w) for layer, w in zip(style_layers, layer_weights, strict=True)},
         tv_weight=scalar(config.tv_weight),
         box_weight=scalar(config.box_weight if config.box == "penalty" else 0.0),
+        loss_scale=config.loss_scale,
         pooling=config.pooling,
         padding=config.padding,
         precision=config.precision,
@@ -242,24 +258,45 @@ def _spatial_size(layer: str, height: int, width: int) -> int:
     return height * width
 
 
-def paper_weights(config: StyleConfig, height: int, width: int) -> tuple[dict[str, float], dict[str, float]]:
+def target_mean_squares(objective: Objective) -> dict[str, float]:
+    """Each target's mean square, keyed like the loss terms (``"content/relu4_2"``, ``"style/relu1_1"``, ...).
+
+    With ``loss_scale="relative"`` each term is divided by these (see :func:`paper_weights`).
+    A leading batch axis on the style targets (a sweep's) gives one value per member.
+    """
+    content = {f"content/{k}": jnp.mean(jnp.square(v)) for k, v in objective.content_targets.items()}
+    style = {f"style/{k}": jnp.mean(jnp.square(v), axis=(-2, -1)) for k, v in objective.style_targets.items()}
+    return {**content, **style}
+
+
+def paper_weights(
+    config: StyleConfig, height: int, width: int, mean_squares: Mapping[str, float] | None = None
+) -> tuple[dict[str, float], dict[str, float]]:
     """The paper's alpha and beta * w_l that give exactly this config's loss at this image size.
 
     The paper writes ``alpha * 1/2 sum (F - P)^2 + beta * sum_l w_l / (4 N_l^2 M_l^2) sum (G_l - A_l)^2``
     with unnormalised Gram matrices; ours uses means and Gram/M (see :mod:`nst_jax.losses`), so
     ``alpha_c = 2 * content_weight / (N_c M_c)`` per content layer and
-    ``beta * w_l = 4 * style_weight * layer_weight_l``.
+    ``beta * w_l = 4 * style_weight * layer_weight_l``, each divided by its target's mean
+    square with ``loss_scale="relative"`` (then ``mean_squares``, from
+    :func:`target_mean_squares`, is needed: the weights depend on the images).
 
     Returns:
       ``({content layer: alpha}, {style layer: beta * w_l})``.
     """
-    layer_weights = config.layer_weights or default_layer_weights(config.style_layers)
+    if config.loss_scale == "relative" and mean_squares is None:
+        raise ValueError("`mean_squares` is needed with loss_scale 'relative' (see target_mean_squares)")
+    divide = lambda term: float(mean_squares[term]) if config.loss_scale == "relative" else 1.0
+    layer_weights = config.layer_weights or default_layer_weights(config.style_layers, config.loss_scale)
     alpha = {
-        layer: 2.0 * config.content_weight / (_channels(layer) * _spatial_size(layer, height, width))
+        layer: 2.0
+        * config.content_weight
+        / (_channels(layer) * _spatial_size(layer, height, width))
+        / divide(f"content/{layer}")
         for layer in config.content_layers
     }
     beta = {
-        layer: 4.0 * config.style_weight * weight
+        layer: 4.0 * config.style_weight * weight / divide(f"style/{layer}")
         for layer, weight in zip(config.style_layers, layer_weights, strict=True)
     }
     return alpha, beta

@@ -28,20 +28,26 @@ from nst_jax.objective import Objective, make_objective
 class Progress(NamedTuple):
     """What a callback sees between chunks."""
 
-    step: int  # steps taken so far
-    num_steps: int  # steps asked for
+    step: int  # steps taken so far (in this stage)
+    num_steps: int  # steps asked for (in this stage)
     loss: float  # loss at `image`
     image: jax.Array  # current image, clipped to [0, 1]
     seconds: float  # wall time since the loop started (compilation included)
-    num_evals: int  # loss+gradient evaluations so far
+    num_evals: int  # loss+gradient evaluations so far (in this stage)
+    stage: int = 0  # coarse-to-fine stage (0-based; the last is the output's size)
+    num_stages: int = 1  # coarse-to-fine stages in all
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`optimize`; ``result`` holds the last finished chunk (a checkpoint was written if asked)."""
+    """Ctrl-C during :func:`optimize`; ``result`` holds the last finished chunk.
 
-    def __init__(self, result):
+    ``checkpoint`` is the directory a checkpoint was written to, or ``None`` (none asked for,
+    or a coarse-to-fine stage before the last, which is never checkpointed).
+    """
+
+    def __init__(self, result, checkpoint: str | None = None):
         super().__init__("interrupted")
-        self.result = result
+        self.result, self.checkpoint = result, checkpoint
 
 
 class Result(NamedTuple):
@@ -100,12 +106,14 @@ def stylize(
         from nst_jax.weights import load_params
 
         params, _ = load_params(config.weights)
-    if config.scales:
-        if masks is not None:
-            raise ValueError("`scales` cannot be combined with `masks` yet")
-        if checkpoint or resume:
-            raise ValueError("`scales` cannot be combined with checkpoints or `resume` (each scale is a new run)")
-        return _coarse_to_fine(content, style, config, params, init, callback, shape)
+    if content is None and shape is None:
+        raise ValueError("`shape` is needed when `content` is None")
+    final = tuple(shape) if content is None else tuple(jnp.shape(content)[:2])
+    sizes = config.stage_sizes(max(final))
+    if len(sizes) > 1 or sizes[-1] != max(final):
+        return _coarse_to_fine(
+            content, style, config, params, init, callback, final, sizes, checkpoint, resume, masks, style_masks
+        )
     objective, image, reference = _setup(content, style, config, params, init, shape, masks, style_masks)
     recolour = content is not None and config.preserve_colour == "luminance"
     try:
@@ -131,6 +139,8 @@ def _setup(content, style, config: StyleConfig, params, init, shape, masks, styl
     network_content = reference
     if content is not None and config.preserve_colour == "luminance":
         network_content = luminance_image(reference)
+        if init is not None and not isinstance(init, str):  # e.g. a coarser stage's recoloured result
+            init = luminance_image(jnp.asarray(init, jnp.float32))
     init = config.init if init is None else init
     if content is None and isinstance(init, str) and init == "content":
         init = "noise"  # nothing else to start from
@@ -155,7 +165,7 @@ def memory_needed(
     1.2x higher (measured at 2048 x 2048: 14.8 GiB RSS for 12.4 GiB analysed).
     """
     abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.float32), tree)
-    config = config.replace(scales=())  # the last scale is the output's size: the largest program
+    config = config.replace(scales=(), num_scales=1)  # the last stage is the output's size: the largest program
     array_init = init is not None and not isinstance(init, str)  # an image: abstract like the others
 
     def build(content, style, image, masks, style_masks):
@@ -169,37 +179,79 @@ def memory_needed(
     return optim.program_bytes(optim.chunk_program(loss_fn, optimizer, state))
 
 
-def _coarse_to_fine(content, style, config: StyleConfig, params, init, callback, shape) -> Result:
-    """Optimises at each of ``config.scales`` in turn, each stage starting from the last one's result, upsampled.
+def _coarse_to_fine(
+    content, style, config: StyleConfig, params, init, callback, final, sizes, checkpoint, resume, masks, style_masks
+) -> Result:
+    """Optimises at each of ``sizes`` (long sides) in turn, each stage starting from the last one's result, upsampled.
 
-    The content (or ``shape``) gives the aspect ratio and the final resolution's image;
-    every stage sees content and styles resized to its own long side, so the style's
-    strokes keep their size relative to the image.
+    The content (or ``final``, the output's shape) gives the aspect ratio; every stage sees
+    the content, the styles and the masks scaled by its size over the output's, so the
+    style's strokes keep their size relative to the image. Coarser stages take
+    ``config.coarse_steps`` steps, the last ``config.num_steps``. Checkpoints are of the
+    last stage: ``resume`` skips the coarser ones (the checkpoint holds the image).
 
     References:
       Gatys, Ecker, Bethge, Hertzmann, Shechtman, "Controlling Perceptual Factors in Neural
       Style Transfer", CVPR 2017, section 5 (coarse-to-fine).
     """
-    final = tuple(shape) if content is None else tuple(jnp.shape(content)[:2])
     styles = None if style is None else as_images(style)
+    scaled = lambda image, ratio: None if image is None else resize(image, _scaled_shape(jnp.shape(image)[:2], ratio))
     history, steps, evals, seconds, image, result = [], 0, 0, 0.0, None, None
-    for size in config.scales:
+    for stage, size in enumerate(sizes):
+        last = stage == len(sizes) - 1
+        if resume is not None and not last:
+            continue
+        ratio = size / max(final)
         stage_shape = fit_long_side(final, size)
-        stage_content = None if content is None else resize(content, stage_shape)
-        stage_styles = None
-        if styles is not None:
-            stage_styles = [resize(s, fit_long_side(jnp.shape(s)[:2], size)) for s in styles]
-        stage_init = init if image is None else resize(image, stage_shape)
+        stage_masks = None
+        if masks is not None:
+            stage_masks = jnp.stack(
+                [resize(m[..., None], stage_shape)[..., 0] for m in jnp.asarray(masks, jnp.float32)]
+            )
+        stage_style_masks = None
+        if style_masks is not None:
+            stage_style_masks = [
+                None if m is None else scaled(jnp.asarray(m)[..., None], ratio)[..., 0] for m in style_masks
+            ]
         result = stylize(
-            stage_content, stage_styles, config.replace(scales=(), size=size), params=params,
-            init=stage_init, callback=callback, shape=stage_shape,
-        )  # fmt: skip
+            None if content is None else resize(content, stage_shape),
+            None if styles is None else [scaled(s, ratio) for s in styles],
+            config.replace(
+                scales=(), num_scales=1, size=size, num_steps=config.num_steps if last else config.coarse_steps
+            ),
+            params=params,
+            init=init if image is None else resize(image, stage_shape),
+            callback=None if callback is None else _StageCallback(callback, stage, len(sizes)),
+            shape=stage_shape,
+            checkpoint=checkpoint if last else None,
+            resume=resume if last else None,
+            masks=stage_masks,
+            style_masks=stage_style_masks,
+        )
         image = result.image
         history += [(steps + s, loss) for s, loss in result.history]
         steps, evals, seconds = steps + result.num_steps, evals + result.num_evals, seconds + result.seconds
         if not result.finite:
             break
     return result._replace(history=history, num_steps=steps, num_evals=evals, seconds=seconds)
+
+
+def _scaled_shape(shape, ratio: float, floor: int = 64) -> tuple[int, int]:
+    """``shape`` scaled by ``ratio``, its long side kept at ``floor`` or more (or as it is, if smaller).
+
+    The floor keeps a small style image's deepest maps non-empty at a coarse stage.
+    """
+    return fit_long_side(shape, max(min(max(shape), floor), round(max(shape) * ratio)))
+
+
+class _StageCallback:
+    """Passes a stage's progress on with the stage's index and count filled in."""
+
+    def __init__(self, callback, stage: int, num_stages: int):
+        self.callback, self.stage, self.num_stages = callback, stage, num_stages
+
+    def __call__(self, progress):
+        return self.callback(progress._replace(stage=self.stage, num_stages=self.num_stages))
 
 
 def prepare_styles(style, output_shape: tuple[int, int], config: StyleConfig, content=None) -> list[jax.Array]:
@@ -291,7 +343,7 @@ def optimize(
     except KeyboardInterrupt:
         if checkpoint is not None:
             save_checkpoint(checkpoint, state, history)
-        raise Interrupted(_result(objective, state, history, start)) from None
+        raise Interrupted(_result(objective, state, history, start), checkpoint) from None
     return _result(objective, state, history, start)
 
 

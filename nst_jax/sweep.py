@@ -27,9 +27,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nst_jax import lbfgs, optim, vgg
 from nst_jax.config import StyleConfig
-from nst_jax.image import initial_image
-from nst_jax.objective import Objective, default_layer_weights, make_objective, paper_weights
-from nst_jax.stylize import prepare_styles
+from nst_jax.image import fit_long_side, initial_image, resize
+from nst_jax.objective import Objective, default_layer_weights, make_objective, paper_weights, target_mean_squares
+from nst_jax.stylize import _scaled_shape, prepare_styles
 
 # What a sweep can vary. "ratio" is content_weight / style_weight (the paper's alpha/beta in
 # this library's normalisation: the default 1/1e3 = 1e-3 gives pictures like the paper's
@@ -64,6 +64,7 @@ class SweepResult(NamedTuple):
     losses: np.ndarray  # [B] final loss
     terms: list[dict[str, float]]  # per member: weighted loss terms, as stylize's Result.terms
     layer_losses: list[dict[str, float]]  # per member: unweighted per-layer losses (content, style)
+    target_mean_squares: list[dict[str, float]]  # per member: each term's target mean square (objective.py)
     steps: np.ndarray  # [B] accepted optimiser steps
     evals: np.ndarray  # [B] loss+gradient evaluations each member used (initial one included)
     iterations: int  # batched evaluations, summed over batches (each evaluates a whole batch)
@@ -131,7 +132,6 @@ def _member_configs(config: StyleConfig, settings: list[dict]) -> tuple[list[Sty
     unsupported = {
         "save_every": config.save_every,
         "checkpoint_every": config.checkpoint_every,
-        "scales": config.scales,
         "style_blend": config.style_blend,
         "preserve_colour": config.preserve_colour if config.preserve_colour == "luminance" else None,
     }
@@ -150,11 +150,11 @@ def _member_configs(config: StyleConfig, settings: list[dict]) -> tuple[list[Sty
             layers = vgg.check_layers("style_layers", member["style_layers"])
             if not layers:
                 raise ValueError("`style_layers` has an empty layer set; each set needs at least one layer")
-            # As the paper's Figure 3: equal total weight for every set (its w_l = 1/|set|),
-            # on this library's per-layer scale 1/N_l.
-            scale = len(config.style_layers) / len(layers)
+            # As the paper's Figure 3: equal total weight for every set (its w_l = 1/|set|, the
+            # relative default), on the absolute scale's 1/N_l per layer times L/|set|.
+            scale = 1.0 if config.loss_scale == "relative" else len(config.style_layers) / len(layers)
             changes["style_layers"] = layers
-            changes["layer_weights"] = tuple(w * scale for w in default_layer_weights(layers))
+            changes["layer_weights"] = tuple(w * scale for w in default_layer_weights(layers, config.loss_scale))
         if "layer_weights" in member:
             changes["layer_weights"] = tuple(member["layer_weights"])
         for name in ("content_weight", "style_weight", "tv_weight"):
@@ -168,7 +168,7 @@ def _member_configs(config: StyleConfig, settings: list[dict]) -> tuple[list[Sty
 
 
 def _weights_over(config: StyleConfig, union: tuple[str, ...]) -> list[float]:
-    layer_weights = config.layer_weights or default_layer_weights(config.style_layers)
+    layer_weights = config.layer_weights or default_layer_weights(config.style_layers, config.loss_scale)
     weights = dict(zip(config.style_layers, layer_weights, strict=True))
     return [weights.get(layer, 0.0) for layer in union]
 
@@ -295,6 +295,7 @@ def sweep(
     shape: tuple[int, int] | None = None,
     callback: Callable[[SweepProgress], bool | None] | None = None,
     memory_fraction: float = 0.8,
+    init: jax.Array | None = None,
 ) -> SweepResult:
     """Optimises one image per combination of the swept settings, B at a time in one compiled program.
 
@@ -315,6 +316,11 @@ def sweep(
       shape: ``(height, width)`` of the output when ``content`` is None.
       callback: called between chunks with a :class:`SweepProgress`; returning ``True`` stops the batch.
       memory_fraction: share of the free memory a batch may use.
+      init: ``[B, h, w, 3]`` initial images, one per member (default: ``config.init`` for each).
+
+    Coarse to fine as :func:`~nst_jax.stylize.stylize` (``config.num_scales`` or ``scales``):
+    the whole sweep runs at each stage's size, each member starting from its own result of
+    the stage before; steps, evaluations and seconds add up over the stages.
 
     Returns:
       A :class:`SweepResult`; member i of the product is ``result.settings[i]``.
@@ -337,6 +343,14 @@ def sweep(
         from nst_jax.weights import load_params
 
         params, _ = load_params(config.weights)
+    final = tuple(shape) if content is None else tuple(jnp.shape(content)[:2])
+    sizes = config.stage_sizes(max(final))
+    if len(sizes) > 1 or sizes[-1] != max(final):
+        return _coarse_to_fine(
+            content, style, config, axes, final, sizes, init,
+            dict(params=params, product=product, batch_size=batch_size, devices=devices, callback=callback,
+                 memory_fraction=memory_fraction),
+        )  # fmt: skip
 
     start = time.perf_counter()
     if content is not None:  # style_scale and histogram colour matching, as stylize applies them
@@ -364,14 +378,21 @@ def sweep(
         },
     )
     reference = jnp.zeros((*shape, 3), jnp.float32) if content is None else jnp.asarray(content, jnp.float32)
-    init = config.init if content is not None or config.init != "content" else "noise"
+    start_from = config.init if content is not None or config.init != "content" else "noise"
     style_images = styles or [style] * len(configs)
-    images = jnp.stack(
-        [
-            jnp.clip(initial_image(init, reference, None if s is None else jnp.asarray(s), c.seed), 0.0, 1.0)
-            for c, s in zip(configs, style_images, strict=True)
-        ]
-    )
+    if init is None:
+        images = jnp.stack(
+            [
+                jnp.clip(initial_image(start_from, reference, None if s is None else jnp.asarray(s), c.seed), 0.0, 1.0)
+                for c, s in zip(configs, style_images, strict=True)
+            ]
+        )
+    elif jnp.shape(init) != (len(configs), *reference.shape):
+        raise ValueError(
+            f"`init` must be [{len(configs)}, {', '.join(map(str, reference.shape))}], got {jnp.shape(init)}"
+        )
+    else:
+        images = jnp.clip(jnp.asarray(init, jnp.float32), 0.0, 1.0)
 
     devices = list(devices or jax.devices())
     mesh = Mesh(np.array(devices), ("batch",))
@@ -389,6 +410,7 @@ def sweep(
         outputs.append(state)
         iterations += count
     state = jax.tree.map(lambda *x: np.concatenate(x)[:total], *outputs)
+    mean_squares = {k: np.broadcast_to(np.asarray(v), (total,)) for k, v in target_mean_squares(objectives).items()}
     weighted, raw = state["weighted"], state["raw"]
     axis_labels = {name: _label(list(v.keys()) if isinstance(v, Mapping) else list(v)) for name, v in axes.items()}
     return SweepResult(
@@ -399,6 +421,7 @@ def sweep(
         layer_losses=[
             {k: float(v[i]) for k, v in raw.items() if k.startswith(("content/", "style/"))} for i in range(total)
         ],
+        target_mean_squares=[{k: float(v[i]) for k, v in mean_squares.items()} for i in range(total)],
         steps=state["steps"],
         evals=state["evals"],
         iterations=iterations,
@@ -408,6 +431,40 @@ def sweep(
         axes=axis_labels,
         product=product,
     )
+
+
+def _coarse_to_fine(content, style, config: StyleConfig, axes, final, sizes, init, options) -> SweepResult:
+    """The sweep at each of ``sizes`` in turn, every member continuing from its own upsampled result."""
+    result, totals = None, None
+    for stage, size in enumerate(sizes):
+        last = stage == len(sizes) - 1
+        ratio, stage_shape = size / max(final), fit_long_side(final, size)
+        scaled = lambda image, ratio=ratio: resize(image, _scaled_shape(jnp.shape(image)[:2], ratio))
+        stage_axes = dict(axes or {})
+        if isinstance(stage_axes.get("style"), Mapping):
+            stage_axes["style"] = {label: scaled(image) for label, image in stage_axes["style"].items()}
+        elif "style" in stage_axes:
+            stage_axes["style"] = [(label, scaled(image)) for label, image in stage_axes["style"]]
+        if init is not None or result is not None:
+            previous = init if result is None else result.images
+            init_images = jnp.stack([resize(image, stage_shape) for image in previous])
+        else:
+            init_images = None
+        result = sweep(
+            None if content is None else resize(content, stage_shape),
+            None if style is None else scaled(style),
+            config.replace(
+                scales=(), num_scales=1, size=size, num_steps=config.num_steps if last else config.coarse_steps
+            ),
+            stage_axes,
+            shape=stage_shape,
+            init=init_images,
+            **options,
+        )
+        stage_totals = (result.steps, result.evals, result.iterations, result.seconds)
+        totals = stage_totals if totals is None else tuple(a + b for a, b in zip(totals, stage_totals, strict=True))
+    steps, evals, iterations, seconds = totals
+    return result._replace(steps=steps, evals=evals, iterations=iterations, seconds=seconds)
 
 
 class _BatchRunner:
@@ -552,7 +609,7 @@ def save_sweep(directory, result: SweepResult, config: StyleConfig, *, extension
     member_configs, _ = _member_configs(config, result.settings)
     for i, (member, member_config) in enumerate(zip(result.settings, member_configs, strict=True)):
         name = _file_name(i, member, extension)
-        alpha, beta = paper_weights(member_config, height, width)
+        alpha, beta = paper_weights(member_config, height, width, result.target_mean_squares[i])
         save_image(directory / name, result.images[i])
         records.append(
             {
@@ -569,7 +626,8 @@ def save_sweep(directory, result: SweepResult, config: StyleConfig, *, extension
                     "style_weight": member_config.style_weight,
                     "style_layers": list(member_config.style_layers),
                     "layer_weights": list(
-                        member_config.layer_weights or default_layer_weights(member_config.style_layers)
+                        member_config.layer_weights
+                        or default_layer_weights(member_config.style_layers, member_config.loss_scale)
                     ),
                     "tv_weight": member_config.tv_weight,
                 },

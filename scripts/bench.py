@@ -102,15 +102,23 @@ def _torch_loss(params, content, style, config):
         style_targets = {k: gram(s_feats[k]) for k in config.style_layers}
     from nst_jax.objective import default_layer_weights
 
-    layer_weights = dict(zip(config.style_layers, default_layer_weights(config.style_layers), strict=True))
+    weights = default_layer_weights(config.style_layers, config.loss_scale)
+    layer_weights = dict(zip(config.style_layers, weights, strict=True))
+    relative = lambda targets: {
+        k: 1.0 / float(t.pow(2).mean()) if config.loss_scale == "relative" else 1.0 for k, t in targets.items()
+    }
+    content_scale, style_scale = relative(content_targets), relative(style_targets)
     image = to_torch(content).requires_grad_(True)
 
     def evaluate():
         image.grad = None
         feats = features(image)
-        loss = sum(config.content_weight * F.mse_loss(feats[k], t) for k, t in content_targets.items())
+        loss = sum(
+            config.content_weight * content_scale[k] * F.mse_loss(feats[k], t) for k, t in content_targets.items()
+        )
         loss = loss + sum(
-            config.style_weight * layer_weights[k] * F.mse_loss(gram(feats[k]), t) for k, t in style_targets.items()
+            config.style_weight * layer_weights[k] * style_scale[k] * F.mse_loss(gram(feats[k]), t)
+            for k, t in style_targets.items()
         )
         loss.backward()
         return float(loss)

@@ -11,7 +11,7 @@ from nst_jax.losses import gram
 from nst_jax.stylize import prepare_styles
 from nst_jax.vgg import features
 
-TINY = StyleConfig(num_steps=6, chunk_size=3)
+TINY = StyleConfig(num_steps=6, chunk_size=3, coarse_steps=6)
 
 
 def test_yiq_round_trip_and_grey_has_no_chroma(rng):
@@ -185,15 +185,58 @@ def test_cli_tileable_flag(tmp_path, real_params):
 def test_coarse_to_fine_runs_every_scale_and_ends_at_the_last(real_params):
     content, style = samples.village(48, 64), samples.swirls(30, 40)
     stages = []
-    config = TINY.replace(scales=(32, 64))
-    result = stylize(content, style, config, params=real_params, callback=lambda p: stages.append(p.image.shape))
+    config = TINY.replace(scales=(32, 64), coarse_steps=3)
+    result = stylize(content, style, config, params=real_params, callback=stages.append)
     assert result.image.shape == (48, 64, 3)
-    assert {s[:2] for s in stages} == {(24, 32), (48, 64)}
-    assert result.num_steps == 2 * TINY.num_steps
+    assert {p.image.shape[:2] for p in stages} == {(24, 32), (48, 64)}
+    assert {(p.stage, p.num_stages, p.num_steps) for p in stages} == {(0, 2, 3), (1, 2, TINY.num_steps)}
+    assert result.num_steps == 3 + TINY.num_steps
     steps = [s for s, _ in result.history]
-    assert steps == sorted(steps) and steps[-1] == 2 * TINY.num_steps
+    assert steps == sorted(steps) and steps[-1] == 3 + TINY.num_steps
     with pytest.raises(ValueError, match=r"`scales` must be increasing integers >= 16, got \(64, 32\)"):
         StyleConfig(scales=(64, 32))
+
+
+def test_stage_sizes_halve_down_to_the_coarsest_scale():
+    assert StyleConfig(size=512).stage_sizes() == (128, 256, 512)
+    assert StyleConfig(size=1024).stage_sizes() == (256, 512, 1024)
+    assert StyleConfig(size=300).stage_sizes() == (150, 300)
+    assert StyleConfig(size=255).stage_sizes() == (255,)
+    assert StyleConfig(size=512, num_scales=2).stage_sizes() == (256, 512)
+    assert StyleConfig(size=512, num_scales=1).stage_sizes() == (512,)
+    assert StyleConfig(scales=(100, 200)).stage_sizes() == (100, 200)
+    assert StyleConfig().stage_sizes(384) == (192, 384)
+    with pytest.raises(ValueError, match="`num_scales` must be an integer >= 1, got 0"):
+        StyleConfig(num_scales=0)
+
+
+def test_coarse_to_fine_with_masks_checkpoints_and_resume(real_params, tmp_path):
+    """Masks are resized per stage; only the last stage is checkpointed and resume skips the others."""
+    content, style = samples.village(32, 48), samples.swirls(32, 48)
+    masks = np.zeros((2, 32, 48), np.float32)
+    masks[0, :, :24], masks[1, :, 24:] = 1, 1
+    config = StyleConfig(scales=(24, 48), coarse_steps=4, num_steps=8, chunk_size=4, checkpoint_every=4)
+    run = lambda **kw: stylize(content, [style, None], config, params=real_params, masks=masks, **kw)
+    whole = run()
+    assert whole.image.shape == (32, 48, 3) and whole.num_steps == 12
+    checkpoint = str(tmp_path / "ckpt")
+    first = run(checkpoint=checkpoint, callback=lambda p: p.stage == 1 and p.step >= 4)
+    assert first.num_steps == 8
+    resumed = run(checkpoint=checkpoint, resume=checkpoint)
+    np.testing.assert_array_equal(resumed.image, whole.image)
+    assert resumed.num_steps == 8  # the last stage only
+
+
+def test_luminance_transfer_starts_from_the_grey_of_an_image_init(real_params, rng):
+    """A coarser stage's (recoloured) result, or any init image, becomes its luminance, as the content does."""
+    from nst_jax.stylize import _setup
+
+    content, style, init = samples.village(24, 32), samples.swirls(24, 32), random_image(rng, 24, 32)
+    config = StyleConfig(preserve_colour="luminance")
+    _, image, _ = _setup(content, style, config, real_params, init, None, None, None)
+    np.testing.assert_allclose(
+        image, np.repeat(init @ np.array([0.299, 0.587, 0.114], np.float32)[:, None], 3, -1), atol=1e-5
+    )
 
 
 def test_cli_scales_set_the_output_size(tmp_path, real_params):

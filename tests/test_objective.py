@@ -17,7 +17,10 @@ def objective(tiny_params, rng):
     return make_objective(tiny_params, random_image(rng, 24, 20), random_image(rng, 30, 28), CONFIG)
 
 
-def test_terms_add_up_and_match_numpy(objective, tiny_params, rng):
+def test_terms_add_up_and_match_numpy(tiny_params, rng):
+    """The absolute terms (plain means; the relative ones are tested below)."""
+    config = CONFIG.replace(loss_scale="absolute", layer_weights=None)
+    objective = make_objective(tiny_params, random_image(rng, 24, 20), random_image(rng, 30, 28), config)
     image = random_image(rng, 24, 20)
     loss, aux = objective(image)
     assert set(aux) == {"content/relu2_1", "style/relu1_1", "style/relu2_1", "style/relu3_1", "tv", "box"}
@@ -68,15 +71,19 @@ def test_objective_is_a_pytree_argument(objective, rng):
     np.testing.assert_allclose(batched[1], first, rtol=1e-5)
 
 
-def test_gradient(tiny_params, rng):
+@pytest.mark.parametrize("loss_scale", ["relative", "absolute"])
+def test_gradient(tiny_params, rng, loss_scale):
     with jax.enable_x64(True):
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tiny_params)
-        config = StyleConfig(content_layers=("relu1_2",), style_layers=("relu1_1", "relu2_1"), tv_weight=1.0)
+        config = StyleConfig(
+            content_layers=("relu1_2",), style_layers=("relu1_1", "relu2_1"), tv_weight=1.0, loss_scale=loss_scale
+        )
         c = jnp.asarray(random_image(rng, 8, 8), jnp.float64)
         s = jnp.asarray(random_image(rng, 8, 8), jnp.float64)
         obj = make_objective(params, c, s, config)
         x = jnp.asarray(random_image(rng, 8, 8), jnp.float64)
-        check_grads(obj.value, (x,), order=1, modes=["rev"], atol=1e-4, rtol=1e-4)
+        # float64 central differences; eps 1e-6 (the relative terms are O(10) here, curvature with them)
+        check_grads(obj.value, (x,), order=1, modes=["rev"], atol=1e-4, rtol=1e-4, eps=1e-6)
 
 
 def test_content_only_and_style_only(tiny_params, rng):
@@ -103,20 +110,24 @@ def test_errors(tiny_params, rng):
         )
 
 
-def test_default_layer_weights_are_one_over_channels():
+def test_default_layer_weights():
     from nst_jax import default_layer_weights
 
-    assert default_layer_weights(("relu1_1", "conv3_1", "relu5_1")) == (1 / 64, 1 / 256, 1 / 512)
+    assert default_layer_weights(("relu1_1", "conv3_1", "relu5_1")) == (1 / 3, 1 / 3, 1 / 3)
+    assert default_layer_weights(("relu1_1", "conv3_1", "relu5_1"), "absolute") == (1 / 64, 1 / 256, 1 / 512)
 
 
-def test_paper_weights_reproduce_the_loss(tiny_params, rng):
+@pytest.mark.parametrize("loss_scale", ["relative", "absolute"])
+def test_paper_weights_reproduce_the_loss(tiny_params, rng, loss_scale):
     """alpha and beta*w_l from paper_weights, put into the paper's formulas, give our loss."""
-    from nst_jax.objective import paper_weights
+    from nst_jax.objective import paper_weights, target_mean_squares
 
-    config = StyleConfig(content_layers=("relu2_1",), style_layers=("relu1_1", "relu3_1"), style_weight=7.0)
+    config = StyleConfig(
+        content_layers=("relu2_1",), style_layers=("relu1_1", "relu3_1"), style_weight=7.0, loss_scale=loss_scale
+    )
     content, style, image = random_image(rng, 20, 24), random_image(rng, 16, 16), random_image(rng, 20, 24)
     objective = make_objective(tiny_params, content, style, config)
-    alpha, beta = paper_weights(config, 20, 24)
+    alpha, beta = paper_weights(config, 20, 24, target_mean_squares(objective))
     feats = {
         k: np.asarray(v, np.float64)
         for k, v in vgg.features(tiny_params, image, ("relu1_1", "relu2_1", "relu3_1")).items()
@@ -133,8 +144,33 @@ def test_paper_weights_reproduce_the_loss(tiny_params, rng):
     np.testing.assert_allclose(objective(image)[0], paper, rtol=1e-4)
 
 
+def test_relative_terms_are_squared_relative_distances(tiny_params, rng):
+    config = StyleConfig(content_layers=("relu2_1",), style_layers=("relu1_1", "relu3_1"), style_weight=3.0)
+    content, style, image = random_image(rng, 20, 24), random_image(rng, 16, 16), random_image(rng, 20, 24)
+    _, aux = make_objective(tiny_params, content, style, config)(image)
+    feats = {
+        k: np.asarray(v, np.float64)
+        for k, v in vgg.features(tiny_params, image, ("relu1_1", "relu2_1", "relu3_1")).items()
+    }
+    target = np.asarray(vgg.features(tiny_params, content, ("relu2_1",))["relu2_1"], np.float64)
+    expected = np.sum((feats["relu2_1"] - target) ** 2) / np.sum(target**2)
+    np.testing.assert_allclose(aux["content/relu2_1"], expected, rtol=1e-4)
+    for layer in ("relu1_1", "relu3_1"):
+        a, b = feats[layer], np.asarray(vgg.features(tiny_params, style, (layer,))[layer], np.float64)
+        g = lambda f: f.reshape(-1, f.shape[-1]).T @ f.reshape(-1, f.shape[-1]) / (f.shape[0] * f.shape[1])
+        distance = np.sum((g(a) - g(b)) ** 2) / np.sum(g(b) ** 2)
+        np.testing.assert_allclose(aux[f"style/{layer}"], 3.0 / 2 * distance, rtol=1e-4)  # w_l = 1/2
+
+
+def test_paper_weights_need_the_targets_with_relative_terms():
+    from nst_jax.objective import paper_weights
+
+    with pytest.raises(ValueError, match="`mean_squares` is needed with loss_scale 'relative'"):
+        paper_weights(StyleConfig(), 512, 384)
+
+
 def test_paper_weights_of_a_pooling_content_layer():
     from nst_jax.objective import paper_weights
 
-    alpha, _ = paper_weights(StyleConfig(content_layers=("pool4",)), 512, 384)
+    alpha, _ = paper_weights(StyleConfig(content_layers=("pool4",), loss_scale="absolute"), 512, 384)
     assert alpha == {"pool4": 2.0 / (512 * 32 * 24)}

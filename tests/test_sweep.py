@@ -12,6 +12,7 @@ from conftest import one_line_error
 from PIL import Image
 
 from nst_jax import StyleConfig, optim, samples
+from nst_jax.image import fit_long_side, resize
 from nst_jax.io import contact_sheet
 from nst_jax.sweep import MemoryLimitError, check_axes, members, save_sweep, sweep
 
@@ -48,7 +49,6 @@ def test_members_are_the_product_first_axis_slowest_or_zipped():
         ({"layer_weights": [(1.0, 2.0)]}, True, SMALL, "`layer_weights` has 2 values for 5 style layers"),
         ({"style_weight": [1.0]}, True, SMALL.replace(box="clip"), "`box` 'clip' is not available in sweeps"),
         ({"style_weight": "1,2"}, True, SMALL, "must be a list of values"),
-        ({"ratio": [1e-3]}, True, SMALL.replace(scales=(16, 32)), r"`scales` \(16, 32\) is not available in sweeps"),
         ({"ratio": [1e-3]}, True, SMALL.replace(preserve_colour="luminance"), "`preserve_colour` 'luminance' is not"),
     ],
 )
@@ -102,6 +102,24 @@ def test_swept_styles_match_runs_with_each_style(real_params, pictures):
     for i, style in enumerate((style_a, style_b)):
         alone = sweep(content, style, SMALL, {"style_weight": [SMALL.style_weight]}, params=real_params)
         np.testing.assert_allclose(both.losses[i], alone.losses[0], rtol=2e-3)
+
+
+def test_coarse_to_fine_sweep_continues_each_member_from_its_own_result(real_params, pictures):
+    content, style_a, style_b = pictures
+    config = SMALL.replace(scales=(20, 40), coarse_steps=5, num_steps=4)
+    axes = {"style": {"a": style_a, "b": style_b}}
+    staged = sweep(content, None, config, axes, params=real_params)
+    assert staged.images.shape == (2, 32, 40, 3) and list(staged.steps) == [9, 9]
+    small = lambda image: resize(image, fit_long_side(image.shape[:2], 20))
+    single = config.replace(scales=(), num_scales=1)
+    # the content is halved; styles under 64 px are kept as they are (their deepest maps would vanish)
+    first = sweep(small(content), None, single.replace(num_steps=5), axes, params=real_params)
+    init = np.stack([np.asarray(resize(image, (32, 40))) for image in first.images])
+    second = sweep(content, None, single, axes, params=real_params, init=init)
+    np.testing.assert_array_equal(staged.images, second.images)
+    assert staged.iterations == first.iterations + second.iterations
+    with pytest.raises(ValueError, match=r"`init` must be \[2, 32, 40, 3\], got \(1, 32, 40, 3\)"):
+        sweep(content, None, single, axes, params=real_params, init=init[:1])
 
 
 def test_noise_seeds_and_adam(real_params, pictures):
