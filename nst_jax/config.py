@@ -30,9 +30,9 @@ class StyleConfig:
     """Settings of one style transfer. Weights are explained in the README ("Loss and weights")."""
 
     size: int = _f(512, "long side of the output in pixels (content and style images are resized to it)")
-    num_steps: int = _f(500, "optimiser steps (L-BFGS iterations or Adam steps)")
+    num_steps: int = _f(150, "optimiser steps at the output's size (L-BFGS iterations or Adam steps)")
     content_weight: float = _f(1.0, "weight of the content loss (the paper's alpha, in this normalisation)")
-    style_weight: float = _f(1e3, "weight of the style loss (the paper's beta, in this normalisation)")
+    style_weight: float = _f(30.0, "weight of the style loss (the paper's beta, in this normalisation)")
     content_layers: tuple[str, ...] = _f(
         ("relu4_2",), "layers whose features the content loss matches (paper: conv4_2)"
     )
@@ -58,7 +58,10 @@ class StyleConfig:
     layer_weights: tuple[float, ...] | None = _f(
         None, "per-style-layer weights; default 1/L for L layers (the paper's), 1/N_l with --loss-scale absolute"
     )
-    tv_weight: float = _f(0.0, "weight of the total-variation smoothness loss (not in the paper; 0 disables)")
+    # Departure: not in the paper (neural-style's default has it too). Without it flat regions
+    # (sky, water) carry a fine dotted speckle; measured at 256 px it cuts the high-frequency
+    # share of the result by a third and leaves every Gram distance as it was (README).
+    tv_weight: float = _f(30.0, "weight of the total-variation smoothness loss (not in the paper; 0 disables)")
     # Departure: the paper does not say how pixels are kept in range. "penalty" adds
     # box_weight * mean(distance outside [0, 1]^2) to the loss, which keeps L-BFGS's
     # objective smooth and consistent; "clip" clips between chunks (measured: the loss then

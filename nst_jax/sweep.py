@@ -150,8 +150,8 @@ def _member_configs(config: StyleConfig, settings: list[dict]) -> tuple[list[Sty
             layers = vgg.check_layers("style_layers", member["style_layers"])
             if not layers:
                 raise ValueError("`style_layers` has an empty layer set; each set needs at least one layer")
-            # As the paper's Figure 3: equal total weight for every set (its w_l = 1/|set|, the
-            # relative default), on the absolute scale's 1/N_l per layer times L/|set|.
+            # As the paper's Figure 3: equal total weight for every set (the relative default's
+            # weights over the set sum to 1), on the absolute scale 1/N_l per layer times L/|set|.
             scale = 1.0 if config.loss_scale == "relative" else len(config.style_layers) / len(layers)
             changes["style_layers"] = layers
             changes["layer_weights"] = tuple(w * scale for w in default_layer_weights(layers, config.loss_scale))

@@ -15,7 +15,8 @@ evaluations (a coarse-to-fine stage counts by its share of the output's pixels),
 ours and the reference output, and writes ``tubingen_<style>.png``, ``gallery.json`` and
 ``gallery.png`` (ours above the reference, the judge's numbers under each). ``--set
 name=value`` changes a setting of :class:`nst_jax.StyleConfig` for every pair;
-``--judge-only`` judges the images already in ``-o`` (rendered by another version, say).
+``--judge-only`` judges the images already in ``-o`` (rendered by another version, say);
+``--keep`` renders only the pairs an earlier gallery in ``-o`` has not.
 The images are not part of the project: pass their folders.
 """
 
@@ -130,6 +131,9 @@ def gallery_command(args) -> None:
     original = nst_jax.load_image(images / f"{CONTENT}.jpg")
     content = nst_jax.load_image(images / f"{CONTENT}.jpg", config.size)
     report = {"config": {k: v for k, v in vars(config).items()}, "settings": settings, "pairs": {}}
+    earlier = {}  # with --keep: the runs of images rendered by an earlier gallery into the same folder
+    if args.keep and (out / "gallery.json").is_file():
+        earlier = {k: v["run"] for k, v in json.loads((out / "gallery.json").read_text())["pairs"].items()}
     columns = []
     for style_name, reference_name in PAIRS.items():
         if args.pairs and style_name not in args.pairs:
@@ -139,6 +143,8 @@ def gallery_command(args) -> None:
         style_original = nst_jax.load_image(style_path)
         if args.judge_only:
             image, run = nst_jax.load_image(target), {}
+        elif args.keep and target.is_file() and style_name in earlier:
+            image, run = nst_jax.load_image(target), earlier[style_name]
         else:
             image, run = render(content, nst_jax.load_image(style_path, config.size), config, params)
             save_image(target, image)
@@ -176,6 +182,9 @@ def main(argv=None) -> None:
     gallery.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a StyleConfig setting")
     gallery.add_argument("--pairs", nargs="+", choices=tuple(PAIRS), help="only these styles")
     gallery.add_argument("--judge-only", action="store_true", help="judge the images already in the output folder")
+    gallery.add_argument(
+        "--keep", action="store_true", help="reuse the images (and their timings) an earlier gallery left in -o"
+    )
     args = parser.parse_args(argv)
     (judge_command if args.command == "judge" else gallery_command)(args)
 

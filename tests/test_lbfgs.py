@@ -44,10 +44,20 @@ def test_rosenbrock_to_its_minimum_with_few_rejected_trials():
 
 
 def test_each_member_keeps_its_own_history_vmap_equals_loop(rng):
+    # float64: in float32 the batched and single reductions round differently, and a trial
+    # near the Armijo threshold can be accepted by one and rejected by the other (seen on some CPUs).
+    jax.config.update("jax_enable_x64", True)
+    try:
+        _vmap_equals_loop(rng)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+def _vmap_equals_loop(rng):
     quadratic, _ = _quadratic(rng, n=6)
-    scales = jnp.asarray([0.05, 1.0, 300.0])
+    scales = jnp.asarray([0.05, 1.0, 300.0], jnp.float64)
     f = lambda scale, x: scale * quadratic(x) + jnp.sum(jnp.cos(3 * x))  # different curvature per member
-    x0 = jnp.asarray(rng.random((3, 1, 2, 3)), jnp.float32)
+    x0 = jnp.asarray(rng.random((3, 1, 2, 3)), jnp.float64)
 
     def member(scale, x):
         vg = jax.value_and_grad(lambda x: f(scale, x))
@@ -59,7 +69,7 @@ def test_each_member_keeps_its_own_history_vmap_equals_loop(rng):
     for i in range(3):
         single = jax.jit(member)(scales[i], x0[i])
         for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(single), strict=True):
-            np.testing.assert_allclose(got[i], want, rtol=2e-3, atol=2e-3)  # f32 reduction order
+            np.testing.assert_allclose(got[i], want, rtol=2e-3, atol=2e-3)  # reduction order
     assert len(set(np.asarray(batched.steps).tolist())) > 1  # members rejected different trials
 
 

@@ -113,7 +113,8 @@ def test_errors(tiny_params, rng):
 def test_default_layer_weights():
     from nst_jax import default_layer_weights
 
-    assert default_layer_weights(("relu1_1", "conv3_1", "relu5_1")) == (1 / 3, 1 / 3, 1 / 3)
+    assert default_layer_weights(("relu1_1", "conv3_1")) == (0.5, 0.5)
+    np.testing.assert_allclose(default_layer_weights(("relu1_1", "conv3_1", "relu5_1")), np.array([1, 1, 0.2]) / 2.2)
     assert default_layer_weights(("relu1_1", "conv3_1", "relu5_1"), "absolute") == (1 / 64, 1 / 256, 1 / 512)
 
 
