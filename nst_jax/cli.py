@@ -21,7 +21,7 @@ from nst_jax.config import INITS, StyleConfig
 # Flags whose name is not simply the field's name with dashes.
 _FLAG_NAMES = {"num_steps": "--steps"}
 # Defaults of `nst-jax demo`: small enough for a laptop CPU in a few minutes.
-DEMO_DEFAULTS = {"size": 256, "num_steps": 200}
+DEMO_DEFAULTS = {"size": 256}
 
 
 class _UsageError(Exception):

