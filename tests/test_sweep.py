@@ -279,8 +279,9 @@ def test_compiled_once_for_repeated_sweeps(real_params):
 def test_style_scale_and_histogram_colour_apply_to_sweeps_as_to_stylize(real_params, pictures):
     content, style, _ = pictures
     config = SMALL.replace(num_steps=0, style_scale=0.5, preserve_colour="histogram")
-    swept = sweep(content, style, config, {"style_weight": [1e3]}, params=real_params)
-    plain = sweep(content, style, SMALL.replace(num_steps=0), {"style_weight": [1e3]}, params=real_params)
+    weight = {"style_weight": [config.style_weight]}
+    swept = sweep(content, style, config, weight, params=real_params)
+    plain = sweep(content, style, SMALL.replace(num_steps=0), weight, params=real_params)
     from nst_jax.objective import make_objective
     from nst_jax.stylize import prepare_styles
 
