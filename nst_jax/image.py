@@ -24,6 +24,15 @@ def fit_long_side(shape: tuple[int, int], size: int) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
+def scaled_shape(shape: tuple[int, int], ratio: float, floor: int = 64) -> tuple[int, int]:
+    """``shape`` scaled by ``ratio``, its long side kept at ``floor`` or more (or as it is, if smaller).
+
+    A coarse-to-fine stage scales the style images with it; the floor keeps a small style
+    image's deepest feature maps non-empty.
+    """
+    return fit_long_side(shape, max(min(max(shape), floor), round(max(shape) * ratio)))
+
+
 def resize(image: jax.Array, shape: tuple[int, int]) -> jax.Array:
     """Antialiased Lanczos resize of an ``[h, w, 3]`` image to ``shape = (height, width)``, clipped to [0, 1]."""
     if tuple(image.shape[:2]) == tuple(shape):

@@ -20,6 +20,7 @@ from nst_jax.image import (
     match_colour,
     match_luminance,
     resize,
+    scaled_shape,
     with_content_colour,
 )
 from nst_jax.objective import Objective, make_objective
@@ -196,7 +197,7 @@ def _coarse_to_fine(
       Style Transfer", CVPR 2017, section 5 (coarse-to-fine).
     """
     styles = None if style is None else as_images(style)
-    scaled = lambda image, ratio: None if image is None else resize(image, _scaled_shape(jnp.shape(image)[:2], ratio))
+    scaled = lambda image, ratio: None if image is None else resize(image, scaled_shape(jnp.shape(image)[:2], ratio))
     history, steps, evals, seconds, image, result = [], 0, 0, 0.0, None, None
     for stage, size in enumerate(sizes):
         last = stage == len(sizes) - 1
@@ -236,14 +237,6 @@ def _coarse_to_fine(
         if not result.finite or (stage_callback is not None and stage_callback.stopped):
             break  # a callback's stop ends the whole run, not just its stage
     return result._replace(history=history, num_steps=steps, num_evals=evals, seconds=seconds)
-
-
-def _scaled_shape(shape, ratio: float, floor: int = 64) -> tuple[int, int]:
-    """``shape`` scaled by ``ratio``, its long side kept at ``floor`` or more (or as it is, if smaller).
-
-    The floor keeps a small style image's deepest maps non-empty at a coarse stage.
-    """
-    return fit_long_side(shape, max(min(max(shape), floor), round(max(shape) * ratio)))
 
 
 class _StageCallback:

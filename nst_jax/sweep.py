@@ -27,13 +27,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nst_jax import lbfgs, optim, vgg
 from nst_jax.config import StyleConfig
-from nst_jax.image import fit_long_side, initial_image, resize
+from nst_jax.image import fit_long_side, initial_image, resize, scaled_shape
 from nst_jax.objective import Objective, default_layer_weights, make_objective, paper_weights, target_mean_squares
-from nst_jax.stylize import _scaled_shape, prepare_styles
+from nst_jax.stylize import prepare_styles
 
 # What a sweep can vary. "ratio" is content_weight / style_weight (the paper's alpha/beta in
-# this library's normalisation: the default 1/1e3 = 1e-3 gives pictures like the paper's
-# 1e-3); it keeps content_weight and sets style_weight = content_weight / ratio.
+# this library's normalisation, default 1/30); it keeps content_weight and sets
+# style_weight = content_weight / ratio.
 # "style_layers" takes layer *sets*: each becomes a weight vector over the union of the
 # sets, zero outside the set. "style" takes several style images (label -> image).
 SWEEP_AXES = ("content_weight", "style_weight", "ratio", "tv_weight", "layer_weights", "style_layers", "style", "seed")
@@ -439,7 +439,7 @@ def _coarse_to_fine(content, style, config: StyleConfig, axes, final, sizes, ini
     for stage, size in enumerate(sizes):
         last = stage == len(sizes) - 1
         ratio, stage_shape = size / max(final), fit_long_side(final, size)
-        scaled = lambda image, ratio=ratio: resize(image, _scaled_shape(jnp.shape(image)[:2], ratio))
+        scaled = lambda image, ratio=ratio: resize(image, scaled_shape(jnp.shape(image)[:2], ratio))
         stage_axes = dict(axes or {})
         if isinstance(stage_axes.get("style"), Mapping):
             stage_axes["style"] = {label: scaled(image) for label, image in stage_axes["style"].items()}
