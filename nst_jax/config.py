@@ -56,7 +56,9 @@ class StyleConfig:
         choices=LOSS_SCALES,
     )
     layer_weights: tuple[float, ...] | None = _f(
-        None, "per-style-layer weights; default 1/L for L layers (the paper's), 1/N_l with --loss-scale absolute"
+        None,
+        "per-style-layer weights; default equal, the fifth block's at a fifth, summing to 1 (1/N_l with "
+        "--loss-scale absolute)",
     )
     # Departure: not in the paper (neural-style's default has it too). Without it flat regions
     # (sky, water) carry a fine dotted speckle; measured at 256 px it cuts the high-frequency
