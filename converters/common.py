@@ -25,6 +25,14 @@ IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
+# Caps on what a weight file may declare, checked before anything is allocated or read. A
+# whole VGG-19 with its classifier is 143.7 M float32 values (575 MB, the largest fc6's
+# 102.8 M); the files are 510-575 MB.
+MAX_FILE_BYTES = 2 << 30
+MAX_ARRAY_ELEMENTS = 1 << 28
+MAX_TOTAL_BYTES = 2 << 30
+
+
 class MissingDependencyError(ImportError):
     """A converter needs an optional package; the message names the extra that installs it."""
 

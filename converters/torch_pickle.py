@@ -19,13 +19,22 @@ import collections
 import io
 import os
 import pickle
+import pickletools
 import struct
+import warnings
 import zipfile
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from nst_jax.converters.common import MAX_ARRAY_ELEMENTS, MAX_FILE_BYTES, MAX_TOTAL_BYTES
+
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# Caps on what a checkpoint's pickle may declare (checked by a scan before it is unpickled).
+# VGG-19's data.pkl has about 1,500 opcodes and 200 memo entries.
+_MAX_PICKLE_BYTES = 64 << 20
+_MAX_OPCODES = 1_000_000
+_MAX_DIMS = 8
 
 # storage class name -> numpy dtype
 _STORAGE_DTYPES = {
@@ -54,14 +63,42 @@ class _StorageType:
         self.name = name
 
 
+def _int_tuple(value, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)) or len(value) > _MAX_DIMS:
+        raise pickle.UnpicklingError(f"tensor {what} must be a tuple of at most {_MAX_DIMS} integers: {value!r:.80}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62 for v in value):
+        raise pickle.UnpicklingError(f"tensor {what} must hold integers >= 0, got {value!r:.80}")
+    return tuple(value)
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, hooks=None, metadata=None):
-    """numpy version of ``torch._utils._rebuild_tensor_v2``."""
+    """numpy version of ``torch._utils._rebuild_tensor_v2``, every index checked against the storage first."""
     del requires_grad, hooks, metadata
-    flat, itemsize = storage
+    if not (isinstance(storage, (tuple, list)) and len(storage) == 2 and isinstance(storage[0], np.ndarray)):
+        raise pickle.UnpicklingError("tensor without a storage")
+    flat = storage[0]
+    if isinstance(storage_offset, bool) or not isinstance(storage_offset, int) or storage_offset < 0:
+        raise pickle.UnpicklingError(f"tensor storage offset must be an integer >= 0, got {storage_offset!r:.80}")
+    size, stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
+    if len(size) != len(stride):
+        raise pickle.UnpicklingError(f"tensor size {size} and stride {stride} differ in length")
+    count = 1
+    for n in size:
+        count *= n
+    if count > MAX_ARRAY_ELEMENTS:
+        raise pickle.UnpicklingError(f"tensor of size {size} has more than {MAX_ARRAY_ELEMENTS} elements")
+    last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) if count else storage_offset
+    if count and last >= flat.size:
+        raise pickle.UnpicklingError(
+            f"tensor of size {size}, stride {stride} at offset {storage_offset} reaches element {last} "
+            f"of a storage of {flat.size}"
+        )
     if not size:
         return flat[storage_offset].copy()
-    strides = tuple(s * itemsize for s in stride)
-    view = np.lib.stride_tricks.as_strided(flat[storage_offset:], shape=tuple(size), strides=strides)
+    if not count:
+        return np.zeros(size, flat.dtype)
+    strides = tuple(s * flat.itemsize for s in stride)
+    view = np.lib.stride_tricks.as_strided(flat[storage_offset:], shape=size, strides=strides, writeable=False)
     return np.ascontiguousarray(view)
 
 
@@ -100,11 +137,50 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r} in checkpoint")
+            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80} in checkpoint")
         storage_type, key, _location, numel = pid[1:5]
         if not isinstance(storage_type, _StorageType):
-            raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r} in checkpoint")
-        return self._load_storage(storage_type.name, str(key), int(numel))
+            raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r:.80} in checkpoint")
+        if not isinstance(key, (str, int)) or isinstance(key, bool) or len(str(key)) > 64:
+            raise pickle.UnpicklingError(f"storage key {key!r:.80} is not a short name")
+        if isinstance(numel, bool) or not isinstance(numel, int) or not 0 <= numel <= MAX_ARRAY_ELEMENTS:
+            raise pickle.UnpicklingError(f"storage of {numel!r:.80} elements (at most {MAX_ARRAY_ELEMENTS})")
+        return self._load_storage(storage_type.name, str(key), numel)
+
+
+def _scan(buf: BinaryIO, limit: int) -> None:
+    """Walks the next pickle in ``buf`` without building anything, refusing what could exhaust memory.
+
+    Memo indices must stay below the number of opcodes (a valid pickle numbers them from
+    0), and the pickle below ``limit`` bytes and :data:`_MAX_OPCODES`. ``buf`` is left where
+    it was.
+    """
+    start = buf.tell()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickletools warns of odd escapes in a string: the unpickler decides
+            _walk(buf, start, limit)
+    except ValueError as e:  # pickletools' own complaint about a malformed opcode or argument
+        raise pickle.UnpicklingError(f"malformed pickle ({e})") from None
+    finally:
+        buf.seek(start)
+
+
+def _walk(buf: BinaryIO, start: int, limit: int) -> None:
+    count = 0
+    for opcode, arg, pos in pickletools.genops(buf):
+        count += 1
+        if count > _MAX_OPCODES or pos - start > limit:
+            raise pickle.UnpicklingError(f"the pickle is larger than {limit} bytes or {_MAX_OPCODES} opcodes")
+        if ("PUT" in opcode.name or "GET" in opcode.name) and isinstance(arg, int) and arg > count:
+            raise pickle.UnpicklingError(f"memo index {arg} at byte {pos} (only {count} opcodes so far)")
+        if opcode.name == "FRAME" and arg > limit:
+            raise pickle.UnpicklingError(f"pickle frame of {arg} bytes at byte {pos}")
+
+
+def _checked_load(buf: BinaryIO, load_storage, rebuild_tensor=_rebuild_tensor_v2, limit: int = _MAX_PICKLE_BYTES):
+    _scan(buf, limit)
+    return _RestrictedUnpickler(buf, load_storage, rebuild_tensor).load()
 
 
 def _decode(raw: bytes | memoryview, type_name: str, numel: int) -> tuple[np.ndarray, int]:
@@ -118,30 +194,55 @@ def _decode(raw: bytes | memoryview, type_name: str, numel: int) -> tuple[np.nda
     return flat, flat.itemsize
 
 
+def _itemsize(type_name: str) -> int:
+    return 2 if type_name == _BFLOAT16 else np.dtype(_STORAGE_DTYPES[type_name]).itemsize
+
+
+def _read_member(archive: zipfile.ZipFile, name: str, size: int) -> bytes:
+    """Exactly ``size`` bytes of a member, never inflating more (a member's declared size may lie)."""
+    with archive.open(name) as f:
+        data = f.read(size)
+    if len(data) != size:
+        raise pickle.UnpicklingError(f"member {name!r} holds {len(data)} bytes, {size} expected")
+    return data
+
+
 def _load_zip(path: str) -> Any:
     with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+        infos = {info.filename: info for info in archive.infolist()}
+        pkl = [n for n in infos if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pkl) != 1:
             raise pickle.UnpicklingError(f"{path}: zip checkpoint has {len(pkl)} data.pkl members, expected 1")
         prefix = pkl[0][: -len("data.pkl")]
         cache: dict[str, tuple[np.ndarray, int]] = {}
+        budget = [MAX_TOTAL_BYTES]
 
         def load_storage(type_name: str, key: str, numel: int):
             if key not in cache:
                 member = f"{prefix}data/{key}"
-                try:
-                    raw = archive.read(member)
-                except KeyError:
-                    raise pickle.UnpicklingError(f"{path}: storage {member!r} is missing") from None
-                cache[key] = _decode(raw, type_name, numel)
+                if member not in infos:
+                    raise pickle.UnpicklingError(f"{path}: storage {member!r} is missing")
+                nbytes = numel * _itemsize(type_name)
+                if infos[member].file_size < nbytes:
+                    raise pickle.UnpicklingError(
+                        f"{path}: storage {member!r} holds {infos[member].file_size} bytes, its tensor {nbytes}"
+                    )
+                budget[0] -= nbytes
+                if budget[0] < 0:
+                    raise pickle.UnpicklingError(f"{path}: storages add up to more than {MAX_TOTAL_BYTES} bytes")
+                cache[key] = _decode(_read_member(archive, member, nbytes), type_name, numel)
             return cache[key]
 
-        with archive.open(pkl[0]) as f:
-            return _RestrictedUnpickler(io.BytesIO(f.read()), load_storage).load()
+        size = infos[pkl[0]].file_size
+        if size > _MAX_PICKLE_BYTES:
+            raise pickle.UnpicklingError(f"{path}: data.pkl declares {size} bytes (at most {_MAX_PICKLE_BYTES})")
+        return _checked_load(io.BytesIO(_read_member(archive, pkl[0], size)), load_storage)
 
 
 def _load_legacy(path: str) -> Any:
+    size = os.path.getsize(path)
+    if size > MAX_FILE_BYTES:
+        raise pickle.UnpicklingError(f"{path}: {size} bytes, more than the {MAX_FILE_BYTES} a weight file may have")
     with open(path, "rb") as f:
         data = f.read()
     buf = io.BytesIO(data)
@@ -150,16 +251,16 @@ def _load_legacy(path: str) -> Any:
         raise pickle.UnpicklingError(f"{path}: storage reference outside the object pickle")
 
     def header():
-        return _RestrictedUnpickler(buf, no_storage).load()
+        return _checked_load(buf, no_storage, limit=4096)
 
     if header() != _LEGACY_MAGIC:
         raise pickle.UnpicklingError(f"{path}: not a PyTorch checkpoint (bad magic number)")
     protocol = header()
     if protocol != 1001:
-        raise pickle.UnpicklingError(f"{path}: unsupported legacy protocol version {protocol!r}")
+        raise pickle.UnpicklingError(f"{path}: unsupported legacy protocol version {protocol!r:.80}")
     sys_info = header()
-    if not sys_info.get("little_endian", True):
-        raise pickle.UnpicklingError(f"{path}: big-endian checkpoints are not supported")
+    if not isinstance(sys_info, dict) or not sys_info.get("little_endian", True):
+        raise pickle.UnpicklingError(f"{path}: big-endian or unknown system info {sys_info!r:.80}")
 
     requested: dict[str, tuple[str, int]] = {}
     placeholders: dict[str, list] = {}
@@ -174,26 +275,29 @@ def _load_legacy(path: str) -> Any:
         # Tensors are rebuilt once the storage bytes behind the pickle are read.
         return _Lazy(storage, args)
 
-    obj = _RestrictedUnpickler(buf, load_storage, rebuild_tensor=lazy_rebuild).load()
-    keys = header()
+    obj = _checked_load(buf, load_storage, rebuild_tensor=lazy_rebuild)
+    keys = _checked_load(buf, no_storage, limit=1 << 20)
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise pickle.UnpicklingError(f"{path}: the storage keys are not a list of names")
     offset = buf.tell()
     for key in keys:
         if offset + 8 > len(data):
-            raise pickle.UnpicklingError(f"{path}: truncated before storage {key!r}")
+            raise pickle.UnpicklingError(f"{path}: truncated before storage {key!r:.80}")
         (numel,) = struct.unpack("<q", data[offset : offset + 8])
         offset += 8
-        type_name, _ = requested.get(key, ("ByteStorage", numel))
-        itemsize = 2 if type_name == _BFLOAT16 else np.dtype(_STORAGE_DTYPES[type_name]).itemsize
-        end = offset + numel * itemsize
+        type_name, expected = requested.get(key, ("ByteStorage", numel))
+        if numel != expected or not 0 <= numel <= MAX_ARRAY_ELEMENTS:
+            raise pickle.UnpicklingError(f"{path}: storage {key!r:.80} has {numel} elements, its tensors {expected}")
+        end = offset + numel * _itemsize(type_name)
         if end > len(data):
-            raise pickle.UnpicklingError(f"{path}: storage {key!r} is truncated")
+            raise pickle.UnpicklingError(f"{path}: storage {key!r:.80} is truncated")
         if key in placeholders:
             placeholders[key][:] = _decode(memoryview(data)[offset:end], type_name, numel)
         offset = end
     missing = [k for k, p in placeholders.items() if p[0] is None]
     if missing:
         raise pickle.UnpicklingError(f"{path}: storages {missing[:3]} are missing")
-    return _resolve(obj)
+    return obj
 
 
 class _Lazy:
@@ -201,14 +305,32 @@ class _Lazy:
         self.storage, self.args = storage, args
 
 
-def _resolve(obj):
-    if isinstance(obj, _Lazy):
-        return _rebuild_tensor_v2(tuple(obj.storage), *obj.args)
-    if isinstance(obj, dict):
-        return type(obj)((k, _resolve(v)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_resolve(v) for v in obj)
-    return obj
+def _state_dict(obj, path: str) -> dict[str, np.ndarray]:
+    """The state dict in ``obj`` (a dict of tensors, or one under ``"state_dict"``), checked before it is walked.
+
+    Only the dict's own values are looked at, so a pickle of shared nested containers
+    (cheap to store, exponential to walk) is refused, not walked. Legacy tensors are
+    rebuilt here, within a budget of :data:`MAX_TOTAL_BYTES`.
+    """
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise pickle.UnpicklingError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
+    out, budget = {}, MAX_TOTAL_BYTES
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise pickle.UnpicklingError(f"{path}: state dict key {key!r:.80} is not a string")
+        if isinstance(value, _Lazy):
+            value = _rebuild_tensor_v2(value.storage, *value.args)
+        if not isinstance(value, np.ndarray):
+            raise pickle.UnpicklingError(
+                f"{path}: expected a state dict of tensors; {key!r:.80} is a {type(value).__name__}"
+            )
+        budget -= value.nbytes
+        if budget < 0:
+            raise pickle.UnpicklingError(f"{path}: the tensors add up to more than {MAX_TOTAL_BYTES} bytes")
+        out[key] = value
+    return out
 
 
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -228,16 +350,24 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = os.fspath(path)
     try:
         obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+        return _state_dict(obj, path)
     except UnsafePickleError:
         raise
     except pickle.UnpicklingError as e:
         if str(e).startswith(path):
             raise
         raise pickle.UnpicklingError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
-    except (EOFError, ValueError, struct.error, IndexError, TypeError, AttributeError, zipfile.BadZipFile) as e:
-        raise pickle.UnpicklingError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
-        raise pickle.UnpicklingError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
-    return dict(obj)
+    except (
+        EOFError, ValueError, struct.error, IndexError, KeyError, TypeError, AttributeError, zipfile.BadZipFile,
+        OverflowError, RecursionError, MemoryError, NotImplementedError, UnicodeDecodeError, zlib_error(),
+    ) as e:  # fmt: skip
+        message = str(e).splitlines()[0][:200] if str(e) else ""
+        raise pickle.UnpicklingError(
+            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {message})"
+        ) from None
+
+
+def zlib_error() -> type[Exception]:
+    import zlib
+
+    return zlib.error

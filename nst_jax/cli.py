@@ -22,6 +22,7 @@ from nst_jax.config import INITS, StyleConfig
 _FLAG_NAMES = {"num_steps": "--steps"}
 # Defaults of `nst-jax demo`: small enough for a laptop CPU in a few minutes.
 DEMO_DEFAULTS = {"size": 256}
+DEMO_SHAPE = (384, 512)  # the demo's aspect ratio
 
 
 class _UsageError(Exception):
@@ -226,11 +227,15 @@ def _formats() -> tuple[str, ...]:
 
 def _convert(args) -> int:
     from nst_jax.converters import convert
-    from nst_jax.weights import save_params, sha256_of
+    from nst_jax.files import check_output_folder
+    from nst_jax.weights import KIND, WEIGHTS_FILES, save_params, sha256_of
 
     source = Path(args.source)
+    if source.is_dir():
+        raise IsADirectoryError(f"`source`: {str(source)!r} is a folder; name the weight file")
     if not source.is_file():
         raise FileNotFoundError(f"`source`: no such file: {str(source)!r}")
+    check_output_folder(args.output, KIND, allowed=WEIGHTS_FILES)
     params, used = convert(source, args.format)
     out = save_params(params, args.output, source=str(source), sha256=sha256_of(source), format=used)
     print(f"wrote {out}: {used} weights as an orbax checkpoint (preprocess, conv1_1..conv5_4)", file=sys.stderr)
@@ -239,9 +244,13 @@ def _convert(args) -> int:
 
 def _normalize(args) -> int:
     from nst_jax.converters.normalize import normalize_params
+    from nst_jax.files import check_output_folder
     from nst_jax.io import load_image
-    from nst_jax.weights import load_params, save_params
+    from nst_jax.weights import KIND, WEIGHTS_FILES, load_params, save_params
 
+    if args.size < 16:
+        raise ValueError(f"`--size` must be at least 16 (pixels of the long side), got {args.size}")
+    check_output_folder(args.output, KIND, allowed=WEIGHTS_FILES)
     folder = Path(args.images)
     if not folder.is_dir():
         raise FileNotFoundError(f"`--images`: no such directory: {str(folder)!r}")
@@ -249,9 +258,9 @@ def _normalize(args) -> int:
     images = []
     for path in paths:
         try:
-            images.append(load_image(path, args.size))
+            images.append(load_image(path, args.size, what="--images"))
         except ValueError:
-            continue  # not an image
+            continue  # not an image, or too large: skipped
     if not images:
         raise ValueError(f"`--images`: no readable images in {str(folder)!r}")
     params, info = load_params(args.source)
@@ -292,17 +301,19 @@ def _sweep_axis(text: str) -> tuple[str, list]:
 
 
 def _prepare_sweep(args: argparse.Namespace):
+    from nst_jax.files import check_output_folder
     from nst_jax.io import load_image, output_format
-    from nst_jax.sweep import check_axes
+    from nst_jax.sweep import KIND, check_axes
     from nst_jax.weights import load_params
 
-    output_format(Path("x" + args.extension))
+    output_format(Path("x" + args.extension), "--extension")
+    check_output_folder(args.output, KIND)
     config = _config_from(args, {})
     axes = dict(_sweep_axis(text) for text in args.vary)
     if len(axes) != len(args.vary):
         raise _UsageError("--vary names an axis twice")
-    content = load_image(args.content, config.size)
-    styles = [load_image(path, config.size) for path in args.style]
+    content = load_image(args.content, config.size, what="content")
+    styles = [load_image(path, config.size, what="style") for path in args.style]
     if len(styles) > 1:
         axes["style"] = {
             _style_label(path, i, args.style): image
@@ -338,7 +349,7 @@ class _SweepProgress:
 
 
 def _run_sweep(args, content, style, axes, params, config: StyleConfig, output: Path) -> int:
-    from nst_jax.sweep import MemoryLimitError, save_sweep, sweep
+    from nst_jax.sweep import MemoryLimitError, failed_members, save_sweep, sweep
 
     _use_persistent_compilation_cache()
     try:
@@ -351,7 +362,24 @@ def _run_sweep(args, content, style, axes, params, config: StyleConfig, output: 
         return 2
     if not args.quiet and sys.stderr.isatty():
         print(file=sys.stderr)
-    path = save_sweep(output, result, config, extension=args.extension, content=args.content, style=args.style)
+    save = lambda folder: save_sweep(
+        folder, result, config, extension=args.extension, content=args.content, style=args.style
+    )
+    try:
+        path = save(output)
+    except OSError as e:  # checked before the run, so the disk filled up or the folder went away meanwhile
+        rescue = _rescue_folder(output.name)
+        path = save(rescue)
+        print(f"nst-jax: could not write {output} ({e.strerror or e}); saved the sweep to {rescue}", file=sys.stderr)
+        return 1
+    failed = failed_members(result)
+    if failed:
+        print(
+            f"nst-jax: {len(failed)} of {len(result.settings)} members failed: {', '.join(failed)}; "
+            f"wrote all of them to {output}",
+            file=sys.stderr,
+        )
+        return 1
     if not args.quiet:
         print(
             f"wrote {len(result.settings)} images, {output / 'grid.png'} and {path}: batches of "
@@ -359,6 +387,34 @@ def _run_sweep(args, content, style, axes, params, config: StyleConfig, output: 
             file=sys.stderr,
         )
     return 0
+
+
+def _rescue_folder(name: str) -> Path:
+    """A new folder for a result that could not be written where asked: in the cache, else the system's temp folder."""
+    import tempfile
+
+    from nst_jax.weights import cache_dir
+
+    for parent in (cache_dir() / "rescued", Path(tempfile.gettempdir())):
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix=f"{name}.", dir=parent))
+        except OSError:
+            continue
+    raise OSError(f"no folder to rescue {name} into")
+
+
+def _save_result(output: Path, image) -> Path | None:
+    """Saves ``image`` to ``output``; if that fails now (disk full), to a rescue folder, returning its path."""
+    from nst_jax.io import save_image
+
+    try:
+        save_image(output, image)
+        return None
+    except OSError as e:
+        rescued = save_image(_rescue_folder(output.stem) / output.name, image)
+        print(f"nst-jax: could not write {output} ({e.strerror or e}); saved the result to {rescued}", file=sys.stderr)
+        return rescued
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -375,57 +431,138 @@ def _shape(text: str) -> tuple[int, int]:
 
 
 def _prepare(args: argparse.Namespace):
-    """Everything a user can get wrong, checked before any optimisation: config, inputs, weights."""
-    from nst_jax.io import load_image, output_format
+    """Everything a user can get wrong, checked before any optimisation: config, outputs, inputs, weights."""
+    from nst_jax.checkpoint import CHECKPOINT_FILES, KIND
+    from nst_jax.files import check_output_folder
+    from nst_jax.io import check_output_image, load_image
     from nst_jax.weights import load_params
 
-    output = Path(args.output)
-    output_format(output)  # a bad extension fails now, not after the optimisation
+    output = check_output_image(args.output)  # format, folder, not a folder: now, not after the optimisation
+    side_outputs = []
+    if getattr(args, "save_inputs", False):
+        side_outputs = [output.with_name(f"{output.stem}.{name}{output.suffix}") for name in ("content", "style")]
+    for side in side_outputs:
+        check_output_image(side, "--save-inputs")
+    resume = getattr(args, "resume", None)
+    if args.command != "demo":
+        checkpoint = _checkpoint_path(output)
+        if resume is None or Path(resume).absolute() != checkpoint.absolute():
+            check_output_folder(checkpoint, KIND, what="checkpoint", allowed=CHECKPOINT_FILES)
     shape = None
     masks = style_masks = None
+    config = _config_from(args, {"size": max(args.shape), "init": "noise"} if args.command == "texture" else {})
+    if args.command == "demo":
+        config = _config_from(args, DEMO_DEFAULTS)
+    elif args.command == "reconstruct":
+        layers = tuple(args.layers.split(","))
+        config = _config_from(args, {"init": "noise"})
+        which = "content_layers" if args.source == "content" else "style_layers"
+        config = config.replace(**{which: layers})
+    _check_shapes(args, config)  # from the files' headers: nothing large is decoded or resized before this
     if args.command == "stylize":
-        config = _config_from(args, {})
-        content = load_image(args.content, config.size)
+        content = load_image(args.content, config.size, what="content")
         masked = args.masks is not None
-        style = [None if masked and path == "none" else load_image(path, config.size) for path in args.style]
+        style = [
+            None if masked and path == "none" else load_image(path, config.size, what="style") for path in args.style
+        ]
         if masked:
             masks, style_masks = _masks(args, content, style)
         elif args.style_masks:
             raise _UsageError("--style-masks needs --masks")
     elif args.command == "texture":
         shape = args.shape
-        config = _config_from(args, {"size": max(shape), "init": "noise"})
-        content, style = None, [load_image(path, config.size) for path in args.style]
+        content, style = None, [load_image(path, config.size, what="style") for path in args.style]
     elif args.command == "reconstruct":
-        layers = tuple(args.layers.split(","))
-        config = _config_from(args, {"init": "noise"})
-        image = load_image(args.image, config.size)
+        image = load_image(args.image, config.size, what="image")
         if args.source == "content":
-            config = config.replace(content_layers=layers)
             content, style = image, None
         else:
-            config = config.replace(style_layers=layers)
             content, style, shape = None, [image], image.shape[:2]
     else:
         from nst_jax import samples
         from nst_jax.image import fit_long_side
-        from nst_jax.io import save_image
 
-        config = _config_from(args, DEMO_DEFAULTS)
-        h, w = fit_long_side((384, 512), config.size)
+        h, w = fit_long_side(DEMO_SHAPE, config.size)
         content, style = samples.village(h, w), [samples.swirls(h, w)]
-        if args.save_inputs:
-            save_image(output.with_name(f"{output.stem}.content{output.suffix}"), content)
-            save_image(output.with_name(f"{output.stem}.style{output.suffix}"), style[0])
     if style is not None and config.style_blend is not None and len(config.style_blend) != len(style):
         raise ValueError(f"`style_blend` has {len(config.style_blend)} weights for {len(style)} style images")
-    init = config.init if config.init in INITS else load_image(config.init)  # a path; errors name it
-    resume = getattr(args, "resume", None)
+    init = config.init if config.init in INITS else load_image(config.init, what="init")  # a path
     if resume is not None and not (Path(resume) / "run.json").is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {resume!r}")
     params, _ = load_params(config.weights)
     _check_memory(content, style, init, params, config, shape, masks, style_masks)
+    if side_outputs:  # last: a later check must not leave them behind
+        from nst_jax.io import save_image
+
+        for side, image in zip(side_outputs, (content, style[0]), strict=True):
+            save_image(side, image)
     return content, style, init, params, config, output, shape, resume, masks, style_masks
+
+
+def _check_shapes(args: argparse.Namespace, config: StyleConfig) -> None:
+    """Checks the sizes a run will work at, from the images' headers, before any image is decoded.
+
+    The output and style images must be large enough for the layers at every stage, and
+    small enough for memory (:func:`_check_memory_roughly`).
+    """
+    from nst_jax.image import fit_long_side
+    from nst_jax.io import image_shape
+    from nst_jax.stylize import check_sizes
+
+    loaded = lambda path, what: fit_long_side(image_shape(path, what), config.size)
+    styles = []
+    if args.command == "stylize":
+        final, content = loaded(args.content, "content"), True
+    elif args.command == "texture":
+        final, content = args.shape, False
+    elif args.command == "reconstruct":
+        final = loaded(args.image, "image")
+        content = args.source == "content"
+        styles = [] if content else [final]
+    else:
+        final, content = fit_long_side(DEMO_SHAPE, config.size), True
+    if args.command in ("stylize", "texture"):
+        styles = [loaded(p, "style") for p in args.style if not (args.command == "stylize" and p == "none")]
+    elif args.command == "demo":
+        styles = [final]
+    if config.init not in INITS:
+        image_shape(config.init, "init")  # a folder, a missing file or a bomb: now
+    _check_memory_roughly(config, final, styles)
+    check_sizes(config, final, styles, content)
+
+
+# VGG-19's forward pass (targets from a style image), XLA's memory analysis per input pixel:
+# 1313 at 1024 x 1024 (1471 at 512: the weights weigh more), Gram matrices of relu1_1..relu5_1.
+_FORWARD_BYTES_PER_PIXEL = 1400
+
+
+def _check_memory_roughly(config: StyleConfig, final: tuple[int, int], styles) -> None:
+    """Refuses at once a size far over the memory (the exact analysis would take long, and might not fit itself)."""
+    import jax
+
+    from nst_jax.image import fit_long_side
+    from nst_jax.sweep import available_memory
+
+    free = available_memory(jax.devices()[0])
+    if free is None:
+        return
+    h, w = final
+    needed = _RSS_OVER_ANALYSIS * _ROUGH_BYTES_PER_PIXEL * h * w
+    if needed > 2 * free:
+        fits = int(max(h, w) * math.sqrt(free / needed))
+        raise ValueError(
+            f"`size` {max(h, w)} ({h}x{w} output) needs about {needed / 2**30:.0f} GiB, far more than the "
+            f"{free / 2**30:.1f} GiB of memory available; the largest size that fits is about {fits}"
+        )
+    for style in styles:
+        if config.style_scale != 1.0:
+            style = fit_long_side(style, max(16, round(config.style_scale * max(final))))
+        needed = _RSS_OVER_ANALYSIS * _FORWARD_BYTES_PER_PIXEL * style[0] * style[1]
+        if needed > free:
+            raise ValueError(
+                f"a style image at {style[0]}x{style[1]} px needs about {needed / 2**30:.0f} GiB for its features, "
+                f"more than the {free / 2**30:.1f} GiB available; use a smaller --size or --style-scale"
+            )
 
 
 # XLA's memory analysis of the default loop: 3.18 kB per output pixel at 2048x2048, 3.26 kB at
@@ -468,7 +605,7 @@ def _masks(args, content, styles):
     from nst_jax.image import region_masks, resize
     from nst_jax.io import load_image
 
-    labels = load_image(args.masks)
+    labels = load_image(args.masks, what="--masks")
     # Nearest neighbour: resampling must not invent colours between the regions'.
     labels = np.asarray(jax.image.resize(labels, (*content.shape[:2], 3), "nearest"))
     masks = region_masks(labels, len(styles))
@@ -478,39 +615,59 @@ def _masks(args, content, styles):
         raise _UsageError(f"--style-masks has {len(args.style_masks)} images for {len(styles)} STYLE images")
     style_masks = []
     for path, style in zip(args.style_masks, styles, strict=True):
-        grey = load_image(path).mean(axis=-1)
+        grey = load_image(path, what="--style-masks").mean(axis=-1)
         style_masks.append(None if style is None else np.asarray(resize(grey[..., None], style.shape[:2]))[..., 0])
     return masks, style_masks
+
+
+def _side_file(output: Path, what: str) -> Path:
+    """Where an unfinished run's image goes, beside the output: ``OUT.interrupted.png``, ``OUT.failed.png``."""
+    return output.with_name(f"{output.stem}.{what}{output.suffix}")
 
 
 def _run(
     content, style, init, params, config: StyleConfig, output: Path, shape, resume, masks, style_masks, quiet: bool
 ) -> int:
-    from nst_jax.io import save_image
+    from nst_jax.checkpoint import CheckpointError
     from nst_jax.stylize import Interrupted, stylize
 
     _use_persistent_compilation_cache()
     progress = _Progress(output, config, quiet)
-    checkpoint = str(output.with_name(output.name + ".ckpt"))
+    checkpoint = str(_checkpoint_path(output))
     try:
         result = stylize(
             content, style, config, params=params, init=init, callback=progress, shape=shape,
             checkpoint=checkpoint, resume=resume, masks=masks, style_masks=style_masks,
         )  # fmt: skip
+    except CheckpointError as e:  # raised before the first step: nothing lost
+        print(f"nst-jax: error: {e}", file=sys.stderr)
+        return 2
     except Interrupted as e:
-        save_image(output, e.result.image)
+        # The named output is replaced only by a finished result; the unfinished one goes beside it.
+        side = _side_file(output, "interrupted")
+        _save_result(side, e.result.image)
         where = f" and a checkpoint to {e.checkpoint} (continue with --resume {e.checkpoint})" if e.checkpoint else ""
-        print(f"\nnst-jax: interrupted at step {e.result.num_steps}; saved {output}{where}", file=sys.stderr)
+        print(
+            f"\nnst-jax: interrupted at step {e.result.num_steps}; saved the image so far to {side}{where}; "
+            f"{output} was not written",
+            file=sys.stderr,
+        )
         return 130
     if not quiet and sys.stderr.isatty():
         print(file=sys.stderr)
-    save_image(output, result.image)
     if not result.finite:
+        if result.num_steps == 0:
+            print("nst-jax: the loss was not finite at the first step; nothing written", file=sys.stderr)
+            return 1
+        side = _side_file(output, "failed")
+        _save_result(side, result.image)
         print(
-            f"nst-jax: the loss became non-finite after step {result.num_steps}; "
-            f"saved the last finite image to {output}",
+            f"nst-jax: the loss became non-finite after step {result.num_steps}; saved the last finite image "
+            f"to {side}; {output} was not written",
             file=sys.stderr,
         )
+        return 1
+    if _save_result(output, result.image) is not None:
         return 1
     if not quiet:
         print(
@@ -519,6 +676,10 @@ def _run(
             file=sys.stderr,
         )
     return 0
+
+
+def _checkpoint_path(output: Path) -> Path:
+    return output.with_name(output.name + ".ckpt")
 
 
 # What a user's mistake raises: reported in one line, exit status 2. Anything raised once

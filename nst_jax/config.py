@@ -141,6 +141,8 @@ class StyleConfig:
         _positive_int("chunk_size", self.chunk_size)
         _positive_int("save_every", self.save_every, minimum=0)
         _positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"`seed` must be an integer in [0, 2**32), got {self.seed!r}")
         for name in ("content_weight", "style_weight", "tv_weight", "box_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
@@ -181,8 +183,8 @@ class StyleConfig:
                     f"`layer_weights` has {len(weights)} values for {len(self.style_layers)} style layers "
                     f"{self.style_layers}: give one per layer"
                 )
-            if any(not (w >= 0) for w in weights):
-                raise ValueError(f"`layer_weights` must all be >= 0, got {weights}")
+            if any(not (0 <= w < float("inf")) for w in weights):
+                raise ValueError(f"`layer_weights` must all be finite numbers >= 0, got {weights}")
             object.__setattr__(self, "layer_weights", weights)
 
     def replace(self, **changes) -> StyleConfig:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import json
+import math
 import os
+import struct
 import tempfile
+import warnings
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,21 +19,130 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from nst_jax.image import fit_long_side
 
+# The largest image read, in pixels: an 8K frame is 33 MP, a 61 MP camera's photo fits.
+# Checked on the header, before anything is decoded (a 131-byte PNG can claim 13000 x 13000).
+MAX_IMAGE_PIXELS = 80_000_000
+# What a user's format name is checked for: an RGB image round-trips through it.
+_COMMON_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".bmp")
 
-def output_format(path: str | os.PathLike) -> str:
-    """Pillow's format name for ``path``'s extension; raises a ValueError listing the choices."""
+
+@functools.cache
+def _can_encode_rgb(fmt: str) -> bool:
+    try:
+        Image.new("RGB", (8, 8)).save(io.BytesIO(), format=fmt)
+    except Exception:  # Pillow raises OSError, ValueError, KeyError... for a format it lists but cannot write
+        return False
+    return True
+
+
+def output_format(path: str | os.PathLike, what: str = "output") -> str:
+    """Pillow's format name for ``path``'s extension, checked by a trial encoding of an RGB image.
+
+    Raises:
+      ValueError: naming ``what``, the extension and the common choices.
+    """
     extension = Path(path).suffix.lower()
-    formats = Image.registered_extensions()
-    writable = {ext: fmt for ext, fmt in formats.items() if fmt in Image.SAVE}
-    if extension not in writable:
-        choices = ", ".join(sorted(e for e in writable if e in (".png", ".jpg", ".jpeg", ".webp", ".tif", ".bmp")))
+    fmt = Image.registered_extensions().get(extension)
+    if fmt is None or fmt not in Image.SAVE or not _can_encode_rgb(fmt):
         raise ValueError(
-            f"output {str(path)!r} has extension {extension!r}, which cannot be written; use one of {choices}"
+            f"`{what}`: {str(path)!r} has extension {extension!r}, which cannot be written as an RGB image; "
+            f"use one of {', '.join(_COMMON_EXTENSIONS)}"
         )
-    return writable[extension]
+    return fmt
 
 
-def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
+def check_output_image(path: str | os.PathLike, what: str = "output") -> Path:
+    """Everything about writing an image to ``path`` that can be checked before the work: format, folder, path.
+
+    Raises:
+      ValueError: naming ``what`` (see :func:`nst_jax.files.check_output_file`).
+    """
+    from nst_jax.files import check_output_file
+
+    return check_output_file(path, what, encode=lambda: output_format(path, what))
+
+
+def _png_data_complete(path: Path) -> bool:
+    """Whether a PNG's image data holds every row its header declares (Pillow pads missing rows silently)."""
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return True  # not a PNG: Pillow's own checks apply
+        length, kind = struct.unpack(">I4s", f.read(8))
+        if kind != b"IHDR" or length != 13:
+            return False
+        w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", f.read(13))
+        if colour not in channels:
+            return False
+        bits = channels[colour] * depth
+        row_bytes = lambda width: 1 + math.ceil(width * bits / 8) if width else 0
+        if interlace:  # Adam7: seven passes of sub-images
+            passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+            expected = 0
+            for x0, y0, dx, dy in passes:
+                pw, ph = max(0, math.ceil((w - x0) / dx)), max(0, math.ceil((h - y0) / dy))
+                expected += ph * row_bytes(pw) if pw else 0
+        else:
+            expected = h * row_bytes(w)
+        f.seek(4, os.SEEK_CUR)  # IHDR's CRC
+        inflate, produced = zlib.decompressobj(), 0
+        while produced < expected:
+            header = f.read(8)
+            if len(header) < 8:
+                break
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"IEND":
+                break
+            if kind != b"IDAT":
+                f.seek(length + 4, os.SEEK_CUR)
+                continue
+            data = f.read(length)
+            f.seek(4, os.SEEK_CUR)
+            try:
+                while data and produced < expected:
+                    produced += len(inflate.decompress(data, 1 << 20))
+                    data = inflate.unconsumed_tail
+            except zlib.error:
+                return False
+        return produced >= expected
+
+
+def _open(path: Path, what: str):
+    """Opens ``path`` with Pillow after the checks that need no decoding; returns the opened image."""
+    if path.is_dir():
+        raise IsADirectoryError(f"`{what}`: {str(path)!r} is a folder, not an image")
+    if not path.is_file():
+        raise FileNotFoundError(f"`{what}`: image {str(path)!r} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's warnings (bombs, odd palettes) never reach the user's terminal
+            opened = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ValueError(
+            f"`{what}`: {str(path)!r} declares more than {MAX_IMAGE_PIXELS // 10**6} megapixels; "
+            "nst-jax reads smaller images (make it smaller first)"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"`{what}`: {str(path)!r} is not a readable image ({e})") from None
+    w, h = opened.size
+    if w < 1 or h < 1 or w * h > MAX_IMAGE_PIXELS:
+        opened.close()
+        raise ValueError(
+            f"`{what}`: {str(path)!r} declares {w} x {h} pixels; nst-jax reads images of 1 to "
+            f"{MAX_IMAGE_PIXELS // 10**6} megapixels (make it smaller first)"
+        )
+    return opened
+
+
+def image_shape(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
+    """``(height, width)`` of an image file as :func:`load_image` would return it, from its header alone."""
+    with _open(Path(path), what) as opened:
+        w, h = opened.size
+        orientation = opened.getexif().get(0x0112, 1) if hasattr(opened, "getexif") else 1
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def load_image(path: str | os.PathLike, size: int | None = None, what: str = "image") -> np.ndarray:
     """Reads an image as float32 ``[h, w, 3]`` RGB in [0, 1].
 
     EXIF orientation is applied; any Pillow mode (palette, greyscale, CMYK,
@@ -36,17 +151,23 @@ def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: the file is not a readable image.
+      IsADirectoryError: a folder.
+      ValueError: not a readable image, a truncated one, more than :data:`MAX_IMAGE_PIXELS`,
+        or ``size`` below 1; every message names ``what`` (the argument) and the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {str(path)!r} does not exist")
+    if size is not None and (not isinstance(size, int | np.integer) or size < 1):
+        raise ValueError(f"`size` must be a positive integer (pixels of the long side), got {size!r}")
+    opened = _open(path, what)
     try:
-        with Image.open(path) as opened:
+        with opened, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             img = ImageOps.exif_transpose(opened)
             img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"image {str(path)!r} is not a readable image ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"`{what}`: {str(path)!r} is not a readable image ({e})") from None
+    if not _png_data_complete(path):
+        raise ValueError(f"`{what}`: {str(path)!r} is truncated (its image data ends before the last row)")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(img, np.float32)
         img = Image.fromarray(np.clip(array / (65535.0 if array.max() > 255 else 255.0) * 255, 0, 255).astype(np.uint8))
@@ -87,10 +208,14 @@ def save_image(path: str | os.PathLike, image) -> Path:
     """Writes a ``[h, w, 3]`` image in [0, 1] atomically (temporary file, then rename).
 
     The format follows the extension (:func:`output_format`); no partial file is
-    ever left at ``path``.
+    ever left at ``path``. Values are clipped to [0, 1]; an integer array, NaN or values
+    far outside [0, 1] (a 0-255 image) are refused (:func:`nst_jax.image.check_image`).
     """
+    from nst_jax.image import check_image
+
     path = Path(path)
     fmt = output_format(path)
+    check_image(image, "image")
     img = Image.fromarray(to_uint8(image), "RGB")
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     return _write_atomically(path, lambda f: img.save(f, format=fmt, **options))

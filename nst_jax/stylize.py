@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -14,6 +15,7 @@ from nst_jax import optim
 from nst_jax.config import StyleConfig
 from nst_jax.image import (
     as_images,
+    check_image,
     fit_long_side,
     initial_image,
     luminance_image,
@@ -110,7 +112,10 @@ def stylize(
         params, _ = load_params(config.weights)
     if content is None and shape is None:
         raise ValueError("`shape` is needed when `content` is None")
+    _check_inputs(content, style, init, checkpoint, resume)
     final = tuple(shape) if content is None else tuple(jnp.shape(content)[:2])
+    style_shapes = [] if style is None else [jnp.shape(s)[:2] for s in as_images(style) if s is not None]
+    check_sizes(config, final, style_shapes, content is not None)
     sizes = config.stage_sizes(max(final))
     if len(sizes) > 1 or sizes[-1] != max(final):
         return _coarse_to_fine(
@@ -127,6 +132,65 @@ def stylize(
     if recolour:
         result = result._replace(image=np.asarray(with_content_colour(result.image, reference)))
     return result
+
+
+def check_sizes(
+    config: StyleConfig, final: tuple[int, int], style_shapes: Sequence[tuple[int, int]], content: bool = True
+) -> None:
+    """Refuses, from shapes alone, a run whose image or style images get too small for the layers at some stage.
+
+    Args:
+      final: ``(height, width)`` of the output.
+      style_shapes: ``(height, width)`` of each style image as given to :func:`stylize`.
+      content: whether there is a content image (else the content layers are not used).
+
+    Raises:
+      ValueError: naming the stage, the shape, the layer and what would do.
+    """
+    from nst_jax.vgg import min_side
+
+    image_layers = (*(config.content_layers if content else ()), *(config.style_layers if style_shapes else ()))
+    deepest = lambda layers: max(layers, key=lambda layer: min_side([layer]))
+    sizes = config.stage_sizes(max(final))
+    for stage, size in enumerate(sizes):
+        where = f" at coarse-to-fine stage {stage + 1} of {len(sizes)}" if len(sizes) > 1 else ""
+        shape = fit_long_side(final, size)
+        need = min_side(image_layers)
+        if image_layers and min(shape) < need:
+            enough = -(-need * max(final) // min(final))
+            raise ValueError(
+                f"`size`: the image is {shape[0]}x{shape[1]} px{where}, smaller than layer {deepest(image_layers)} "
+                f"needs ({need} px a side); use a long side of at least {enough}"
+                + (" at every stage (or fewer --num-scales)" if stage < len(sizes) - 1 else "")
+            )
+        need = min_side(config.style_layers)
+        for i, style_shape in enumerate(style_shapes):
+            ratio = size / max(final)
+            scaled = tuple(style_shape) if ratio == 1 else scaled_shape(style_shape, ratio)
+            if config.style_scale != 1.0:
+                scaled = fit_long_side(scaled, max(16, round(config.style_scale * max(shape))))
+            if min(scaled) < need:
+                raise ValueError(
+                    f"`style` image {i} is {scaled[0]}x{scaled[1]} px{where}, smaller than layer "
+                    f"{deepest(config.style_layers)} needs ({need} px a side); use a larger style image or "
+                    "--style-scale"
+                )
+
+
+def _check_inputs(content, style, init, checkpoint, resume) -> None:
+    """Refuses wrong images and a checkpoint folder that is not ours, before anything runs."""
+    from nst_jax.checkpoint import CHECKPOINT_FILES, KIND
+    from nst_jax.files import check_output_folder
+
+    if content is not None:
+        check_image(content, "content")
+    for image in [] if style is None else as_images(style):
+        if image is not None:
+            check_image(image, "style")
+    if init is not None and not isinstance(init, str):
+        check_image(init, "init")
+    if checkpoint is not None and (resume is None or Path(resume).absolute() != Path(checkpoint).absolute()):
+        check_output_folder(checkpoint, KIND, what="checkpoint", allowed=CHECKPOINT_FILES)
 
 
 def _setup(content, style, config: StyleConfig, params, init, shape, masks, style_masks):
@@ -302,15 +366,16 @@ def optimize(
     clipped to [0, 1]. With ``resume``, the loop continues from that checkpoint; a resumed
     run ends bit-identical (on CPU) to one that was never interrupted.
     """
-    from nst_jax.checkpoint import restore_checkpoint, save_checkpoint
+    from nst_jax.checkpoint import fingerprint, restore_checkpoint, save_checkpoint
 
     optimizer = optim.make_optimizer(config.optimizer, config.lr, config.memory_size)
     loss_fn = jax.tree_util.Partial(type(objective).value, objective)
     start = time.perf_counter()
     state = optim.init_loop(loss_fn, optimizer, jnp.clip(jnp.asarray(image, jnp.float32), 0.0, 1.0))
     history = [(0, float(state.value))]
+    run = None if checkpoint is None and resume is None else fingerprint(objective, config)
     if resume is not None:
-        state, history = restore_checkpoint(resume, state)
+        state, history = restore_checkpoint(resume, state, run)
     try:
         while bool(state.finite) and int(state.step) < config.num_steps:
             done = int(state.step)
@@ -327,7 +392,7 @@ def optimize(
             state = new
             history.append((int(state.step), float(state.value)))
             if checkpoint is not None and config.checkpoint_every and int(state.step) % config.checkpoint_every == 0:
-                save_checkpoint(checkpoint, state, history)
+                save_checkpoint(checkpoint, state, history, run)
             if callback is not None:
                 image_in_box = jnp.clip(state.image, 0.0, 1.0)
                 seconds = time.perf_counter() - start
@@ -338,7 +403,7 @@ def optimize(
                     break
     except KeyboardInterrupt:
         if checkpoint is not None:
-            save_checkpoint(checkpoint, state, history)
+            save_checkpoint(checkpoint, state, history, run)
         raise Interrupted(_result(objective, state, history, start), checkpoint) from None
     return _result(objective, state, history, start)
 

@@ -56,6 +56,9 @@ class SweepProgress(NamedTuple):
     seconds: float  # wall time since the sweep started
 
 
+KIND = "sweep"  # what our marker file in a sweep's folder says (nst_jax.files.MARKER)
+
+
 class SweepResult(NamedTuple):
     """Outcome of :func:`sweep`; member i's settings are ``settings[i]``."""
 
@@ -335,6 +338,12 @@ def sweep(
         styles = None
     if content is None and shape is None:
         raise ValueError("`shape` is needed when `content` is None")
+    from nst_jax.image import check_image
+
+    if content is not None:
+        check_image(content, "content")
+    for image in styles or ([] if style is None else [style]):
+        check_image(image, "style")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"`batch_size` must be an integer >= 1 or None, got {batch_size!r}")
     if not 0 < memory_fraction <= 1:
@@ -344,6 +353,10 @@ def sweep(
 
         params, _ = load_params(config.weights)
     final = tuple(shape) if content is None else tuple(jnp.shape(content)[:2])
+    from nst_jax.stylize import check_sizes
+
+    for member_config, member_styles in zip(configs, styles or [style] * len(configs), strict=True):
+        check_sizes(member_config, final, [jnp.shape(member_styles)[:2]], content is not None)
     sizes = config.stage_sizes(max(final))
     if len(sizes) > 1 or sizes[-1] != max(final):
         return _coarse_to_fine(
@@ -588,6 +601,17 @@ def _grid(result: SweepResult) -> tuple[list[np.ndarray], list[str], list[str], 
     return list(result.images), rows, columns, names[0], ", ".join(names[1:])
 
 
+def failed_members(result: SweepResult) -> list[str]:
+    """One description per member whose loss is not finite or that took no step (a sweep with any is not a success)."""
+    failed = []
+    for i, (loss, steps) in enumerate(zip(result.losses, result.steps, strict=True)):
+        if not np.isfinite(loss):
+            failed.append(f"{_file_name(i, result.settings[i], '')} (loss {float(loss)})")
+        elif int(steps) == 0:
+            failed.append(f"{_file_name(i, result.settings[i], '')} (no step taken)")
+    return failed
+
+
 def save_sweep(directory, result: SweepResult, config: StyleConfig, *, extension: str = ".png", **metadata):
     """Writes every image (its settings in its file name), ``sweep.json`` and the contact sheet ``grid.png``.
 
@@ -595,15 +619,22 @@ def save_sweep(directory, result: SweepResult, config: StyleConfig, *, extension
     file, settings, final loss, weighted terms, unweighted per-layer losses, steps and
     evaluations. ``metadata`` (e.g. input paths) is stored in it as given.
 
+    ``directory`` must be new, empty or an earlier sweep's output (it holds our marker file);
+    files of an earlier sweep with the same names are replaced.
+
     Returns:
       The path of ``sweep.json``.
     """
     from pathlib import Path
 
+    from nst_jax.files import check_output_folder, write_marker
     from nst_jax.io import contact_sheet, output_format, save_image, save_json
 
     directory = Path(directory)
-    output_format(Path("x" + extension))  # a bad extension fails before anything is written
+    output_format(Path("x" + extension), "extension")  # a bad extension fails before anything is written
+    check_output_folder(directory, KIND)  # new, empty or an earlier sweep's: never a folder of the user's
+    directory.mkdir(parents=True, exist_ok=True)
+    write_marker(directory, KIND)
     records = []
     height, width = result.images.shape[1:3]
     member_configs, _ = _member_configs(config, result.settings)

@@ -37,6 +37,20 @@ LAYERS: tuple[str, ...] = tuple(
 The paper's "conv4_2" means the rectified response, which is ``relu4_2`` here.
 """
 
+
+def min_side(layers: Sequence[str]) -> int:
+    """The smallest image side (pixels) whose feature maps at ``layers`` are at least 1 x 1.
+
+    Each 2x2 pooling halves the side (rounding down); ``reluB_I`` comes after B-1 poolings,
+    ``poolB`` after B.
+    """
+    poolings = 0
+    for layer in layers:
+        block = int(layer[len(layer.rstrip("0123456789_")) :].split("_")[0])
+        poolings = max(poolings, block if layer.startswith("pool") else block - 1)
+    return 2**poolings
+
+
 POOLINGS = ("avg", "max")
 PADDINGS = ("zeros", "reflect", "circular")  # circular: the image wraps around (seamless tiles)
 # Arithmetic of the convolutions (Gram matrices and losses are always float32):

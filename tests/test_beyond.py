@@ -268,7 +268,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(real_params, tmp_path):
         ValueError, match=r"`resume`: the checkpoint's image is \(24, 32, 3\), this run's is \(16, 16, 3\)"
     ):
         stylize(samples.village(16, 16), style, config, params=real_params, resume=checkpoint)
-    with pytest.raises(FileNotFoundError, match="`resume`: no checkpoint in"):
+    with pytest.raises(ValueError, match="`resume`: no checkpoint in"):
         stylize(content, style, config, params=real_params, resume=str(tmp_path / "none"))
 
 
@@ -295,8 +295,10 @@ def test_ctrl_c_saves_image_and_checkpoint_and_resume_finishes(tmp_path, monkeyp
     out = tmp_path / "out.png"
     assert cli.main([*argv, "-o", str(out)]) == 130
     err = capsys.readouterr().err
-    assert "interrupted at step 3; saved" in err and "--resume" in err
-    assert out.exists() and (tmp_path / "out.png.ckpt" / "run.json").exists()
+    assert "interrupted at step 3; saved the image so far to" in err and "--resume" in err
+    assert "out.png was not written" in err
+    assert not out.exists(), "only a finished run may write the named output"
+    assert (tmp_path / "out.interrupted.png").exists() and (tmp_path / "out.png.ckpt" / "run.json").exists()
     monkeypatch.setattr(optim, "run_chunk", real_run_chunk)
     assert cli.main([*argv, "-o", str(out), "--resume", str(tmp_path / "out.png.ckpt")]) == 0
     with Image.open(out) as a, Image.open(tmp_path / "whole.png") as b:

@@ -97,7 +97,7 @@ def test_console_script_runs_as_module(tmp_path):
         timeout=120,
     )
     assert run.returncode == 2
-    assert run.stderr.strip() == "nst-jax: error: image 'a.png' does not exist"
+    assert run.stderr.strip() == "nst-jax: error: `content`: image 'a.png' does not exist"
 
 
 def test_samples_are_deterministic_images():

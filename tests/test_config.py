@@ -21,7 +21,7 @@ def test_defaults_are_valid():
         ({"style_layers": ("relu1_1", "pool1")}, r"`style_layers` has pooling layer 'pool1'; use conv\* or relu\*"),
         ({"style_layers": ("relu9_1",)}, r"`style_layers` has unknown layer 'relu9_1'; valid layers are"),
         ({"layer_weights": (1.0, 2.0)}, r"`layer_weights` has 2 values for 5 style layers"),
-        ({"layer_weights": (1.0, 1.0, 1.0, 1.0, -1.0)}, r"`layer_weights` must all be >= 0"),
+        ({"layer_weights": (1.0, 1.0, 1.0, 1.0, -1.0)}, r"`layer_weights` must all be finite numbers >= 0"),
         ({"lr": 0.0}, r"`lr` must be a positive number or None, got 0.0"),
         ({"box": "wrap"}, r"`box` must be one of \('penalty', 'clip', 'none'\), got 'wrap'"),
         ({"style_layers": (), "content_layers": ()}, "there is nothing to optimise"),

@@ -67,6 +67,8 @@ def test_errors(tmp_path):
     bad.write_bytes(b"not an image at all")
     with pytest.raises(ValueError, match="is not a readable image"):
         load_image(bad)
-    with pytest.raises(ValueError, match=r"extension '.xyz', which cannot be written; use one of .*\.png"):
+    with pytest.raises(
+        ValueError, match=r"extension '.xyz', which cannot be written as an RGB image; use one of .*\.png"
+    ):
         save_image(tmp_path / "out.xyz", _gradient())
     assert not (tmp_path / "out.xyz").exists()

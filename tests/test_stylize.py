@@ -77,7 +77,7 @@ def test_real_weights_at_96px(real_params, padding):
 @pytest.mark.parametrize("box", ["penalty", "clip", "none"])
 def test_box_modes_return_images_in_range(tiny_params, rng, box):
     """A style far outside the box pulls pixels out; every mode still returns an image in [0, 1]."""
-    content, style = random_image(rng, 16, 16), random_image(rng, 16, 16) * 3 - 1
+    content, style = random_image(rng, 16, 16), random_image(rng, 16, 16) * 1.8 - 0.4  # within check_image's slack
     config = StyleConfig(num_steps=10, chunk_size=5, content_layers=("relu1_1",), style_layers=("relu1_1",), box=box)
     result = stylize(content, style, config, params=tiny_params)
     assert 0.0 <= result.image.min() and result.image.max() <= 1.0

@@ -12,6 +12,7 @@ from conftest import one_line_error
 from PIL import Image
 
 from nst_jax import StyleConfig, optim, samples
+from nst_jax.files import MARKER
 from nst_jax.image import fit_long_side, resize
 from nst_jax.io import contact_sheet
 from nst_jax.sweep import MemoryLimitError, check_axes, members, save_sweep, sweep
@@ -179,7 +180,8 @@ def test_save_sweep_writes_images_json_and_a_labelled_grid(tmp_path, real_params
             assert image.size == (40, 32)
     with Image.open(tmp_path / "out" / "grid.png") as grid:
         assert grid.width > 3 * 40 and grid.height > 2 * 32
-    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
+    hidden = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("."))
+    assert hidden == [MARKER], "no temporary files left; the marker says the folder is a sweep's"
 
 
 def test_contact_sheet_places_tiles_and_checks_counts():

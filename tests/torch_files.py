@@ -29,8 +29,9 @@ class _Global:
 
 
 class _Tensor:
-    def __init__(self, key, array):
+    def __init__(self, key, array, offset=0, size=None, stride=None, numel=None):
         self.key, self.array = key, array
+        self.offset, self.size, self.stride, self.numel = offset, size, stride, numel
 
 
 class _Pickler(pickle._Pickler):
@@ -47,7 +48,8 @@ class _Pickler(pickle._Pickler):
 
     def persistent_id(self, obj):
         if isinstance(obj, _StorageRef):
-            pid = ("storage", _Global("torch", _TYPES[obj.array.dtype]), obj.key, "cpu", obj.array.size)
+            numel = obj.array.size if obj.numel is None else obj.numel
+            pid = ("storage", _Global("torch", _TYPES[obj.array.dtype]), obj.key, "cpu", numel)
             return (*pid, None) if self.legacy else pid
         return None
 
@@ -56,10 +58,11 @@ class _Pickler(pickle._Pickler):
             return self.save_global(obj)
         if isinstance(obj, _Tensor):
             a = obj.array
-            strides = tuple(s // a.itemsize for s in a.strides)
+            strides = tuple(s // a.itemsize for s in a.strides) if obj.stride is None else obj.stride
+            shape = a.shape if obj.size is None else obj.size
             self.save_reduce(
                 _Global("torch._utils", "_rebuild_tensor_v2"),
-                (_StorageRef(obj.key, a), 0, a.shape, strides, False, collections.OrderedDict()),
+                (_StorageRef(obj.key, a, obj.numel), obj.offset, shape, strides, False, collections.OrderedDict()),
                 obj=obj,
             )
             return None
@@ -67,15 +70,24 @@ class _Pickler(pickle._Pickler):
 
 
 class _StorageRef:
-    def __init__(self, key, array):
-        self.key, self.array = key, array
+    def __init__(self, key, array, numel=None):
+        self.key, self.array, self.numel = key, array, numel
 
 
 def _wrap(state_dict):
     tensors = collections.OrderedDict()
     for i, (name, array) in enumerate(state_dict.items()):
-        tensors[name] = _Tensor(str(i), np.ascontiguousarray(array))
+        if isinstance(array, _Tensor):
+            tensors[name] = array
+            array.key = str(i)
+        else:
+            tensors[name] = _Tensor(str(i), np.ascontiguousarray(array))
     return tensors
+
+
+def tensor(storage, offset=0, size=None, stride=None, numel=None):
+    """A tensor entry for ``save_*`` that claims any offset, size, stride and storage length (for hostile files)."""
+    return _Tensor("", np.ascontiguousarray(storage), offset, size, stride, numel)
 
 
 def save_legacy(path, state_dict):
@@ -86,7 +98,7 @@ def save_legacy(path, state_dict):
         _Pickler(f, legacy=True).dump(tensors)
         pickle.dump([t.key for t in tensors.values()], f, protocol=2)
         for t in tensors.values():
-            f.write(struct.pack("<q", t.array.size))
+            f.write(struct.pack("<q", t.array.size if t.numel is None else t.numel))
             f.write(t.array.astype(t.array.dtype.newbyteorder("<")).tobytes())
 
 
