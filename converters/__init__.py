@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import zipfile
 
-from nst_jax.converters.common import MissingDependencyError
+from nst_jax.converters.common import MAX_FILE_BYTES, MissingDependencyError
 from nst_jax.converters.torch_pickle import ALLOWED_GLOBALS, UnsafePickleError, load_torch_state_dict
 
 # Format names, as `nst-jax convert --format` takes them.
@@ -65,6 +65,22 @@ def convert(path: str | os.PathLike, format: str | None = None) -> tuple[dict, s
         check_choice("format", format, FORMATS)
     else:
         format = detect_format(path)
+    size = os.path.getsize(path)
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than the {MAX_FILE_BYTES} a weight file may have")
+    if format in ("keras", "matconvnet"):  # C libraries read these: in a child process with limits
+        from nst_jax.converters.isolated import convert_isolated
+
+        return convert_isolated(path, format), format
+    try:
+        return _convert_here(path, format)
+    except (KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError, MemoryError) as e:
+        text = str(e).splitlines()[0][:200] if str(e) else ""
+        raise ValueError(f"{path}: not a readable {format} weight file ({type(e).__name__}: {text})") from None
+
+
+def _convert_here(path, format: str) -> tuple[dict, str]:
+    """The readers written in Python (torch pickles, Caffe protobuf), run in this process."""
     if format in ("torch", "torchvision"):
         from nst_jax.converters.torch_vgg import convert_torchvision, is_torchvision
         from nst_jax.weights import convert_sequential_state_dict
@@ -73,17 +89,9 @@ def convert(path: str | os.PathLike, format: str | None = None) -> tuple[dict, s
         if format == "torchvision" or is_torchvision(state_dict):
             return convert_torchvision(state_dict), "torchvision"
         return convert_sequential_state_dict(state_dict), "torch"
-    if format == "caffe":
-        from nst_jax.converters.caffe import convert_caffe
+    from nst_jax.converters.caffe import convert_caffe
 
-        return convert_caffe(path), format
-    if format == "keras":
-        from nst_jax.converters.keras_h5 import convert_keras_h5
-
-        return convert_keras_h5(path), format
-    from nst_jax.converters.matconvnet import convert_matconvnet
-
-    return convert_matconvnet(path), format
+    return convert_caffe(path), format
 
 
 __all__ = [

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from nst_jax.converters.common import assemble, caffe_preprocess, log
+from nst_jax.converters.common import MAX_ARRAY_ELEMENTS, MAX_FILE_BYTES, assemble, caffe_preprocess, log
 
 _V1_CONVOLUTION = 4
 _V1_INNER_PRODUCT = 14
@@ -91,21 +91,30 @@ def _blob(buf, span) -> np.ndarray:
         if number in legacy and wire == 0:
             legacy[number] = value
         elif number == 5 and wire == 2:
+            if (value[1] - value[0]) % 4:
+                raise _Corrupt(f"float data of {value[1] - value[0]} bytes, not a multiple of 4")
             chunks.append(np.frombuffer(buf[value[0] : value[1]], "<f4"))
         elif number == 5 and wire == 5:
             chunks.append(np.frombuffer(value, "<f4"))
         elif number == 8 and wire == 2:
+            if (value[1] - value[0]) % 8:
+                raise _Corrupt(f"double data of {value[1] - value[0]} bytes, not a multiple of 8")
             doubles.append(np.frombuffer(buf[value[0] : value[1]], "<f8"))
         elif number == 7 and wire == 2:
             shape = []
             for dim_number, dim_wire, dim in _fields(buf, *value):
                 if dim_number == 1:
                     shape += _packed_varints(buf, dim) if dim_wire == 2 else [dim]
-    data = np.concatenate(chunks or doubles or [np.zeros(0, np.float32)]).astype(np.float32)
     if shape is None:
         shape = [legacy[1], legacy[2], legacy[3], legacy[4]]  # legacy 4-d blobs; biases are (1, 1, 1, n)
-    if int(np.prod(shape)) != data.size:
-        raise _Corrupt(f"blob of shape {tuple(shape)} holds {data.size} values")
+    count = 1
+    for n in shape:
+        count *= n
+    if len(shape) > 8 or count > MAX_ARRAY_ELEMENTS:
+        raise _Corrupt(f"blob declares shape {tuple(shape)}: at most 8 dimensions and {MAX_ARRAY_ELEMENTS} values")
+    if count != sum(c.size for c in chunks or doubles):
+        raise _Corrupt(f"blob of shape {tuple(shape)} holds {sum(c.size for c in chunks or doubles)} values")
+    data = np.concatenate(chunks or doubles or [np.zeros(0, np.float32)]).astype(np.float32)
     return data.reshape(shape)
 
 
@@ -114,9 +123,11 @@ def _layer(buf, span, version: int) -> CaffeLayer:
     name, kind, blobs = "", "", []
     for number, wire, value in _fields(buf, *span):
         if number == name_field and wire == 2:
-            name = bytes(buf[value[0] : value[1]]).decode("utf-8", "replace")
-        elif number == type_field:
-            kind = f"V1:{value}" if version == 1 and wire == 0 else bytes(buf[value[0] : value[1]]).decode()
+            name = bytes(buf[value[0] : value[1]][:256]).decode("utf-8", "replace")
+        elif number == type_field and version == 1 and wire == 0:
+            kind = f"V1:{value}"
+        elif number == type_field and wire == 2:
+            kind = bytes(buf[value[0] : value[1]][:256]).decode("utf-8", "replace")
         elif number == blobs_field and wire == 2:
             blobs.append(_blob(buf, value))
         elif version == 1 and number == 1 and wire == 2:
@@ -130,6 +141,8 @@ def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise ValueError(f"{path}: empty file, not a Caffe model")
+        if size > MAX_FILE_BYTES:
+            raise ValueError(f"{path}: {size} bytes, more than the {MAX_FILE_BYTES} a weight file may have")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             try:
                 layers = [
@@ -137,7 +150,7 @@ def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
                     for number, wire, value in _fields(buf, 0, size)
                     if number in (2, 100) and wire == 2
                 ]
-            except (_Corrupt, struct.error, UnicodeDecodeError) as e:
+            except (_Corrupt, struct.error, UnicodeDecodeError, TypeError, IndexError, OverflowError) as e:
                 raise ValueError(f"{path}: not a readable Caffe model (truncated or corrupt: {e})") from None
     if not layers:
         raise ValueError(f"{path}: a protobuf message with no Caffe layers")

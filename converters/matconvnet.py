@@ -14,10 +14,12 @@ ImageNet-evaluated orientation is FH x FW (see anishathalye/neural-style#180).
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 
 import numpy as np
 
-from nst_jax.converters.common import assemble, log, preprocess, require
+from nst_jax.converters.common import MAX_FILE_BYTES, MAX_TOTAL_BYTES, assemble, log, preprocess, require
 
 
 def _unwrap(value):
@@ -47,13 +49,82 @@ def _mean_rgb(data) -> np.ndarray:
     raise ValueError("no `normalization.averageImage` (the mean pixel) in the file")
 
 
+_MI_COMPRESSED, _MI_MATRIX = 15, 14
+
+
+def check_mat_file(path: str | os.PathLike) -> None:
+    """Walks a MATLAB v5 file's top-level elements before scipy reads it.
+
+    Every element must lie within the file, and every compressed one must inflate to at
+    most :data:`MAX_TOTAL_BYTES` in all (inflated as a stream and counted, never kept), so
+    scipy is never asked to allocate what a tag merely claims.
+
+    Raises:
+      ValueError: naming the element and what is wrong.
+    """
+    size = os.path.getsize(path)
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than the {MAX_FILE_BYTES} a weight file may have")
+    with open(path, "rb") as f:
+        header = f.read(128)
+        if len(header) < 128 or not header.startswith(b"MATLAB"):
+            raise ValueError(f"{path}: not a MATLAB 5.0 MAT-file (no 128-byte header)")
+        if header.startswith(b"MATLAB 7.3"):
+            raise ValueError(f"{path}: a MATLAB 7.3 (HDF5) MAT-file; save it with -v7 to convert it")
+        order = {b"IM": "<", b"MI": ">"}.get(header[126:128])
+        if order is None:
+            raise ValueError(f"{path}: MAT-file header has no byte-order mark")
+        inflated, position, index = 0, 128, 0
+        while position < size:
+            tag = f.read(8)
+            if len(tag) < 8:
+                raise ValueError(f"{path}: element {index} at byte {position} is truncated")
+            kind, nbytes = struct.unpack(order + "II", tag)
+            if kind >> 16:  # a small element: type and length in the first word, data in the second
+                kind, nbytes = kind & 0xFFFF, 4
+            if kind not in (_MI_COMPRESSED, _MI_MATRIX) or position + 8 + nbytes > size:
+                raise ValueError(
+                    f"{path}: element {index} at byte {position} (type {kind}, {nbytes} bytes) is not a variable "
+                    f"within the file's {size} bytes"
+                )
+            if kind == _MI_COMPRESSED:
+                inflate, left = zlib.decompressobj(), nbytes
+                while left:
+                    chunk = f.read(min(left, 1 << 20))
+                    left -= len(chunk)
+                    data = chunk
+                    while data:
+                        inflated += len(inflate.decompress(data, 1 << 24))
+                        data = inflate.unconsumed_tail
+                        if inflated > MAX_TOTAL_BYTES:
+                            raise ValueError(
+                                f"{path}: compressed variables inflate to more than {MAX_TOTAL_BYTES} bytes"
+                            )
+                position += 8 + nbytes
+            else:
+                position += 8 + nbytes + (-nbytes) % 8
+            f.seek(position)
+            index += 1
+
+
 def convert_matconvnet(path: str | os.PathLike) -> dict:
-    """A MatConvNet VGG-19 ``.mat`` -> canonical parameters."""
+    """A MatConvNet VGG-19 ``.mat`` -> canonical parameters (the file is walked by :func:`check_mat_file` first)."""
     io = require("scipy.io", "scipy")
+    check_mat_file(path)
     try:
         data = io.loadmat(path)
-    except (ValueError, TypeError, OSError, NotImplementedError) as e:
-        raise ValueError(f"{path}: not a readable MATLAB v5 file ({e})") from None
+    except (ValueError, TypeError, OSError, NotImplementedError, IndexError, KeyError, UnboundLocalError) as e:
+        raise ValueError(f"{path}: not a readable MATLAB v5 file ({type(e).__name__}: {e})") from None
+    try:
+        return _convert(data, path)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+        if isinstance(e, ValueError) and str(e).startswith(str(path)):
+            raise
+        text = str(e).splitlines()[0][:200] if str(e) else ""
+        raise ValueError(f"{path}: not a MatConvNet VGG-19 ({type(e).__name__}: {text})") from None
+
+
+def _convert(data, path) -> dict:
     if "layers" not in data:
         raise ValueError(f"{path}: MATLAB file without `layers`; not a MatConvNet SimpleNN model")
     try:
