@@ -351,7 +351,7 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
         return _state_dict(obj, path)
-    except UnsafePickleError:
+    except (UnsafePickleError, FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except pickle.UnpicklingError as e:
         if str(e).startswith(path):
@@ -359,7 +359,7 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise pickle.UnpicklingError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
     except (
         EOFError, ValueError, struct.error, IndexError, KeyError, TypeError, AttributeError, zipfile.BadZipFile,
-        OverflowError, RecursionError, MemoryError, NotImplementedError, UnicodeDecodeError, zlib_error(),
+        OverflowError, RecursionError, MemoryError, NotImplementedError, UnicodeDecodeError, zlib_error(), OSError,
     ) as e:  # fmt: skip
         message = str(e).splitlines()[0][:200] if str(e) else ""
         raise pickle.UnpicklingError(

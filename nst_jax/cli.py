@@ -490,6 +490,9 @@ def _prepare(args: argparse.Namespace):
     if resume is not None and not (Path(resume) / "run.json").is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {resume!r}")
     params, _ = load_params(config.weights)
+    from nst_jax.stylize import check_setup
+
+    check_setup(content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks)
     _check_memory(content, style, init, params, config, shape, masks, style_masks)
     if side_outputs:  # last: a later check must not leave them behind
         from nst_jax.io import save_image

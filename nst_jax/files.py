@@ -22,6 +22,7 @@ from pathlib import Path
 MARKER = ".nst-jax.json"
 # Staging folders are named `.{name}.staging-{pid}-{random}`: a dead pid's are removed.
 _STAGING = ".staging-"
+_WRITE_TEST = ".nst-jax-write-test."  # the empty file check_writable_folder makes and removes
 
 
 class OutputError(ValueError):
@@ -49,7 +50,7 @@ def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
     if not existing.is_dir():
         raise OutputError(f"`{what}`: {str(existing)!r} is a file, not a folder, so nothing can be written under it")
     try:
-        fd, name = tempfile.mkstemp(prefix=".nst-jax-write-test.", dir=existing)
+        fd, name = tempfile.mkstemp(prefix=_WRITE_TEST, dir=existing)
     except OSError as e:
         raise OutputError(f"`{what}`: cannot write in {str(existing)!r} ({_describe_os_error(e)})") from None
     os.close(fd)
@@ -116,7 +117,7 @@ def check_output_folder(
                 "name a new or empty folder"
             )
         if allowed is not None:
-            foreign = sorted(set(entries) - set(allowed) - {MARKER})
+            foreign = sorted(e for e in set(entries) - set(allowed) - {MARKER} if not e.startswith(_WRITE_TEST))
             if foreign:
                 raise OutputError(
                     f"`{what}`: {str(folder)!r} also holds {foreign[0]!r}, which nst-jax did not write; "

@@ -219,6 +219,24 @@ def _setup(content, style, config: StyleConfig, params, init, shape, masks, styl
     return objective, image, reference
 
 
+def check_setup(
+    content, style, config: StyleConfig = StyleConfig(), *, params, init=None, shape=None, masks=None, style_masks=None
+) -> None:
+    """Builds the objective and the initial image on abstract inputs (no computation), so that any option
+    combination :func:`stylize` would refuse is refused now, before a long run starts. Arguments as for
+    :func:`stylize`.
+    """
+    abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.float32), tree)
+    array_init = init is not None and not isinstance(init, str)
+    config = config.replace(scales=(), num_scales=1)
+
+    def build(content, style, image, masks, style_masks):
+        return _setup(content, style, config, params, image if array_init else init, shape, masks, style_masks)[:2]
+
+    inputs = (content, style, init if array_init else None, masks, style_masks)
+    jax.eval_shape(build, *(None if a is None else abstract(a) for a in inputs))
+
+
 def memory_needed(
     content, style, config: StyleConfig = StyleConfig(), *, params, init=None, shape=None, masks=None, style_masks=None
 ) -> int:

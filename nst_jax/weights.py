@@ -239,7 +239,9 @@ def load_params(path: str | os.PathLike | None = None, format: str | None = None
             log.warning("nst-jax: cached weights damaged or outdated (%s); converting %s again", e, source)
             shutil.rmtree(entry, ignore_errors=True)  # the cache is ours: a damaged entry is replaced
     from nst_jax.converters import convert
+    from nst_jax.files import check_writable_folder
 
+    check_writable_folder(cache_dir(), "NST_JAX_CACHE (the cache folder)")  # before the conversion, not after
     params, used = convert(source, format)
     save_params(params, entry, source=str(source), sha256=digest, format=used)
     log.info("converted %s (%s) -> %s", source, used, entry)

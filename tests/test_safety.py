@@ -333,3 +333,102 @@ def test_damaged_checkpoints_are_one_line(saved_checkpoint, real_params, tmp_pat
         stylize(content, style, config, params=real_params, resume=str(copy))
     run = json.loads((folder / "run.json").read_text())
     assert set(run["fingerprint"]["arrays"]) == {"weights", "content", "style"}
+
+
+# ---- sizes, option combinations and the cache ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--size", "16"], "`size`: the image is 12x16 px, smaller than layer relu5_1 needs (16 px a side)"),
+        (["--scales", "20,40"], "15x20 px at coarse-to-fine stage 1 of 2, smaller than layer relu5_1"),
+        (["--size", "40", "--content-layers", "pool5"], "30x40 px, smaller than layer pool5 needs (32 px a side)"),
+        (["--size", "100000"], "far more than the"),
+        (["--scales", "16,100000"], "far more than the"),
+        (["--size", "1024", "--style-scale", "16"], "for its features, more than the"),
+        (["--style-blend", "1,1", "--masks", "MASK"], "`style_blend` cannot be combined with `masks`"),
+    ],
+)
+def test_sizes_and_combinations_are_refused_before_any_image_is_decoded(tmp_path, capsys, images, extra, match):
+    import time
+
+    extra = [str(images[0]) if e == "MASK" else e for e in extra]
+    styles = [str(images[1])] * (2 if "--style-blend" in extra else 1)
+    start = time.perf_counter()
+    one_line_error(capsys, ["stylize", str(images[0]), *styles, "-o", str(tmp_path / "o.png"), *extra], match)
+    assert time.perf_counter() - start < 30
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_300x1_strip_and_a_huge_texture_are_one_line(tmp_path, capsys, images):
+    strip = tmp_path / "strip.png"
+    save_image(strip, np.full((1, 300, 3), 0.5, np.float32))
+    one_line_error(capsys, ["stylize", str(strip), str(images[1]), "-o", str(tmp_path / "o.png")], "smaller than")
+    one_line_error(
+        capsys, ["texture", str(images[1]), "--size", "100000x16", "-o", str(tmp_path / "t.png")], "for its features"
+    )
+
+
+def test_reconstruct_from_content_with_init_style_is_one_line(tmp_path, capsys, images):
+    argv = ["reconstruct", str(images[0]), "--layers", "relu2_1", "--init", "style", "-o", str(tmp_path / "r.png")]
+    one_line_error(capsys, argv, "`init` is 'style' but there is no style image")
+
+
+def test_a_cache_that_is_a_file_is_one_line(tmp_path, capsys, images, monkeypatch):
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("NST_JAX_CACHE", str(tmp_path / "cache"))
+    argv = ["stylize", *map(str, images), "-o", str(tmp_path / "o.png")]
+    one_line_error(capsys, argv, "`NST_JAX_CACHE (the cache folder)`: ")
+
+
+def test_a_damaged_cache_entry_is_converted_again_with_a_warning(tmp_path, monkeypatch, caplog):
+    import sys as _sys
+
+    _sys.path.insert(0, os.path.dirname(__file__))
+    import torch_files
+    import weight_files
+
+    from nst_jax import weights
+
+    monkeypatch.setenv("NST_JAX_CACHE", str(tmp_path / "cache"))
+    convs = weight_files.random_convs(np.random.default_rng(0))
+    state = {"0.weight": np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1), "0.bias": np.zeros(3, np.float32)}
+    for i, (kernel, bias) in enumerate(convs):
+        state[f"{2 * i + 2}.weight"], state[f"{2 * i + 2}.bias"] = kernel, bias
+    torch_files.save_zip(tmp_path / "vgg.pth", state)
+    params, info = weights.load_params(tmp_path / "vgg.pth")
+    assert info.converted
+    from pathlib import Path
+
+    source_json = Path(info.checkpoint) / "source.json"
+    record = json.loads(source_json.read_text())
+    record["params_sha256"] = "0" * 64  # what a flipped bit in the arrays looks like to the check
+    source_json.write_text(json.dumps(record))
+    with pytest.raises(weights.DamagedWeightsError, match="do not match the checksum"):
+        weights.restore_params(info.checkpoint)
+    again, info2 = weights.load_params(tmp_path / "vgg.pth")
+    assert info2.converted and "converting" in caplog.text and "damaged" in caplog.text
+    np.testing.assert_array_equal(again["conv5_4"]["kernel"], params["conv5_4"]["kernel"])
+    assert weights.load_params(tmp_path / "vgg.pth")[1].converted is False, "the new entry is trusted"
+
+
+def test_two_writers_racing_for_one_folder_both_succeed(tmp_path):
+    import threading
+
+    errors = []
+
+    def write(value):
+        try:
+            for _ in range(20):
+                files.write_folder(tmp_path / "out", "weights", lambda d: (d / "a").write_text(value), allowed={"a"})
+        except Exception as e:  # the test reports any failure
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(v,)) for v in "xy"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and (tmp_path / "out" / "a").read_text() in ("x", "y")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
