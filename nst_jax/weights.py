@@ -230,6 +230,9 @@ def load_params(path: str | os.PathLike | None = None, format: str | None = None
         return params, WeightsInfo(str(source), None, str(source), converted=False)
     digest = sha256_of(source)
     entry = _cache_entry(digest)
+    from nst_jax.files import remove_stale_staging
+
+    remove_stale_staging(entry.parent)  # what a conversion killed midway left behind
     if entry.exists():
         try:
             if not _has_checksum(entry):

@@ -432,3 +432,15 @@ def test_two_writers_racing_for_one_folder_both_succeed(tmp_path):
         t.join()
     assert not errors and (tmp_path / "out" / "a").read_text() in ("x", "y")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_resume_with_another_style_is_one_line_from_the_cli(tmp_path, capsys, images):
+    out = tmp_path / "out.png"
+    argv = ["stylize", *map(str, images), "-o", str(out), "--size", "32", "--num-scales", "1", "-q"]
+    assert cli.main([*argv, "--steps", "2", "--checkpoint-every", "2"]) == 0
+    other = tmp_path / "other.png"
+    save_image(other, samples.village(24, 32)[::-1])
+    resume = ["--resume", str(tmp_path / "out.png.ckpt"), "--steps", "4"]
+    one_line_error(capsys, ["stylize", str(images[0]), str(other), "-o", str(out), *argv[5:], *resume], "style images")
+    one_line_error(capsys, [*argv, *resume, "--style-weight", "7"], "made with style_weight=30.0, this run has 7.0")
+    assert cli.main([*argv, *resume]) == 0
