@@ -5,7 +5,10 @@ as torch legacy and zip, torchvision, Caffe V1 and V2, Keras HDF5, MatConvNet) t
 writes one valid file, then N mutants of it (bit flips, interesting integers written over
 a field, truncations, inserted and deleted chunks; most of them in the first and last 64 KiB,
 where the headers, pickles and directories are), and converts each with
-:func:`nst_jax.converters.convert` in a fresh Python process, as ``nst-jax convert`` would.
+:func:`nst_jax.converters.convert` in a process of its own, as ``nst-jax convert`` would: a fork
+of a server that has imported the readers (milliseconds), or with ``--fresh`` a new
+interpreter (1-2 s more each). Keras and MatConvNet files are read, as always, in a further
+child of that process (``nst_jax.converters.isolated``).
 
 Each outcome is one of:
   converted   finite parameters of the right shapes
@@ -42,23 +45,66 @@ FORMATS = (
 )  # fmt: skip
 _INTERESTING = (0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 2**31 - 1, 2**31, 2**32 - 1, 2**40, 2**63 - 1)
 
-# The child: converts, checks, reports one word on stdout; the CLI's own exception types are one-liners.
+# The child: converts, checks, reports one word, a detail and its peak RSS; the CLI's own
+# exception types are one-liners, anything else is a traceback.
 _CHILD = r"""
-import pickle, resource, sys
-limit = int(sys.argv[2])
-resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-import numpy as np
-from nst_jax.converters import convert
-try:
-    params, _ = convert(sys.argv[1])
-except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, pickle.UnpicklingError, ImportError) as e:
-    text = str(e)
-    print("one-line" if text and "\n" not in text.strip() else "traceback", text.strip()[:300].replace("\n", " | "))
-    sys.exit(2)
-ok = all(np.isfinite(np.asarray(leaf)).all() for layer in params.values() for leaf in layer.values())
-print("converted" if ok else "traceback non-finite parameters returned")
+import sys
+from fuzz_weights import convert_and_report
+print(convert_and_report(sys.argv[1], int(sys.argv[2])))
 """
+
+
+def convert_and_report(path: str, address_limit: int) -> str:
+    """In the child: ``"<outcome> <peak bytes> <detail>"`` for converting ``path`` under an address-space cap."""
+    import pickle
+    import resource
+    import traceback
+
+    resource.setrlimit(resource.RLIMIT_AS, (address_limit, address_limit))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    from nst_jax.converters import convert
+
+    user_errors = (
+        ValueError,
+        FileNotFoundError,
+        IsADirectoryError,
+        PermissionError,
+        pickle.UnpicklingError,
+        ImportError,
+    )
+    try:
+        params, _ = convert(path)
+        finite = all(np.isfinite(np.asarray(leaf)).all() for layer in params.values() for leaf in layer.values())
+        outcome, detail = ("converted", "") if finite else ("traceback", "non-finite parameters returned")
+    except user_errors as e:
+        text = str(e).strip()
+        outcome = "one-line" if text and "\n" not in text else "traceback"
+        detail = text.replace("\n", " | ")
+    except BaseException as e:  # a bug: the CLI would print a traceback
+        outcome, detail = "traceback", traceback.format_exception_only(e)[-1].strip()
+    peak = 1024 * max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    )
+    return f"{outcome} {peak} {detail[:300]}"
+
+
+def _forked(path: str, address_limit: int, connection) -> None:
+    connection.send(convert_and_report(path, address_limit))
+    connection.close()
+
+
+_CONTEXT = None
+
+
+def _context():
+    """A forkserver that has imported the readers once: each mutant still gets its own process, in milliseconds."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        import multiprocessing
+
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(["fuzz_weights", "nst_jax.converters", "h5py", "scipy.io"])
+    return _CONTEXT
 
 
 def write_fixture(fmt: str, path: Path) -> None:
@@ -156,65 +202,69 @@ def mutate(data: bytes, seed: int, headers: bool = True) -> bytes:
     return bytes(out)
 
 
-def run_one(path: Path, time_limit: float, memory_limit: int) -> tuple[str, str, float, int]:
-    """(outcome, detail, seconds, peak RSS bytes) of converting ``path`` in a fresh process."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"}
+def run_one(path: Path, time_limit: float, memory_limit: int, fresh: bool = True) -> tuple[str, str, float, int]:
+    """(outcome, detail, seconds, peak RSS bytes) of converting ``path`` in a process of its own.
+
+    ``fresh``: a new Python interpreter (as ``nst-jax convert`` runs); else a fork of a
+    server that has imported the readers already (the same code, without 1-2 s of start-up).
+    The address space is capped at twice ``memory_limit`` plus 2 GiB (to protect the
+    machine); the peak resident set is what is judged against ``memory_limit``.
+    """
+    address_limit = 2 * memory_limit + (2 << 30)
     start = time.perf_counter()
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(path), str(2 * memory_limit + (2 << 30))],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        stdout, stderr = child.communicate(timeout=time_limit)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.communicate()
-        return "timeout", f"over {time_limit} s", time.perf_counter() - start, 0
+    if fresh:
+        env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"}
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(path), str(address_limit)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            stdout, stderr = child.communicate(timeout=time_limit)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            return "timeout", f"over {time_limit} s", time.perf_counter() - start, 0
+        code = child.returncode
+        report = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+        last = (stderr.strip().splitlines() or [""])[-1]
+    else:
+        receive, send = _context().Pipe(duplex=False)
+        child = _context().Process(target=_forked, args=(str(path), address_limit, send))
+        child.start()
+        send.close()
+        child.join(time_limit)
+        if child.is_alive():
+            child.kill()
+            child.join()
+            return "timeout", f"over {time_limit} s", time.perf_counter() - start, 0
+        code = child.exitcode
+        report = receive.recv() if receive.poll() else ""
+        last = ""
     seconds = time.perf_counter() - start
-    peak = _peak_rss(child.pid)
-    if child.returncode < 0:
-        return "crash", f"signal {-child.returncode}", seconds, peak
-    last = (stderr.strip().splitlines() or [""])[-1]
-    words = stdout.strip().split(" ", 1) if stdout.strip() else ["traceback", last]
-    outcome, detail = words[0], words[1] if len(words) > 1 else ""
-    if outcome not in ("converted", "one-line"):
-        outcome, detail = "traceback", detail or last
+    if code is not None and code < 0:
+        return "crash", f"signal {-code}", seconds, 0
+    words = report.split(" ", 2)
+    if len(words) < 2 or words[0] not in ("converted", "one-line", "traceback"):
+        return "traceback", last or f"exit status {code}", seconds, 0
+    outcome, peak, detail = words[0], int(words[1]), words[2] if len(words) > 2 else ""
     if peak > memory_limit:
         outcome, detail = "memory", f"peak {peak / 2**30:.2f} GiB; {outcome}: {detail}"
-    return outcome, str(detail)[:300], seconds, peak
+    return outcome, detail, seconds, peak
 
 
-_PEAKS: dict[int, int] = {}
-
-
-def _peak_rss(pid: int) -> int:
-    return _PEAKS.pop(pid, 0)
-
-
-def _reap_with_rusage(original_wait):
-    """Popen waits through os.waitpid; this records each child's peak RSS (children's included) via wait4."""
-
-    def waitpid(pid, options):
-        if pid <= 0:
-            return original_wait(pid, options)
-        got, status, usage = os.wait4(pid, options)
-        if got:
-            _PEAKS[got] = usage.ru_maxrss * 1024
-        return got, status
-
-    return waitpid
-
-
-def fuzz(fmt: str, mutants: int, first_seed: int, workers: int, time_limit: float, memory_limit: int) -> dict:
+def fuzz(
+    fmt: str, mutants: int, first_seed: int, workers: int, time_limit: float, memory_limit: int, fresh: bool = False
+) -> dict:
     counts = dict.fromkeys(("converted", "one-line", "traceback", "crash", "timeout", "memory"), 0)
     bad, seconds, peak = [], [], 0
     with tempfile.TemporaryDirectory(prefix=f"fuzz-{fmt}.") as folder:
         original = Path(folder) / "original"
         write_fixture(fmt, original)
-        outcome, detail, _, _ = run_one(original, time_limit, memory_limit)
+        outcome, detail, _, _ = run_one(original, time_limit, memory_limit, fresh)
         if outcome != "converted":
             raise RuntimeError(f"the {fmt} fixture itself does not convert: {outcome} {detail}")
 
@@ -222,7 +272,7 @@ def fuzz(fmt: str, mutants: int, first_seed: int, workers: int, time_limit: floa
             path = Path(folder) / f"mutant{seed}"
             mutant(fmt, original, path, seed)
             try:
-                return seed, run_one(path, time_limit, memory_limit)
+                return seed, run_one(path, time_limit, memory_limit, fresh)
             finally:
                 path.unlink(missing_ok=True)
 
@@ -252,6 +302,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--memory-limit", type=float, default=2.0, help="GB of peak resident memory")
+    parser.add_argument(
+        "--fresh", action="store_true", help="a new interpreter per mutant (default: a fork of a preloaded server)"
+    )
     parser.add_argument("--write-mutant", nargs=2, metavar=("FORMAT", "SEED"), help="write one mutant and stop")
     parser.add_argument("-o", "--output", help="with --write-mutant: where")
     args = parser.parse_args(argv)
@@ -261,12 +314,14 @@ def main(argv=None) -> int:
             write_fixture(fmt, Path(folder) / "original")
             mutant(fmt, Path(folder) / "original", Path(args.output), seed)
         return 0
-    os.waitpid = _reap_with_rusage(os.waitpid)
+    sys.path.insert(0, str(Path(__file__).parent))  # the forkserver imports this module by name
     failed = 0
     for fmt in args.formats.split(","):
         if fmt not in FORMATS:
             parser.error(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-        report = fuzz(fmt, args.mutants, args.seed, args.workers, args.time_limit, int(args.memory_limit * 1e9))
+        report = fuzz(
+            fmt, args.mutants, args.seed, args.workers, args.time_limit, int(args.memory_limit * 1e9), args.fresh
+        )
         failed += len(report["bad"])
         print(json.dumps(report), flush=True)
     return 1 if failed else 0
