@@ -63,11 +63,17 @@ class _StorageType:
         self.name = name
 
 
+def _short(value) -> str:
+    """A value's repr on one line, at most 80 characters (it lands in a one-line error)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _int_tuple(value, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or len(value) > _MAX_DIMS:
-        raise pickle.UnpicklingError(f"tensor {what} must be a tuple of at most {_MAX_DIMS} integers: {value!r:.80}")
+        raise pickle.UnpicklingError(f"tensor {what} must be a tuple of at most {_MAX_DIMS} integers: {_short(value)}")
     if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62 for v in value):
-        raise pickle.UnpicklingError(f"tensor {what} must hold integers >= 0, got {value!r:.80}")
+        raise pickle.UnpicklingError(f"tensor {what} must hold integers >= 0, got {_short(value)}")
     return tuple(value)
 
 
@@ -78,7 +84,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
         raise pickle.UnpicklingError("tensor without a storage")
     flat = storage[0]
     if isinstance(storage_offset, bool) or not isinstance(storage_offset, int) or storage_offset < 0:
-        raise pickle.UnpicklingError(f"tensor storage offset must be an integer >= 0, got {storage_offset!r:.80}")
+        raise pickle.UnpicklingError(f"tensor storage offset must be an integer >= 0, got {_short(storage_offset)}")
     size, stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
     if len(size) != len(stride):
         raise pickle.UnpicklingError(f"tensor size {size} and stride {stride} differ in length")
@@ -137,14 +143,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80} in checkpoint")
+            raise pickle.UnpicklingError(f"unsupported persistent id {_short(pid)} in checkpoint")
         storage_type, key, _location, numel = pid[1:5]
         if not isinstance(storage_type, _StorageType):
-            raise pickle.UnpicklingError(f"unsupported storage type {storage_type!r:.80} in checkpoint")
+            raise pickle.UnpicklingError(f"unsupported storage type {_short(storage_type)} in checkpoint")
         if not isinstance(key, (str, int)) or isinstance(key, bool) or len(str(key)) > 64:
-            raise pickle.UnpicklingError(f"storage key {key!r:.80} is not a short name")
+            raise pickle.UnpicklingError(f"storage key {_short(key)} is not a short name")
         if isinstance(numel, bool) or not isinstance(numel, int) or not 0 <= numel <= MAX_ARRAY_ELEMENTS:
-            raise pickle.UnpicklingError(f"storage of {numel!r:.80} elements (at most {MAX_ARRAY_ELEMENTS})")
+            raise pickle.UnpicklingError(f"storage of {_short(numel)} elements (at most {MAX_ARRAY_ELEMENTS})")
         return self._load_storage(storage_type.name, str(key), numel)
 
 
@@ -257,10 +263,10 @@ def _load_legacy(path: str) -> Any:
         raise pickle.UnpicklingError(f"{path}: not a PyTorch checkpoint (bad magic number)")
     protocol = header()
     if protocol != 1001:
-        raise pickle.UnpicklingError(f"{path}: unsupported legacy protocol version {protocol!r:.80}")
+        raise pickle.UnpicklingError(f"{path}: unsupported legacy protocol version {_short(protocol)}")
     sys_info = header()
     if not isinstance(sys_info, dict) or not sys_info.get("little_endian", True):
-        raise pickle.UnpicklingError(f"{path}: big-endian or unknown system info {sys_info!r:.80}")
+        raise pickle.UnpicklingError(f"{path}: big-endian or unknown system info {_short(sys_info)}")
 
     requested: dict[str, tuple[str, int]] = {}
     placeholders: dict[str, list] = {}
@@ -282,15 +288,15 @@ def _load_legacy(path: str) -> Any:
     offset = buf.tell()
     for key in keys:
         if offset + 8 > len(data):
-            raise pickle.UnpicklingError(f"{path}: truncated before storage {key!r:.80}")
+            raise pickle.UnpicklingError(f"{path}: truncated before storage {_short(key)}")
         (numel,) = struct.unpack("<q", data[offset : offset + 8])
         offset += 8
         type_name, expected = requested.get(key, ("ByteStorage", numel))
         if numel != expected or not 0 <= numel <= MAX_ARRAY_ELEMENTS:
-            raise pickle.UnpicklingError(f"{path}: storage {key!r:.80} has {numel} elements, its tensors {expected}")
+            raise pickle.UnpicklingError(f"{path}: storage {_short(key)} has {numel} elements, its tensors {expected}")
         end = offset + numel * _itemsize(type_name)
         if end > len(data):
-            raise pickle.UnpicklingError(f"{path}: storage {key!r:.80} is truncated")
+            raise pickle.UnpicklingError(f"{path}: storage {_short(key)} is truncated")
         if key in placeholders:
             placeholders[key][:] = _decode(memoryview(data)[offset:end], type_name, numel)
         offset = end
@@ -319,12 +325,12 @@ def _state_dict(obj, path: str) -> dict[str, np.ndarray]:
     out, budget = {}, MAX_TOTAL_BYTES
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise pickle.UnpicklingError(f"{path}: state dict key {key!r:.80} is not a string")
+            raise pickle.UnpicklingError(f"{path}: state dict key {_short(key)} is not a string")
         if isinstance(value, _Lazy):
             value = _rebuild_tensor_v2(value.storage, *value.args)
         if not isinstance(value, np.ndarray):
             raise pickle.UnpicklingError(
-                f"{path}: expected a state dict of tensors; {key!r:.80} is a {type(value).__name__}"
+                f"{path}: expected a state dict of tensors; {_short(key)} is a {type(value).__name__}"
             )
         budget -= value.nbytes
         if budget < 0:

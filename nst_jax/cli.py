@@ -255,12 +255,13 @@ def _normalize(args) -> int:
     if not folder.is_dir():
         raise FileNotFoundError(f"`--images`: no such directory: {str(folder)!r}")
     paths = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    images = []
+    images, skipped = [], []
     for path in paths:
         try:
             images.append(load_image(path, args.size, what="--images"))
         except ValueError:
-            continue  # not an image, or too large: skipped
+            skipped.append(path.name)  # not an image, truncated, or too large
+
     if not images:
         raise ValueError(f"`--images`: no readable images in {str(folder)!r}")
     params, info = load_params(args.source)
@@ -270,7 +271,8 @@ def _normalize(args) -> int:
         images=len(images), size=args.size, pooling=args.pooling,
         mean_scale={layer: float(s.mean()) for layer, s in scales.items()},
     )  # fmt: skip
-    print(f"wrote {out}: normalised over {len(images)} images", file=sys.stderr)
+    note = f" ({len(skipped)} files skipped: not readable images, e.g. {skipped[0]!r})" if skipped else ""
+    print(f"wrote {out}: normalised over {len(images)} images{note}", file=sys.stderr)
     return 0
 
 
@@ -709,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             prepared = _prepare_sweep(args) if args.command == "sweep" else _prepare(args)
         except _USER_ERRORS as e:
-            print(f"nst-jax: error: {e}", file=sys.stderr)
+            print(f"nst-jax: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # always one line
             return 2
         if args.command == "sweep":
             return _run_sweep(args, *prepared)

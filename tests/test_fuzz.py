@@ -51,3 +51,12 @@ def test_many_mutants(fuzz, tmp_path, fmt):
         if outcome not in ("converted", "one-line")
     ]
     assert not bad
+
+
+def test_found_by_the_fuzzer_a_multi_line_repr_in_a_message(fuzz, tmp_path):
+    """torch-zip-pickle mutant 212 named a persistent id holding an array: its repr spanned lines."""
+    original, path = tmp_path / "original", tmp_path / "m212"
+    fuzz.write_fixture("torch-zip-pickle", original)
+    fuzz.mutant("torch-zip-pickle", original, path, 212)
+    outcome, detail, _, _ = fuzz.run_one(path, time_limit=60, memory_limit=2_000_000_000)
+    assert outcome == "one-line", detail
