@@ -50,7 +50,7 @@ def convert_isolated(path: str | os.PathLike, format: str) -> dict:
     from nst_jax.weights import check_params
 
     require(*{"keras": ("h5py", "h5py"), "matconvnet": ("scipy.io", "scipy")}[format])  # one line if missing
-    path = Path(path)
+    path = Path(path).absolute()
     with tempfile.TemporaryDirectory(prefix="nst-jax-convert.") as folder:
         out = Path(folder) / "params.npz"
         env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"}
@@ -62,6 +62,7 @@ def convert_isolated(path: str | os.PathLike, format: str) -> dict:
                 text=True,
                 env=env,
                 timeout=TIME_LIMIT_SECONDS,
+                cwd=folder,  # `-m` puts the working folder first on sys.path: never a source checkout's nst_jax
             )
         except subprocess.TimeoutExpired:
             raise ValueError(f"{path}: reading took over {TIME_LIMIT_SECONDS:.0f} s; not a weight file") from None

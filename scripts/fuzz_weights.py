@@ -216,11 +216,12 @@ def run_one(path: Path, time_limit: float, memory_limit: int, fresh: bool = True
         env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"}
         env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
         child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(path), str(address_limit)],
+            [sys.executable, "-c", _CHILD, str(Path(path).absolute()), str(address_limit)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            cwd=Path(path).absolute().parent,  # not a checkout: the installed nst_jax is what runs
         )
         try:
             stdout, stderr = child.communicate(timeout=time_limit)
