@@ -446,10 +446,9 @@ def _prepare(args: argparse.Namespace):
     for side in side_outputs:
         check_output_image(side, "--save-inputs")
     resume = getattr(args, "resume", None)
-    if args.command != "demo":
-        checkpoint = _checkpoint_path(output)
-        if resume is None or Path(resume).absolute() != checkpoint.absolute():
-            check_output_folder(checkpoint, KIND, what="checkpoint", allowed=CHECKPOINT_FILES)
+    checkpoint = _checkpoint_path(output)  # written on Ctrl-C by every command that optimises
+    if resume is None or Path(resume).absolute() != checkpoint.absolute():
+        check_output_folder(checkpoint, KIND, what="checkpoint", allowed=CHECKPOINT_FILES)
     shape = None
     masks = style_masks = None
     config = _config_from(args, {"size": max(args.shape), "init": "noise"} if args.command == "texture" else {})
