@@ -222,9 +222,10 @@ def _setup(content, style, config: StyleConfig, params, init, shape, masks, styl
 def check_setup(
     content, style, config: StyleConfig = StyleConfig(), *, params, init=None, shape=None, masks=None, style_masks=None
 ) -> None:
-    """Builds the objective and the initial image on abstract inputs (no computation), so that any option
-    combination :func:`stylize` would refuse is refused now, before a long run starts. Arguments as for
-    :func:`stylize`.
+    """Refuses now, before a long run, any option combination :func:`stylize` would refuse later.
+
+    Builds the objective and the initial image on abstract inputs (nothing is computed).
+    Arguments as for :func:`stylize`.
     """
     abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.float32), tree)
     array_init = init is not None and not isinstance(init, str)
