@@ -311,6 +311,7 @@ def _prepare_sweep(args: argparse.Namespace):
     output_format(Path("x" + args.extension), "--extension")
     check_output_folder(args.output, KIND)
     config = _config_from(args, {})
+    _check_shapes(args, config)  # from the headers, before anything is decoded
     axes = dict(_sweep_axis(text) for text in args.vary)
     if len(axes) != len(args.vary):
         raise _UsageError("--vary names an axis twice")
@@ -515,7 +516,7 @@ def _check_shapes(args: argparse.Namespace, config: StyleConfig) -> None:
 
     loaded = lambda path, what: fit_long_side(image_shape(path, what), config.size)
     styles = []
-    if args.command == "stylize":
+    if args.command in ("stylize", "sweep"):
         final, content = loaded(args.content, "content"), True
     elif args.command == "texture":
         final, content = args.shape, False
@@ -525,7 +526,7 @@ def _check_shapes(args: argparse.Namespace, config: StyleConfig) -> None:
         styles = [] if content else [final]
     else:
         final, content = fit_long_side(DEMO_SHAPE, config.size), True
-    if args.command in ("stylize", "texture"):
+    if args.command in ("stylize", "texture", "sweep"):
         styles = [loaded(p, "style") for p in args.style if not (args.command == "stylize" and p == "none")]
     elif args.command == "demo":
         styles = [final]

@@ -444,3 +444,9 @@ def test_resume_with_another_style_is_one_line_from_the_cli(tmp_path, capsys, im
     one_line_error(capsys, ["stylize", str(images[0]), str(other), "-o", str(out), *argv[5:], *resume], "style images")
     one_line_error(capsys, [*argv, *resume, "--style-weight", "7"], "made with style_weight=30.0, this run has 7.0")
     assert cli.main([*argv, *resume]) == 0
+
+
+def test_a_sweep_far_too_large_is_refused_from_the_headers(tmp_path, capsys, images):
+    argv = ["sweep", *map(str, images), "--vary", "style_weight=1,2", "-o", str(tmp_path / "s"), "--size", "100000"]
+    one_line_error(capsys, argv, "far more than the")
+    assert not (tmp_path / "s").exists()
