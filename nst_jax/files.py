@@ -54,7 +54,7 @@ def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
     except OSError as e:
         raise OutputError(f"`{what}`: cannot write in {str(existing)!r} ({_describe_os_error(e)})") from None
     os.close(fd)
-    os.unlink(name)
+    Path(name).unlink(missing_ok=True)  # gone already if another writer swapped the folder out meanwhile
 
 
 def check_output_file(path: str | os.PathLike, what: str = "output", encode: Callable[[], None] | None = None) -> Path:
@@ -104,7 +104,11 @@ def check_output_folder(
         return folder
     if not folder.is_dir():
         raise OutputError(f"`{what}`: {str(folder)!r} is a file; name a new or empty folder")
-    entries = [e.name for e in os.scandir(folder)]
+    try:
+        entries = [e.name for e in os.scandir(folder)]
+    except FileNotFoundError:  # moved away by another writer this instant
+        check_writable_folder(folder.parent, what)
+        return folder
     if entries:
         marker = _marker(folder)
         if marker is None:

@@ -82,9 +82,10 @@ def convert_and_report(path: str, address_limit: int) -> str:
         detail = text.replace("\n", " | ")
     except BaseException as e:  # a bug: the CLI would print a traceback
         outcome, detail = "traceback", traceback.format_exception_only(e)[-1].strip()
-    peak = 1024 * max(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    )
+    # Our own peak from VmHWM (ru_maxrss would carry over the peak of the process we were forked
+    # from, across exec), the isolated reader's (a grandchild) from ru_maxrss of our children.
+    own = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    peak = 1024 * max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     return f"{outcome} {peak} {detail[:300]}"
 
 
