@@ -450,3 +450,9 @@ def test_a_sweep_far_too_large_is_refused_from_the_headers(tmp_path, capsys, ima
     argv = ["sweep", *map(str, images), "--vary", "style_weight=1,2", "-o", str(tmp_path / "s"), "--size", "100000"]
     one_line_error(capsys, argv, "far more than the")
     assert not (tmp_path / "s").exists()
+
+
+def test_normalize_size_zero_is_one_line(tmp_path, capsys):
+    argv = ["normalize", str(tmp_path / "w"), "-o", str(tmp_path / "n"), "--images", str(tmp_path), "--size", "0"]
+    one_line_error(capsys, argv, "`--size` must be at least 16 (pixels of the long side), got 0")
+    assert not (tmp_path / "n").exists()
