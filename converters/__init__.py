@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import zipfile
 
-from nst_jax.converters.common import MAX_FILE_BYTES, MissingDependencyError
+from nst_jax.converters.common import MAX_FILE_BYTES, MissingDependencyError, first_line
 from nst_jax.converters.torch_pickle import ALLOWED_GLOBALS, UnsafePickleError, load_torch_state_dict
 
 # Format names, as `nst-jax convert --format` takes them.
@@ -75,8 +75,7 @@ def convert(path: str | os.PathLike, format: str | None = None) -> tuple[dict, s
     try:
         return _convert_here(path, format)
     except (KeyError, TypeError, IndexError, AttributeError, OverflowError, RecursionError, MemoryError) as e:
-        text = str(e).splitlines()[0][:200] if str(e) else ""
-        raise ValueError(f"{path}: not a readable {format} weight file ({type(e).__name__}: {text})") from None
+        raise ValueError(f"{path}: not a readable {format} weight file ({first_line(e)})") from None
 
 
 def _convert_here(path, format: str) -> tuple[dict, str]:

@@ -33,6 +33,12 @@ MAX_ARRAY_ELEMENTS = 1 << 28
 MAX_TOTAL_BYTES = 2 << 30
 
 
+def first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters): a library's error inside our one-line errors."""
+    text = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 class MissingDependencyError(ImportError):
     """A converter needs an optional package; the message names the extra that installs it."""
 

@@ -19,6 +19,7 @@ from nst_jax.converters.common import (
     MAX_TOTAL_BYTES,
     assemble,
     caffe_preprocess,
+    first_line,
     log,
     require,
 )
@@ -68,19 +69,14 @@ def convert_keras_h5(path: str | os.PathLike) -> dict:
     try:
         f = h5py.File(path, "r")
     except (OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path}: not a readable HDF5 file ({_first_line(e)})") from None
+        raise ValueError(f"{path}: not a readable HDF5 file ({first_line(e)})") from None
     try:
         with f:
             return _convert(h5py, f, path)
     except (KeyError, ValueError, TypeError, OSError, RuntimeError, IndexError, AttributeError, UnicodeError) as e:
         if isinstance(e, ValueError) and str(e).startswith(str(path)):
             raise
-        raise ValueError(f"{path}: not a readable Keras weights file ({_first_line(e)})") from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).splitlines()[0][:200] if str(e) else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+        raise ValueError(f"{path}: not a readable Keras weights file ({first_line(e)})") from None
 
 
 def _convert(h5py, f, path) -> dict:

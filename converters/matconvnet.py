@@ -19,7 +19,7 @@ import zlib
 
 import numpy as np
 
-from nst_jax.converters.common import MAX_FILE_BYTES, MAX_TOTAL_BYTES, assemble, log, preprocess, require
+from nst_jax.converters.common import MAX_FILE_BYTES, MAX_TOTAL_BYTES, assemble, first_line, log, preprocess, require
 
 
 def _unwrap(value):
@@ -120,8 +120,7 @@ def convert_matconvnet(path: str | os.PathLike) -> dict:
     except (KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
         if isinstance(e, ValueError) and str(e).startswith(str(path)):
             raise
-        text = str(e).splitlines()[0][:200] if str(e) else ""
-        raise ValueError(f"{path}: not a MatConvNet VGG-19 ({type(e).__name__}: {text})") from None
+        raise ValueError(f"{path}: not a MatConvNet VGG-19 ({first_line(e)})") from None
 
 
 def _convert(data, path) -> dict:

@@ -23,11 +23,12 @@ import pickletools
 import struct
 import warnings
 import zipfile
+import zlib
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from nst_jax.converters.common import MAX_ARRAY_ELEMENTS, MAX_FILE_BYTES, MAX_TOTAL_BYTES
+from nst_jax.converters.common import MAX_ARRAY_ELEMENTS, MAX_FILE_BYTES, MAX_TOTAL_BYTES, first_line
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 # Caps on what a checkpoint's pickle may declare (checked by a scan before it is unpickled).
@@ -365,15 +366,6 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise pickle.UnpicklingError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
     except (
         EOFError, ValueError, struct.error, IndexError, KeyError, TypeError, AttributeError, zipfile.BadZipFile,
-        OverflowError, RecursionError, MemoryError, NotImplementedError, UnicodeDecodeError, zlib_error(), OSError,
+        OverflowError, RecursionError, MemoryError, NotImplementedError, UnicodeDecodeError, zlib.error, OSError,
     ) as e:  # fmt: skip
-        message = str(e).splitlines()[0][:200] if str(e) else ""
-        raise pickle.UnpicklingError(
-            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {message})"
-        ) from None
-
-
-def zlib_error() -> type[Exception]:
-    import zlib
-
-    return zlib.error
+        raise pickle.UnpicklingError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
