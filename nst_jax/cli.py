@@ -52,21 +52,28 @@ def _comma_list(text: str, item):
         raise argparse.ArgumentTypeError(f"expected a comma-separated list of {item.__name__}, got {text!r}") from None
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser, defaults: dict, skip: tuple[str, ...] = ()) -> None:
+def _add_config_arguments(
+    parser: argparse.ArgumentParser, defaults: dict, skip: tuple[str, ...] = (), choices: dict | None = None
+) -> None:
+    """One option per :class:`StyleConfig` field (but ``skip``), ``choices`` narrowing a field's choices."""
     for f in dataclasses.fields(StyleConfig):
         if f.name in skip:
             continue
         flag = _FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
         default = defaults.get(f.name, f.default)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help = f.metadata["help"]
+        if default not in (None, ()) and "default" not in help:  # each default said once, never "(default: )"
+            help = f"{help} (default: {shown})"
+        valid = (choices or {}).get(f.name, f.metadata.get("choices"))
         parser.add_argument(
             flag,
             dest=f.name,
             type=_base_type(f.name),
             default=argparse.SUPPRESS,
-            choices=f.metadata.get("choices"),
-            metavar=None if f.metadata.get("choices") else f.name.upper(),
-            help=f"{f.metadata['help']} (default: {shown})",
+            choices=valid,
+            metavar=None if valid else f.name.upper(),
+            help=help,
         )
         if f.name == "padding":
             parser.add_argument(
@@ -77,7 +84,10 @@ def _add_config_arguments(parser: argparse.ArgumentParser, defaults: dict, skip:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from nst_jax import __version__
+
     parser = _Parser(prog="nst-jax", description="Neural style transfer (Gatys et al.) in JAX.")
+    parser.add_argument("--version", action="version", version=f"nst-jax {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     stylize = commands.add_parser("stylize", help="render CONTENT in the style of STYLE")
     stylize.add_argument("content", help="content image")
@@ -95,7 +105,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="with --masks: one mask per STYLE, white where its Gram matrices are taken from",
     )  # fmt: skip
     _add_config_arguments(stylize, {})
-    demo = commands.add_parser("demo", help="stylise the built-in village with the built-in swirls (offline)")
+    demo = commands.add_parser(
+        "demo",
+        help="stylise the built-in village with the built-in swirls (offline)",
+        description=(
+            "Stylises a procedural village (content) with procedural swirls (style), both drawn by nst_jax.samples: "
+            "no image files and no network needed, a quick check that everything works. Same options as stylize."
+        ),
+    )
     demo.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, ...)")
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     demo.add_argument("--save-inputs", action="store_true", help="also write the demo's content and style images")
@@ -145,7 +162,14 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--batch-size", type=int, default=None, help="members per compiled batch (default: what fits)")
     sweep.add_argument("--extension", default=".png", help="image format of the members (default: .png)")
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    _add_config_arguments(sweep, {})
+    # Only what a sweep accepts: no periodic saves or checkpoints, no style blend, no clipping box,
+    # no luminance transfer (nst_jax.sweep refuses those).
+    _add_config_arguments(
+        sweep,
+        {},
+        skip=("save_every", "checkpoint_every", "style_blend"),
+        choices={"box": ("penalty", "none"), "preserve_colour": ("none", "histogram")},
+    )
     weights = commands.add_parser("weights", help="show which VGG-19 weights are loaded, from where")
     weights.add_argument("--weights", default=None, help="a weight file (any format) or orbax directory")
     convert = commands.add_parser(
@@ -531,7 +555,11 @@ def _check_shapes(args: argparse.Namespace, config: StyleConfig) -> None:
     elif args.command == "demo":
         styles = [final]
     if config.init not in INITS:
-        image_shape(config.init, "init")  # a folder, a missing file or a bomb: now
+        if not Path(config.init).exists():
+            raise _UsageError(
+                f"--init must be one of {', '.join(INITS)} or an image file, got {config.init!r} (no such file)"
+            )
+        image_shape(config.init, "init")  # a folder or a bomb: now
     _check_memory_roughly(config, final, styles)
     check_sizes(config, final, styles, content)
 
@@ -698,7 +726,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``nst-jax``; returns the exit status."""
     try:
         try:
-            args = _build_parser().parse_args(argv)
+            parser = _build_parser()
+            if not (sys.argv[1:] if argv is None else argv):  # `nst-jax` alone: the help, not an error
+                parser.print_help()
+                return 0
+            args = parser.parse_args(argv)
             if args.command == "convert":
                 return _convert(args)
             if args.command == "normalize":

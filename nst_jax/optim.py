@@ -74,7 +74,7 @@ def init_loop(loss_fn, optimizer, image: jax.Array) -> LoopState:
     return _init_loop(loss_fn, optimizer, image)
 
 
-@jax.jit(static_argnames=("optimizer",))
+@functools.partial(jax.jit, static_argnames=("optimizer",))
 def _init_loop(loss_fn, optimizer, image):
     value, grad = jax.value_and_grad(loss_fn)(image)
     one = jnp.ones((), jnp.int32)
@@ -139,7 +139,7 @@ def program_bytes(compiled) -> int:
     return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes)
 
 
-@jax.jit(static_argnames=("optimizer",))
+@functools.partial(jax.jit, static_argnames=("optimizer",))
 def _run_chunk(loss_fn, optimizer, state, num_steps):
     stop = state.step + num_steps
     return jax.lax.while_loop(

@@ -13,6 +13,7 @@ or, after ``jax.distributed.initialize()``, every device of every host.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -219,7 +220,7 @@ def _steps_evals(state) -> tuple[jax.Array, jax.Array]:
     return state.step, state.num_evals
 
 
-@jax.jit(static_argnames=("style_batched", "optimizer", "memory_size"))
+@functools.partial(jax.jit, static_argnames=("style_batched", "optimizer", "memory_size"))
 def _init_batch(objectives, images, num_steps, style_batched, optimizer, memory_size):
     axes = _objective_axes(objectives, style_batched)
     values, grads = jax.vmap(lambda o, x: jax.value_and_grad(o.value)(x), in_axes=(axes, 0))(objectives, images)
@@ -233,7 +234,7 @@ def _init_batch(objectives, images, num_steps, style_batched, optimizer, memory_
     return jax.tree.map(lambda x, a: jax.lax.convert_element_type(x, a.dtype), state, after)
 
 
-@jax.jit(static_argnames=("style_batched", "optimizer"), donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("style_batched", "optimizer"), donate_argnames=("state",))
 def _run_batch(objectives, state, num_steps, max_iterations, style_batched, optimizer):
     """Up to ``max_iterations`` batched iterations in one ``while_loop``; ends when every member is done."""
     axes = _objective_axes(objectives, style_batched)
@@ -253,7 +254,7 @@ def _run_batch(objectives, state, num_steps, max_iterations, style_batched, opti
     return jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))
 
 
-@jax.jit(static_argnames=("style_batched",))
+@functools.partial(jax.jit, static_argnames=("style_batched",))
 def _final_terms(objectives, images, style_batched):
     axes = _objective_axes(objectives, style_batched)
     weighted = jax.vmap(lambda o, x: o(x)[1], in_axes=(axes, 0))(objectives, images)

