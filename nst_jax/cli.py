@@ -389,9 +389,7 @@ def _run_sweep(args, content, style, axes, params, config: StyleConfig, output: 
         return 2
     if not args.quiet and sys.stderr.isatty():
         print(file=sys.stderr)
-    save = lambda folder: save_sweep(
-        folder, result, config, extension=args.extension, content=args.content, style=args.style
-    )
+    save = lambda folder: save_sweep(folder, result, extension=args.extension, content=args.content, style=args.style)
     try:
         path = save(output)
     except OSError as e:  # checked before the run, so the disk filled up or the folder went away meanwhile

@@ -19,6 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -77,6 +78,7 @@ class SweepResult(NamedTuple):
     seconds: float  # wall time, compilation included
     axes: dict[str, list]  # the swept axes as given (style: labels), in order
     product: bool  # members are the Cartesian product of the axes (else zipped)
+    config: StyleConfig  # the settings the members share, as the sweep was given them (save_sweep records it)
 
 
 def members(axes: Mapping[str, Sequence], product: bool = True) -> list[dict[str, Any]]:
@@ -444,6 +446,7 @@ def sweep(
         seconds=time.perf_counter() - start,
         axes=axis_labels,
         product=product,
+        config=config,
     )
 
 
@@ -478,7 +481,7 @@ def _coarse_to_fine(content, style, config: StyleConfig, axes, final, sizes, ini
         stage_totals = (result.steps, result.evals, result.iterations, result.seconds)
         totals = stage_totals if totals is None else tuple(a + b for a, b in zip(totals, stage_totals, strict=True))
     steps, evals, iterations, seconds = totals
-    return result._replace(steps=steps, evals=evals, iterations=iterations, seconds=seconds)
+    return result._replace(steps=steps, evals=evals, iterations=iterations, seconds=seconds, config=config)
 
 
 class _BatchRunner:
@@ -613,7 +616,9 @@ def failed_members(result: SweepResult) -> list[str]:
     return failed
 
 
-def save_sweep(directory, result: SweepResult, config: StyleConfig, *, extension: str = ".png", **metadata):
+def save_sweep(
+    directory, result: SweepResult, config: StyleConfig | None = None, *, extension: str = ".png", **metadata
+) -> Path:
     """Writes every image (its settings in its file name), ``sweep.json`` and the contact sheet ``grid.png``.
 
     Every file is written atomically; ``sweep.json`` (written last) lists each member's
@@ -621,16 +626,25 @@ def save_sweep(directory, result: SweepResult, config: StyleConfig, *, extension
     evaluations. ``metadata`` (e.g. input paths) is stored in it as given.
 
     ``directory`` must be new, empty or an earlier sweep's output (it holds our marker file);
-    files of an earlier sweep with the same names are replaced.
+    files of an earlier sweep with the same names are replaced. The settings recorded are
+    ``result.config``, the ones the sweep ran with; ``config`` is accepted for older callers
+    and must equal it.
 
     Returns:
       The path of ``sweep.json``.
     """
-    from pathlib import Path
-
     from nst_jax.files import check_output_folder, write_marker
     from nst_jax.io import contact_sheet, output_format, save_image, save_json
 
+    if config is not None and config != result.config:
+        changed = [
+            f.name for f in dataclasses.fields(StyleConfig) if getattr(config, f.name) != getattr(result.config, f.name)
+        ]
+        raise ValueError(
+            f"`config` differs from the one the sweep ran with in {', '.join(changed)}; "
+            "leave it out: save_sweep records result.config"
+        )
+    config = result.config
     directory = Path(directory)
     output_format(Path("x" + extension), "extension")  # a bad extension fails before anything is written
     check_output_folder(directory, KIND)  # new, empty or an earlier sweep's: never a folder of the user's

@@ -70,7 +70,7 @@ def figure2(args, params) -> None:
     result = sweep(
         content, None, config, {"style": styles}, params=params, batch_size=args.batch_size, callback=_progress
     )
-    save_sweep(args.output, result, config, content=args.content, styles=args.styles)
+    save_sweep(args.output, result, content=args.content, styles=args.styles)
     h, w = content.shape[:2]
     tops = [content] + [np.asarray(resize(s, (h, w))) for s in styles.values()]
     bottoms = [content, *result.images]
@@ -84,7 +84,7 @@ def figure3(args, params) -> None:
     style = load_image(args.styles[0], args.size)
     axes = {"style_layers": LAYER_SETS, "ratio": RATIOS}
     result = sweep(content, style, config, axes, params=params, batch_size=args.batch_size, callback=_progress)
-    save_sweep(args.output, result, config, content=args.content, style=args.styles[0])
+    save_sweep(args.output, result, content=args.content, style=args.styles[0])
     rows = ["conv1_1"] + [f"conv1_1..{layers[-1].replace('relu', 'conv')}" for layers in LAYER_SETS[1:]]
     columns = [f"alpha/beta {r:g}" for r in RATIOS]
     sheet = contact_sheet(list(result.images), rows, columns, title=f"Figure 3: {Path(args.styles[0]).stem}")

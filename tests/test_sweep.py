@@ -165,8 +165,13 @@ def test_save_sweep_writes_images_json_and_a_labelled_grid(tmp_path, real_params
     content, style, _ = pictures
     axes = {"style_layers": [("relu1_1",), ("relu1_1", "relu2_1")], "ratio": [1e-4, 1e-3, 1e-2]}
     result = sweep(content, style, SMALL.replace(num_steps=2), axes, params=real_params)
-    path = save_sweep(tmp_path / "out", result, SMALL, content="c.png")
+    with pytest.raises(ValueError, match="`config` differs from the one the sweep ran with in num_steps"):
+        save_sweep(tmp_path / "out", result, SMALL)  # the README's old mistake: not what the sweep used
+    assert not (tmp_path / "out").exists()
+    assert result.config == SMALL.replace(num_steps=2)
+    path = save_sweep(tmp_path / "out", result, content="c.png")
     data = json.loads(path.read_text())
+    assert data["config"]["num_steps"] == 2, "sweep.json records the settings the sweep ran with"
     assert data["content"] == "c.png" and data["axes"]["ratio"] == [1e-4, 1e-3, 1e-2]
     assert [m["file"] for m in data["members"]][:2] == [
         "000_style_layers=relu1_1_ratio=0.0001.png",
