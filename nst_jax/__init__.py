@@ -1,7 +1,8 @@
 """nst-jax: neural style transfer (Gatys, Ecker, Bethge) in JAX/Flax.
 
-Images are float32 ``[height, width, 3]`` RGB in [0, 1], one image per call;
-batch with ``jax.vmap`` at the call site.
+Images are float32 ``[height, width, 3]`` RGB in [0, 1]. ``features`` and ``gram``
+take any leading batch axes; ``perceptual_loss`` gives per-item losses of a batch for
+training loops; the objective is per image (batch it with ``jax.vmap``).
 """
 
 from nst_jax.config import INITS, OPTIMIZERS, StyleConfig
@@ -10,6 +11,7 @@ from nst_jax.io import load_image, save_image
 from nst_jax.losses import content_loss, gram, style_layer_loss, style_loss, total_variation
 from nst_jax.objective import Objective, default_layer_weights, make_objective
 from nst_jax.optim import LoopState, init_loop, make_optimizer, run_chunk
+from nst_jax.perceptual import PerceptualLoss, perceptual_loss
 from nst_jax.stylize import Progress, Result, optimize, stylize
 from nst_jax.sweep import SWEEP_AXES, SweepProgress, SweepResult, save_sweep, sweep
 from nst_jax.vgg import LAYERS, PADDINGS, POOLINGS, VGG19, features
@@ -27,6 +29,7 @@ __all__ = [
     "VGG19",
     "LoopState",
     "Objective",
+    "PerceptualLoss",
     "Progress",
     "Result",
     "StyleConfig",
@@ -47,6 +50,7 @@ __all__ = [
     "make_optimizer",
     "match_colour",
     "optimize",
+    "perceptual_loss",
     "resize",
     "run_chunk",
     "save_image",

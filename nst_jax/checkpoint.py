@@ -90,8 +90,9 @@ def fingerprint(objective, config) -> dict:
             "content": objective.content_targets,
             "style": (objective.style_targets, objective.style_masks, objective.region_weights),
         }
-    else:
-        parts = {"objective": objective}
+    else:  # any callable: its array leaves (none for a plain function) and its name
+        settings["objective"] = getattr(objective, "__qualname__", type(objective).__qualname__)
+        parts = {"objective": [leaf for leaf in jax.tree.leaves(objective) if hasattr(leaf, "shape")]}
     return {"settings": settings, "arrays": {name: _digest(tree) for name, tree in parts.items()}}
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import field
 
+import numpy as np
+
 from nst_jax.vgg import PADDINGS, POOLINGS, PRECISIONS, check_choice, check_layers
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -133,6 +135,12 @@ class StyleConfig:
     )
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # numpy scalars (np.float32(30), np.int64(512)) as Python numbers
+            value = getattr(self, f.name)
+            if isinstance(value, (tuple, list)):
+                object.__setattr__(self, f.name, tuple(_plain(v) for v in value))
+            else:
+                object.__setattr__(self, f.name, _plain(value))
         _positive_int("size", self.size, minimum=16)
         _positive_int("num_steps", self.num_steps, minimum=0)
         _positive_int("num_scales", self.num_scales)
@@ -203,6 +211,13 @@ class StyleConfig:
         while len(sizes) < self.num_scales and sizes[0] // 2 >= COARSEST_SCALE:
             sizes.insert(0, sizes[0] // 2)
         return tuple(sizes)
+
+
+def _plain(value):
+    """A numpy scalar or 0-d array as the Python number it holds; anything else as it is."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return value.item()
+    return value
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> None:

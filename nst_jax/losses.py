@@ -1,6 +1,7 @@
 """Pure per-image losses: Gram matrix, content, style and total variation.
 
-All take one image's feature maps ``[h, w, c]``; batch them with ``jax.vmap``.
+:func:`gram` takes feature maps with any leading batch axes, ``[..., h, w, c]``; the
+losses take one image's feature maps ``[h, w, c]`` (batch them with ``jax.vmap``).
 
 Normalisation (see README, "Loss and weights"): the Gram matrix is divided by
 the number of positions M = h*w, and the losses are means, so they do not grow
@@ -18,15 +19,20 @@ import jax.numpy as jnp
 
 
 def gram(features: jax.Array) -> jax.Array:
-    """Gram matrix ``F^T F / M`` of ``[h, w, c]`` features, shape ``[c, c]``.
+    """Gram matrix ``F^T F / M`` of ``[..., h, w, c]`` features, shape ``[..., c, c]``.
+
+    Leading axes are batch axes: one Gram matrix per image, in one batched matmul.
 
     References:
       Gatys et al., "Image Style Transfer Using Convolutional Neural Networks", eq. 3
       (without the division by M = h*w, added here so the loss is size-independent).
     """
-    h, w, c = features.shape
-    flat = features.reshape(h * w, c)
-    return jnp.matmul(flat.T, flat, precision=jax.lax.Precision.HIGHEST) / (h * w)
+    shape = jnp.shape(features)
+    if len(shape) < 3:
+        raise ValueError(f"`features` must be [..., height, width, channels] feature maps, got shape {shape}")
+    *batch, h, w, c = shape
+    flat = jnp.reshape(features, (*batch, h * w, c))
+    return jnp.matmul(jnp.swapaxes(flat, -1, -2), flat, precision=jax.lax.Precision.HIGHEST) / (h * w)
 
 
 def masked_gram(features: jax.Array, mask: jax.Array) -> jax.Array:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -371,6 +372,53 @@ def _terms(objective, image):
     return objective(image)[1]
 
 
+def _call_loss(objective, image):
+    """The scalar loss of any objective: ``image -> loss`` or ``image -> (loss, aux)``."""
+    out = objective(image)
+    loss = out[0] if isinstance(out, tuple) else out
+    if jnp.shape(loss) != ():
+        raise ValueError(
+            f"`objective` must return a scalar loss or a (loss, aux) pair, got a loss of shape {jnp.shape(loss)}"
+        )
+    return loss
+
+
+def _call_terms(objective, image) -> dict:
+    """``aux`` of ``(loss, aux)`` when it is a dict of scalars (the result's ``terms``), else ``{}``."""
+    out = objective(image)
+    aux = out[1] if isinstance(out, tuple) and len(out) == 2 else None
+    if isinstance(aux, Mapping) and all(jnp.shape(v) == () for v in aux.values()):
+        return dict(aux)
+    return {}
+
+
+def _loss_functions(objective):
+    """(loss_fn, terms_fn) for the optimisation loop, each a pytree that jit takes as an argument.
+
+    An :class:`Objective` (or any pytree with array leaves, e.g. an equinox module) travels
+    as an argument, so a new one with the same structure reuses the compiled loop; a plain
+    Python function is static (a new function compiles anew).
+    """
+    if isinstance(objective, Objective):
+        return jax.tree_util.Partial(type(objective).value, objective), functools.partial(_terms, objective)
+    if not callable(objective):
+        raise TypeError(f"`objective` must be callable (image -> loss or (loss, aux)), got {type(objective).__name__}")
+    leaves = jax.tree.leaves(objective)
+    if leaves and not any(leaf is objective for leaf in leaves):  # a pytree of arrays
+        loss_fn = jax.tree_util.Partial(_call_loss, objective)
+        return loss_fn, functools.partial(_jit_terms, objective)
+    return jax.tree_util.Partial(functools.partial(_call_loss, objective)), _jit_static_terms(objective)
+
+
+@jax.jit
+def _jit_terms(objective, image):
+    return _call_terms(objective, image)
+
+
+def _jit_static_terms(objective):
+    return jax.jit(functools.partial(_call_terms, objective))
+
+
 def optimize(
     objective: Objective,
     image: jax.Array,
@@ -380,7 +428,14 @@ def optimize(
     checkpoint: str | None = None,
     resume: str | None = None,
 ) -> Result:
-    """Runs the chunked, jitted optimisation loop on any objective ``f(image) -> (loss, aux)``.
+    """Runs the chunked, jitted optimisation loop on any objective.
+
+    ``objective`` is an :class:`~nst_jax.objective.Objective` or any callable
+    ``image -> loss`` or ``image -> (loss, aux)`` (a scalar loss; ``aux``, when it is a
+    dict of scalars, becomes the result's ``terms``). A pytree of arrays (an equinox
+    module, a ``flax.struct`` dataclass, ``jax.tree_util.Partial``) is passed into the
+    compiled loop as an argument, so a new one of the same structure does not recompile; a
+    plain Python function is compiled into it.
 
     Uses ``config.optimizer``, ``lr``, ``memory_size``, ``num_steps``, ``chunk_size``,
     ``box``, ``save_every`` and ``checkpoint_every`` (chunk ends fall on multiples of both,
@@ -392,7 +447,7 @@ def optimize(
     from nst_jax.checkpoint import fingerprint, restore_checkpoint, save_checkpoint
 
     optimizer = optim.make_optimizer(config.optimizer, config.lr, config.memory_size)
-    loss_fn = jax.tree_util.Partial(type(objective).value, objective)
+    loss_fn, terms_fn = _loss_functions(objective)
     start = time.perf_counter()
     state = optim.init_loop(loss_fn, optimizer, jnp.clip(jnp.asarray(image, jnp.float32), 0.0, 1.0))
     history = [(0, float(state.value))]
@@ -427,12 +482,12 @@ def optimize(
     except KeyboardInterrupt:
         if checkpoint is not None:
             save_checkpoint(checkpoint, state, history, run)
-        raise Interrupted(_result(objective, state, history, start), checkpoint) from None
-    return _result(objective, state, history, start)
+        raise Interrupted(_result(terms_fn, state, history, start), checkpoint) from None
+    return _result(terms_fn, state, history, start)
 
 
-def _result(objective, state, history, start) -> Result:
-    terms = _terms(objective, state.image)
+def _result(terms_fn, state, history, start) -> Result:
+    terms = terms_fn(state.image)
     return Result(
         image=np.clip(np.asarray(state.image), 0.0, 1.0),
         loss=float(state.value),

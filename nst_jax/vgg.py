@@ -1,8 +1,10 @@
 """The VGG-19 of Gatys et al. in Flax and a pure ``features(params, image, layers)``.
 
 Array conventions (said once for the whole package): images are float32
-``[height, width, 3]`` RGB in ``[0, 1]``, one image per call (batch with
-``jax.vmap`` at the call site). The network's own input space (for the default
+``[height, width, 3]`` RGB in ``[0, 1]``. :func:`features` and
+:func:`nst_jax.losses.gram` also take any leading batch axes (``[B, h, w, 3]``);
+the objective and the per-image losses take one image (batch them with ``jax.vmap``,
+or use :mod:`nst_jax.perceptual` for training losses over a batch). The network's own input space (for the default
 weights: mean-subtracted BGR in 0..255) never leaves this module: a leading 1x1
 convolution named ``preprocess`` maps RGB [0, 1] into it, so every weight set
 carries its own preprocessing and nothing else has to know about it.
@@ -93,38 +95,19 @@ def _conv(x: jax.Array, kernel: jax.Array, padding, precision: str = "highest") 
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMENSIONS, **keywords)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(
     x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, int], tuple[int, int]], precision: str = "highest"
 ) -> jax.Array:
-    """Stride-1 NHWC/HWIO convolution whose input gradient uses an explicitly flipped kernel.
+    """Stride-1 NHWC/HWIO convolution in the arithmetic ``precision`` (one of :data:`PRECISIONS`).
 
-    Numerically the same as ``lax.conv_general_dilated``. Why it exists: XLA:CPU
-    folds the kernel flip and transpose of the usual input-gradient convolution
-    into its dimension labels, and inside a ``while_loop`` body (where every
-    optimiser step runs) that convolution then misses the fast convolution
-    library and runs about 4x slower. Flipping the kernel in the backward pass
-    keeps it on the fast path. ``precision`` is one of :data:`PRECISIONS`; the
-    gradient is computed in the same arithmetic.
+    Plain JAX, so every transformation applies: ``grad``, ``jvp``, ``linearize``,
+    ``jacfwd``, ``hessian``. (It used to carry a custom VJP with an explicitly flipped
+    kernel, because XLA:CPU once ran the usual input-gradient convolution about 4x slower
+    inside a ``while_loop``. Measured again with jax 0.4.30 and 0.10.2, the plain
+    convolution is as fast in the optimisation loop (``scripts/bench_autodiff.py``), and the
+    custom VJP made forward-mode autodiff impossible.)
     """
     return _conv(x, kernel, padding, precision)
-
-
-def _conv2d_fwd(x, kernel, padding, precision):
-    return _conv(x, kernel, padding, precision), (x, kernel)
-
-
-def _conv2d_bwd(padding, precision, residuals, g):
-    x, kernel = residuals
-    kh, kw = kernel.shape[:2]
-    (top, bottom), (left, right) = padding
-    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    dx = _conv(g, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)), precision)
-    _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, padding, precision), kernel)
-    return dx.astype(x.dtype), kernel_vjp(g)[0].astype(kernel.dtype)
-
-
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 def _line_conv(v: jax.Array, taps: jax.Array, mode: str, precision: str) -> jax.Array:
@@ -186,7 +169,7 @@ class _Conv(nn.Module):
 
 
 class VGG19(nn.Module):
-    """VGG-19 feature extractor (no classifier), one HWC image in, a dict of features out.
+    """VGG-19 feature extractor (no classifier): ``[..., h, w, 3]`` images in, a dict of features out.
 
     Attributes:
       pooling: ``"avg"`` (the paper: "replacing the max-pooling operation by
@@ -206,9 +189,10 @@ class VGG19(nn.Module):
         check_choice("padding", self.padding, PADDINGS)
         check_choice("precision", self.precision, PRECISIONS)
         layers = check_layers("layers", layers)
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"`image` must have shape [height, width, 3], got {image.shape}")
-        x = _Conv(3, 1, precision=self.precision, name="preprocess")(image[None])
+        if image.ndim < 3 or image.shape[-1] != 3:
+            raise ValueError(f"`image` must have shape [..., height, width, 3], got {image.shape}")
+        batch = image.shape[:-3]  # any leading batch axes, folded into the convolutions' N
+        x = _Conv(3, 1, precision=self.precision, name="preprocess")(image.reshape(-1, *image.shape[-3:]))
         deepest = max(LAYERS.index(layer) for layer in layers)
         out = {}
         for name in LAYERS[: deepest + 1]:
@@ -223,7 +207,7 @@ class VGG19(nn.Module):
                 pool = nn.avg_pool if self.pooling == "avg" else nn.max_pool
                 x = pool(x, (2, 2), strides=(2, 2))
             if name in layers:
-                out[name] = x[0]
+                out[name] = x.reshape(*batch, *x.shape[1:])
         return out
 
 
@@ -236,19 +220,22 @@ def features(
     padding: str = "zeros",
     precision: str = "highest",
 ) -> dict[str, jax.Array]:
-    """Feature maps of one image, computed only as deep as the deepest requested layer.
+    """Feature maps of an image or a batch, computed only as deep as the deepest requested layer.
 
     Args:
       params: VGG-19 parameters (see module docstring).
-      image: float32 ``[height, width, 3]`` RGB in ``[0, 1]``.
+      image: float32 ``[..., height, width, 3]`` RGB in ``[0, 1]``: one image, or any leading
+        batch axes (folded into one batched convolution, the fast way; ``jax.vmap`` does the same).
       layers: names from :data:`LAYERS`.
       pooling: one of :data:`POOLINGS`.
       padding: one of :data:`PADDINGS`.
       precision: one of :data:`PRECISIONS` (outputs are float32 in every case).
 
     Returns:
-      ``{layer: [h, w, channels]}`` for each requested layer.
+      ``{layer: [..., h, w, channels]}`` for each requested layer, with the image's leading axes.
     """
+    if isinstance(layers, str):  # one layer, not its letters
+        layers = (layers,)
     return VGG19(pooling=pooling, padding=padding, precision=precision).apply({"params": params}, image, tuple(layers))
 
 

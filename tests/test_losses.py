@@ -76,3 +76,16 @@ def test_jit_matches_eager_and_vmap_matches_loop(rng, fn):
     eager = [fn(x) for x in batch]
     np.testing.assert_allclose(jax.jit(fn)(batch[0]), eager[0], rtol=1e-6)
     np.testing.assert_allclose(jax.vmap(fn)(batch), np.stack(eager), rtol=1e-6)
+
+
+def test_gram_over_leading_batch_axes(rng):
+    f = rng.standard_normal((2, 3, 5, 4, 6)).astype(np.float32)
+    batched = losses.gram(f)
+    assert batched.shape == (2, 3, 6, 6)
+    for i, j in np.ndindex(2, 3):
+        np.testing.assert_allclose(batched[i, j], losses.gram(f[i, j]), rtol=1e-6, atol=1e-6)
+
+
+def test_gram_names_its_argument_on_a_wrong_rank():
+    with pytest.raises(ValueError, match=r"`features` must be \[..., height, width, channels\].*got shape \(5, 6\)"):
+        losses.gram(np.zeros((5, 6), np.float32))

@@ -89,10 +89,7 @@ def test_conv2d_gradient(rng, padding):
     k = jnp.asarray(rng.standard_normal((3, 3, 3, 4)))
     with jax.enable_x64(True):
         x, k = x.astype(jnp.float64), k.astype(jnp.float64)
-        check_grads(lambda x, k: vgg.conv2d(x, k, padding), (x, k), order=1, modes=["rev"])
-        reference = jax.grad(lambda x: jnp.sum(jnp.sin(vgg._conv(x, k, padding))))(x)
-        ours = jax.grad(lambda x: jnp.sum(jnp.sin(vgg.conv2d(x, k, padding))))(x)
-        np.testing.assert_allclose(ours, reference, rtol=1e-10)
+        check_grads(lambda x, k: vgg.conv2d(x, k, padding), (x, k), order=2, modes=["rev", "fwd"])
 
 
 @pytest.mark.parametrize("padding", vgg.PADDINGS)
@@ -152,8 +149,40 @@ def test_bad_modes(tiny_params, rng, kwargs, match):
 
 
 def test_bad_image_shape(tiny_params):
-    with pytest.raises(ValueError, match=r"`image` must have shape \[height, width, 3\], got \(1, 8, 8, 3\)"):
-        vgg.features(tiny_params, jnp.zeros((1, 8, 8, 3)), ("relu1_1",))
+    with pytest.raises(ValueError, match=r"`image` must have shape \[..., height, width, 3\], got \(8, 8, 4\)"):
+        vgg.features(tiny_params, jnp.zeros((8, 8, 4)), ("relu1_1",))
+    with pytest.raises(ValueError, match=r"got \(8, 3\)"):
+        vgg.features(tiny_params, jnp.zeros((8, 3)), ("relu1_1",))
+
+
+def test_features_take_leading_batch_axes(tiny_params, rng):
+    images = rng.random((2, 3, 24, 20, 3)).astype(np.float32)
+    batched = vgg.features(tiny_params, images, ("relu2_1", "relu3_1"))
+    assert batched["relu3_1"].shape == (2, 3, 6, 5, 256)
+    for i, j in np.ndindex(2, 3):
+        one = vgg.features(tiny_params, images[i, j], ("relu2_1", "relu3_1"))
+        for layer in one:
+            np.testing.assert_allclose(batched[layer][i, j], one[layer], rtol=1e-5, atol=1e-6)
+
+
+def test_a_single_string_is_one_layer(tiny_params, rng):
+    image = random_image(rng)
+    assert list(vgg.features(tiny_params, image, "relu2_1")) == ["relu2_1"]
+
+
+def test_forward_mode_through_features(tiny_params, rng):
+    """jvp, linearize and jacfwd agree with reverse mode (the conv has no custom VJP any more)."""
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tiny_params)
+        x = jnp.asarray(random_image(rng, 8, 8), jnp.float64)
+        f = lambda x: vgg.features(params, x, ("relu2_1",))["relu2_1"]
+        check_grads(f, (x,), order=1, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5, eps=1e-6)
+        tangent = jnp.asarray(rng.standard_normal(x.shape))
+        _, jvp_out = jax.jvp(f, (x,), (tangent,))
+        _, linear = jax.linearize(f, x)
+        np.testing.assert_allclose(linear(tangent), jvp_out, rtol=1e-10, atol=1e-12)
+        scalar = lambda x: jnp.sum(jnp.sin(f(x)))
+        np.testing.assert_allclose(jax.jacfwd(scalar)(x), jax.grad(scalar)(x), rtol=1e-8, atol=1e-10)
 
 
 def test_circular_padding_is_exactly_translation_equivariant(tiny_params, rng):
