@@ -215,14 +215,16 @@ class _Progress:
             )
         if self.quiet:
             return
-        rate = progress.step / progress.seconds if progress.seconds > 0 else 0.0
-        remaining = (progress.num_steps - progress.step) / rate if rate > 0 else 0.0
+        from nst_jax.progress import format_eta
+
+        # Speed and ETA from the end of the stage's first chunk on: the compilation is left out.
+        rate = "  -.-- steps/s" if progress.steps_per_second is None else f"{progress.steps_per_second:6.2f} steps/s"
         stage = ""
         if progress.num_stages > 1:
             stage = f"stage {progress.stage + 1}/{progress.num_stages} {max(progress.image.shape[:2])} px  "
         line = (
             f"{stage}step {progress.step:>5}/{progress.num_steps}  loss {progress.loss:.4e}  "
-            f"{rate:5.2f} steps/s  ETA {int(remaining) // 60}:{int(remaining) % 60:02d}"
+            f"{rate}  ETA {format_eta(progress.eta)}"
         )
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 

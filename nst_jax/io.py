@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from nst_jax.image import fit_long_side
@@ -204,7 +205,14 @@ def _write_atomically(path: Path, write) -> Path:
     return path
 
 
-def save_image(path: str | os.PathLike, image) -> Path:
+def png_bytes(image) -> bytes:
+    """``image`` ([h, w, 3] in [0, 1]) encoded as PNG (what Jupyter's ``_repr_png_`` returns)."""
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image), "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_image(path: str | os.PathLike, image: ArrayLike) -> Path:
     """Writes a ``[h, w, 3]`` image in [0, 1] atomically (temporary file, then rename).
 
     The format follows the extension (:func:`output_format`); no partial file is

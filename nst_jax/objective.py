@@ -9,7 +9,7 @@ program as constants, and the weights can carry a batch axis for sweeps.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import flax.struct
 import jax
@@ -103,7 +103,7 @@ def _value(objective: Objective, image: jax.Array) -> jax.Array:
 DEEPEST_BLOCK_SHARE = 0.2
 
 
-def default_layer_weights(style_layers, loss_scale: str = "relative") -> tuple[float, ...]:
+def default_layer_weights(style_layers: Sequence[str], loss_scale: str = "relative") -> tuple[float, ...]:
     """The default per-layer weights (see ``StyleConfig.layer_weights``).
 
     With relative terms, equal weights (the paper's) except the fifth block's, which get
@@ -147,7 +147,7 @@ def make_objective(
     config: StyleConfig = StyleConfig(),
     *,
     masks: jax.Array | None = None,
-    style_masks=None,
+    style_masks: Sequence[jax.Array | None] | None = None,
 ) -> Objective:
     """Computes the targets once and returns the pure objective.
 

@@ -17,6 +17,7 @@ while the penalty keeps descending (0.434 at 200).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -65,7 +66,9 @@ def _uses_linesearch(opt_state) -> bool:
     return optax.tree_utils.tree_get(opt_state, "num_linesearch_steps", default=None) is not None
 
 
-def init_loop(loss_fn, optimizer, image: jax.Array) -> LoopState:
+def init_loop(
+    loss_fn: Callable[[jax.Array], jax.Array], optimizer: optax.GradientTransformationExtraArgs, image: jax.Array
+) -> LoopState:
     """Evaluates the loss once and builds the first :class:`LoopState`.
 
     ``loss_fn`` maps an image to a scalar; make it a pytree (e.g. ``objective.value``
@@ -117,7 +120,12 @@ def step(loss_fn, optimizer, state: LoopState) -> LoopState:
     return keep._replace(num_evals=new.num_evals, finite=finite)
 
 
-def run_chunk(loss_fn, optimizer, state: LoopState, num_steps) -> LoopState:
+def run_chunk(
+    loss_fn: Callable[[jax.Array], jax.Array],
+    optimizer: optax.GradientTransformationExtraArgs,
+    state: LoopState,
+    num_steps: int | jax.Array,
+) -> LoopState:
     """Runs up to ``num_steps`` steps in one jitted ``while_loop``; stops early on a non-finite loss.
 
     Compiled once per (objective structure, optimiser, image shape): ``num_steps``

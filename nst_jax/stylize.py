@@ -40,6 +40,10 @@ class Progress(NamedTuple):
     num_evals: int  # loss+gradient evaluations so far (in this stage)
     stage: int = 0  # coarse-to-fine stage (0-based; the last is the output's size)
     num_stages: int = 1  # coarse-to-fine stages in all
+    # Speed and time left in this stage, measured from the end of its first chunk (which holds
+    # the compilation, so it is left out); None after the first chunk.
+    steps_per_second: float | None = None
+    eta: float | None = None
 
 
 class Interrupted(KeyboardInterrupt):
@@ -66,20 +70,26 @@ class Result(NamedTuple):
     seconds: float  # wall time of the loop, compilation included
     finite: bool  # False if the loop stopped on a non-finite loss (image is the last finite one)
 
+    def _repr_png_(self) -> bytes:  # Jupyter shows a result as its image
+        from nst_jax.io import png_bytes
+
+        return png_bytes(self.image)
+
 
 def stylize(
     content: jax.Array | None,
     style: jax.Array | Sequence[jax.Array] | None,
     config: StyleConfig = StyleConfig(),
     *,
-    params=None,
+    params: Mapping | None = None,
     init: str | np.ndarray | None = None,
     callback: Callable[[Progress], bool | None] | None = None,
     shape: tuple[int, int] | None = None,
     checkpoint: str | None = None,
     resume: str | None = None,
     masks: jax.Array | None = None,
-    style_masks=None,
+    style_masks: Sequence[jax.Array | None] | None = None,
+    progress: bool = False,
 ) -> Result:
     """Optimises an image to match ``content``'s features and ``style``'s Gram matrices.
 
@@ -100,9 +110,11 @@ def stylize(
       resume: a checkpoint directory to continue from (same inputs and settings).
       masks, style_masks: spatial control (see :func:`~nst_jax.objective.make_objective`):
         ``[R, h, w]`` output regions, each styled by ``style[r]`` (``None``: no style there).
+      progress: draw a progress bar (tqdm's ``auto``: a terminal line or a notebook widget)
+        with loss, steps/s and an ETA that leaves compilation out.
 
     Returns:
-      A :class:`Result`.
+      A :class:`Result` (in Jupyter, it displays as its image).
 
     Raises:
       Interrupted: on Ctrl-C (a ``KeyboardInterrupt`` carrying the result so far).
@@ -118,11 +130,22 @@ def stylize(
     style_shapes = [] if style is None else [jnp.shape(s)[:2] for s in as_images(style) if s is not None]
     check_sizes(config, final, style_shapes, content is not None)
     sizes = config.stage_sizes(max(final))
-    if len(sizes) > 1 or sizes[-1] != max(final):
-        return _coarse_to_fine(
-            content, style, config, params, init, callback, final, sizes, checkpoint, resume, masks, style_masks
+    bar = None
+    if progress:
+        from nst_jax.progress import ProgressBar
+
+        callback = bar = ProgressBar(callback)
+    try:
+        if len(sizes) > 1 or sizes[-1] != max(final):
+            return _coarse_to_fine(
+                content, style, config, params, init, callback, final, sizes, checkpoint, resume, masks, style_masks
+            )
+        return _single_scale(
+            content, style, config, params, init, callback, shape, checkpoint, resume, masks, style_masks
         )
-    return _single_scale(content, style, config, params, init, callback, shape, checkpoint, resume, masks, style_masks)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _single_scale(
@@ -427,6 +450,7 @@ def optimize(
     callback: Callable[[Progress], bool | None] | None = None,
     checkpoint: str | None = None,
     resume: str | None = None,
+    progress: bool = False,
 ) -> Result:
     """Runs the chunked, jitted optimisation loop on any objective.
 
@@ -454,6 +478,7 @@ def optimize(
     run = None if checkpoint is None and resume is None else fingerprint(objective, config)
     if resume is not None:
         state, history = restore_checkpoint(resume, state, run)
+    warm = None  # (time, step) at the end of the first chunk, which holds the compilation
     try:
         while bool(state.finite) and int(state.step) < config.num_steps:
             done = int(state.step)
@@ -471,13 +496,20 @@ def optimize(
             history.append((int(state.step), float(state.value)))
             if checkpoint is not None and config.checkpoint_every and int(state.step) % config.checkpoint_every == 0:
                 save_checkpoint(checkpoint, state, history, run)
+            now, done = time.perf_counter(), int(state.step)
+            rate = eta = None
+            if warm is None:
+                warm = (now, done)
+            elif now > warm[0] and done > warm[1]:
+                rate = (done - warm[1]) / (now - warm[0])
+                eta = (config.num_steps - done) / rate
             if callback is not None:
                 image_in_box = jnp.clip(state.image, 0.0, 1.0)
-                seconds = time.perf_counter() - start
-                progress = Progress(
-                    int(state.step), config.num_steps, float(state.value), image_in_box, seconds, int(state.num_evals)
-                )
-                if callback(progress):
+                report = Progress(
+                    done, config.num_steps, float(state.value), image_in_box, now - start, int(state.num_evals),
+                    steps_per_second=rate, eta=eta,
+                )  # fmt: skip
+                if callback(report):
                     break
     except KeyboardInterrupt:
         if checkpoint is not None:

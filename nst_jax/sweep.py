@@ -80,6 +80,12 @@ class SweepResult(NamedTuple):
     product: bool  # members are the Cartesian product of the axes (else zipped)
     config: StyleConfig  # the settings the members share, as the sweep was given them (save_sweep records it)
 
+    def _repr_png_(self) -> bytes:  # Jupyter shows a sweep as its labelled contact sheet
+        from nst_jax.io import contact_sheet, png_bytes
+
+        images, rows, columns, row_title, column_title = _grid(self)
+        return png_bytes(contact_sheet(images, rows, columns, row_title=row_title, column_title=column_title))
+
 
 def members(axes: Mapping[str, Sequence], product: bool = True) -> list[dict[str, Any]]:
     """The list of member settings: the Cartesian product of the axes (first axis slowest), or zipped."""
@@ -294,7 +300,7 @@ def sweep(
     config: StyleConfig = StyleConfig(),
     axes: Mapping[str, Sequence] | None = None,
     *,
-    params=None,
+    params: Mapping | None = None,
     product: bool = True,
     batch_size: int | None = None,
     devices: Sequence[jax.Device] | None = None,
@@ -302,6 +308,7 @@ def sweep(
     callback: Callable[[SweepProgress], bool | None] | None = None,
     memory_fraction: float = 0.8,
     init: jax.Array | None = None,
+    progress: bool = False,
 ) -> SweepResult:
     """Optimises one image per combination of the swept settings, B at a time in one compiled program.
 
@@ -323,14 +330,27 @@ def sweep(
       callback: called between chunks with a :class:`SweepProgress`; returning ``True`` stops the batch.
       memory_fraction: share of the free memory a batch may use.
       init: ``[B, h, w, 3]`` initial images, one per member (default: ``config.init`` for each).
+      progress: draw a progress bar per batch (tqdm's ``auto``; see :mod:`nst_jax.progress`).
 
     Coarse to fine as :func:`~nst_jax.stylize.stylize` (``config.num_scales`` or ``scales``):
     the whole sweep runs at each stage's size, each member starting from its own result of
     the stage before; steps, evaluations and seconds add up over the stages.
 
     Returns:
-      A :class:`SweepResult`; member i of the product is ``result.settings[i]``.
+      A :class:`SweepResult`; member i of the product is ``result.settings[i]`` (in Jupyter,
+      it displays as its labelled contact sheet).
     """
+    if progress:
+        from nst_jax.progress import ProgressBar
+
+        bar = ProgressBar(callback)
+        try:
+            return sweep(
+                content, style, config, axes, params=params, product=product, batch_size=batch_size, devices=devices,
+                shape=shape, callback=bar, memory_fraction=memory_fraction, init=init,
+            )  # fmt: skip
+        finally:
+            bar.close()
     settings = members(axes or {}, product)
     configs, union = _member_configs(config, settings)
     if "style" in settings[0]:
@@ -617,7 +637,12 @@ def failed_members(result: SweepResult) -> list[str]:
 
 
 def save_sweep(
-    directory, result: SweepResult, config: StyleConfig | None = None, *, extension: str = ".png", **metadata
+    directory: str | os.PathLike,
+    result: SweepResult,
+    config: StyleConfig | None = None,
+    *,
+    extension: str = ".png",
+    **metadata: Any,
 ) -> Path:
     """Writes every image (its settings in its file name), ``sweep.json`` and the contact sheet ``grid.png``.
 

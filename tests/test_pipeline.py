@@ -133,3 +133,30 @@ def test_config_takes_numpy_scalars_and_a_single_layer_name():
     assert config.layer_weights == (1.0,)
     with pytest.raises(ValueError, match="`size` must be an integer >= 16, got 8"):
         StyleConfig(size=np.int64(8))
+
+
+def test_progress_bar_eta_without_compilation_and_notebook_display(tiny_params, rng, capsys, monkeypatch):
+    from nst_jax.progress import format_eta
+
+    content, style = random_image(rng, 24, 24), random_image(rng, 24, 24)
+    config = CONFIG.replace(num_steps=6, chunk_size=2, num_scales=1)
+    seen = []
+    result = nst_jax.stylize(content, style, config, params=tiny_params, callback=seen.append, progress=True)
+    err = capsys.readouterr().err
+    assert "6/6" in err and "loss" in err and "ETA" in err, err
+    # The first chunk holds the compilation: no speed or ETA from it; later chunks have both.
+    assert seen[0].eta is None and seen[0].steps_per_second is None
+    assert all(p.eta is not None and p.steps_per_second > 0 for p in seen[1:]) and seen[-1].eta == 0
+    assert result._repr_png_().startswith(b"\x89PNG\r\n\x1a\n")
+    assert format_eta(None) == "--:--" and format_eta(75.4) == "1:15" and format_eta(3725) == "1:02:05"
+    monkeypatch.setitem(__import__("sys").modules, "tqdm.auto", None)
+    with pytest.raises(ImportError, match=r'pip install "nst-jax\[progress\]"'):
+        nst_jax.stylize(content, style, config, params=tiny_params, progress=True)
+
+
+def test_sweep_progress_and_display(tiny_params, rng, capsys):
+    content, style = random_image(rng, 24, 24), random_image(rng, 24, 24)
+    config = CONFIG.replace(num_steps=3, chunk_size=1, num_scales=1)
+    result = nst_jax.sweep(content, style, config, {"style_weight": [1.0, 10.0]}, params=tiny_params, progress=True)
+    assert "batch 1/1" in capsys.readouterr().err
+    assert result._repr_png_().startswith(b"\x89PNG\r\n\x1a\n")

@@ -149,7 +149,9 @@ def test_a_read_only_folder_is_refused(tmp_path, capsys, images):
 
 def test_demo_save_inputs_writes_nothing_when_a_later_check_fails(tmp_path, capsys):
     out = tmp_path / "demo.png"
-    one_line_error(capsys, ["demo", "-o", str(out), "--save-inputs", "--init", str(tmp_path / "no.png")], "`init`")
+    one_line_error(
+        capsys, ["demo", "-o", str(out), "--save-inputs", "--init", str(tmp_path / "no.png")], "--init must be one of"
+    )
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,0 +1,72 @@
+"""Progress bars for the library (``progress=True``): tqdm's ``auto`` bar, a terminal line or a notebook widget.
+
+The library is silent by default; ``stylize(..., progress=True)``, ``optimize`` and
+``sweep`` take ``progress=True`` and draw a bar fed by the same :class:`~nst_jax.stylize.Progress`
+a callback sees. The ETA leaves compilation out: it is measured from the end of each
+stage's first chunk (which holds the compilation), and shown only from the second.
+tqdm is an optional dependency (``pip install "nst-jax[progress]"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def format_eta(seconds: float | None) -> str:
+    """``m:ss`` (or ``h:mm:ss``), or ``--:--`` while unknown (the first chunk, compiling)."""
+    if seconds is None:
+        return "--:--"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _tqdm():
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError(
+            '`progress=True` draws its bar with tqdm, which is not installed: pip install "nst-jax[progress]"'
+        ) from None
+    return tqdm
+
+
+class ProgressBar:
+    """A callback that draws a bar per coarse-to-fine stage, then calls ``callback`` (whose return it passes on).
+
+    Works for :class:`~nst_jax.stylize.Progress` and :class:`~nst_jax.sweep.SweepProgress`.
+    Call :meth:`close` at the end (the library does).
+    """
+
+    def __init__(self, callback: Callable[[Any], bool | None] | None = None, **tqdm_options):
+        self.tqdm, self.callback, self.options = _tqdm(), callback, tqdm_options
+        self.bar: Any = None
+        self.key: tuple[int, int] | None = None
+
+    def __call__(self, progress) -> bool | None:
+        if hasattr(progress, "members"):  # a sweep's batch
+            key, total, done = (progress.batch, progress.num_batches), None, int(progress.steps.max())
+            description = f"batch {progress.batch + 1}/{progress.num_batches}"
+            postfix = f"loss {progress.losses.min():.3e}..{progress.losses.max():.3e}"
+        else:
+            key, total, done = (progress.stage, progress.num_steps), progress.num_steps, progress.step
+            description = "steps"
+            if progress.num_stages > 1:
+                description = f"stage {progress.stage + 1}/{progress.num_stages} {max(progress.image.shape[:2])} px"
+            rate = "" if progress.steps_per_second is None else f"{progress.steps_per_second:.2f} steps/s, "
+            postfix = f"loss {progress.loss:.4e}, {rate}ETA {format_eta(progress.eta)}"
+        if self.bar is None or key != self.key or done < self.bar.n:  # a new stage or batch
+            self.close()
+            self.key = key
+            # tqdm's own remaining time would count the compilation: ours is in the postfix.
+            layout = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+            self.bar = self.tqdm(total=total, desc=description, unit="step", bar_format=layout, **self.options)
+        self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(postfix, refresh=True)
+        return self.callback(progress) if self.callback is not None else None
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
