@@ -1,7 +1,7 @@
 """What every converter shares: the canonical parameter layout and the folded preprocessing.
 
 Canonical form: ``preprocess`` (a 1x1 conv taking RGB in [0, 1] to the network's own
-input space), then ``conv1_1 .. conv5_4``, kernels HWIO, float32. A source's input
+input space), then ``conv1_1 .. conv5_4`` (VGG-16: ``.. conv5_3``), kernels HWIO, float32. A source's input
 convention (ImageNet mean/std, BGR 0..255 minus the mean, ...) becomes the
 ``preprocess`` conv, so the model never has to know where the weights came from.
 """
@@ -75,23 +75,28 @@ def caffe_preprocess(mean_bgr=CAFFE_MEAN_BGR) -> dict[str, np.ndarray]:
 
 
 def assemble(convs: list[tuple[str, np.ndarray, np.ndarray]], first: dict[str, np.ndarray]) -> dict:
-    """Canonical parameters from 16 ``(source name, HWIO kernel, bias)`` and the ``preprocess`` conv.
+    """Canonical parameters from the ``(source name, HWIO kernel, bias)`` in order and the ``preprocess`` conv.
 
+    16 convolutions are a VGG-19 (conv1_1..conv5_4), 13 a VGG-16 (conv1_1..conv5_3).
     Every renamed layer is logged; names and shapes are checked against ``jax.eval_shape``
     of the model (the first mismatch is named).
     """
     from nst_jax.weights import check_params
 
-    if len(convs) != len(CONV_NAMES):
+    depth = 16 if len(convs) == len(vgg.conv_channels(16)) else 19
+    names = tuple(vgg.conv_channels(depth))
+    if len(convs) != len(names):
         found = ", ".join(name for name, _, _ in convs[:4]) + ("..." if len(convs) > 4 else "")
         raise ValueError(
-            f"expected {len(CONV_NAMES)} 3x3 convolutions (conv1_1..conv5_4), found {len(convs)}: {found or 'none'}"
+            f"expected {len(CONV_NAMES)} 3x3 convolutions (conv1_1..conv5_4; 13 for a VGG-16), found "
+            f"{len(convs)}: {found or 'none'}"
         )
     params = {"preprocess": first}
-    for (source, kernel, bias), name in zip(convs, CONV_NAMES, strict=True):
+    shapes = vgg.param_shapes(depth)
+    for (source, kernel, bias), name in zip(convs, names, strict=True):
         kernel = np.ascontiguousarray(kernel, np.float32)
         bias = np.asarray(bias, np.float32).reshape(-1)
-        expected = vgg.param_shapes()[name]["kernel"]
+        expected = shapes[name]["kernel"]
         if kernel.shape != expected:
             raise ValueError(f"{source} (-> {name}) has kernel shape {kernel.shape}, the model expects {expected}")
         params[name] = {"kernel": kernel, "bias": bias}

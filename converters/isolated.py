@@ -76,10 +76,12 @@ def convert_isolated(path: str | os.PathLike, format: str) -> dict:
                 message = f"{path}: reading it needs more than {MEMORY_LIMIT_BYTES >> 30} GB; not a usable weight file"
             raise ValueError(message.removeprefix("ValueError: "))
         params: dict = {}
-        expected = param_shapes()
         with np.load(out, allow_pickle=False) as arrays:
-            if sorted(arrays.files) != sorted(f"{layer}/{leaf}" for layer in expected for leaf in expected[layer]):
-                raise ValueError(f"{path}: the reader returned other arrays than VGG-19's")
+            names = lambda depth: sorted(
+                f"{layer}/{leaf}" for layer, leaves in param_shapes(depth).items() for leaf in leaves
+            )
+            if sorted(arrays.files) not in (names(19), names(16)):
+                raise ValueError(f"{path}: the reader returned other arrays than VGG-19's or VGG-16's")
             for key in arrays.files:
                 layer, leaf = key.split("/")
                 params.setdefault(layer, {})[leaf] = np.asarray(arrays[key], np.float32)

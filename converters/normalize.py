@@ -22,28 +22,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import vgg
-from nst_jax.converters.common import CONV_NAMES, log
+from nst_jax.converters.common import log
 
 
 def mean_activations(params, images: Sequence, *, pooling: str = "avg", padding: str = "zeros") -> dict:
     """Per conv layer, the mean rectified activation of each filter over positions, averaged over images."""
     if len(images) == 0:
         raise ValueError("`images` is empty: the normalisation needs at least one image")
-    layers = tuple(name.replace("conv", "relu") for name in CONV_NAMES)
-    means = {name: np.zeros(vgg.CONV_CHANNELS[name], np.float64) for name in CONV_NAMES}
+    channels = vgg.conv_channels(vgg.depth_of(params))  # VGG-19 or VGG-16
+    layers = tuple(name.replace("conv", "relu") for name in channels)
+    means = {name: np.zeros(n, np.float64) for name, n in channels.items()}
     feats_fn = jax.jit(vgg.features, static_argnames=("layers", "pooling", "padding"))
     for image in images:
         feats = feats_fn(params, jnp.asarray(image, jnp.float32), layers=layers, pooling=pooling, padding=padding)
-        for name, layer in zip(CONV_NAMES, layers, strict=True):
+        for name, layer in zip(channels, layers, strict=True):
             means[name] += np.asarray(jnp.mean(feats[layer], axis=(0, 1)), np.float64) / len(images)
     return means
 
 
 def normalize_params(params, images: Sequence, *, pooling: str = "avg", padding: str = "zeros") -> tuple[dict, dict]:
-    """Rescales ``conv1_1..conv5_4`` so each filter's mean activation over ``images`` is 1.
+    """Rescales ``conv1_1..conv5_4`` (VGG-16: ``..conv5_3``) so each filter's mean activation over ``images`` is 1.
 
     Args:
-      params: canonical VGG-19 parameters (any source).
+      params: canonical VGG-19 or VGG-16 parameters (any source).
       images: ``[h, w, 3]`` RGB images in [0, 1] (sizes may differ).
       pooling, padding: as the network will be used (avg pooling is the paper's).
 
@@ -54,7 +55,7 @@ def normalize_params(params, images: Sequence, *, pooling: str = "avg", padding:
     scales = mean_activations(params, images, pooling=pooling, padding=padding)
     out = {"preprocess": jax.tree.map(np.asarray, params["preprocess"])}
     previous = None
-    for name in CONV_NAMES:
+    for name in vgg.conv_channels(vgg.depth_of(params)):
         scale = scales[name]
         dead = scale <= 0
         if dead.any():

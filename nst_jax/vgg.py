@@ -22,18 +22,49 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# (block, number of convolutions, channels) of VGG-19 (configuration E).
-_BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512))
+# (block, number of convolutions, channels) of VGG-19 (configuration E) and VGG-16 (D).
+_BLOCKS = {
+    19: ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512)),
+    16: ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512)),
+}
+DEPTHS = tuple(_BLOCKS)  # the VGG variants the model builds: 19 (the paper's) and 16
 
-CONV_CHANNELS: dict[str, int] = {f"conv{b}_{i}": channels for b, n, channels in _BLOCKS for i in range(1, n + 1)}
-"""Output channels of each 3x3 convolution, in network order."""
+
+def conv_channels(depth: int = 19) -> dict[str, int]:
+    """Output channels of each 3x3 convolution of VGG-``depth``, in network order."""
+    check_choice("depth", depth, DEPTHS)
+    return {f"conv{b}_{i}": channels for b, n, channels in _BLOCKS[depth] for i in range(1, n + 1)}
+
+
+def layers_of(depth: int = 19) -> tuple[str, ...]:
+    """Every layer of VGG-``depth`` whose output :func:`features` can return, in network order."""
+    check_choice("depth", depth, DEPTHS)
+    return tuple(
+        name
+        for b, n, _ in _BLOCKS[depth]
+        for name in (*(f"{kind}{b}_{i}" for i in range(1, n + 1) for kind in ("conv", "relu")), f"pool{b}")
+    )
+
+
+def depth_of(params: Mapping) -> int:
+    """19 or 16: which VGG a parameter tree is, from its layer names (``conv5_4`` is VGG-19's alone)."""
+    if "conv5_4" in params:
+        return 19
+    if "conv5_3" in params:
+        return 16
+    names = ", ".join(list(params)[:6])
+    raise ValueError(f"`params` are not a VGG-19 or VGG-16 (no conv5_4 or conv5_3 among its layers: {names}, ...)")
+
+
+CONV_CHANNELS: dict[str, int] = {f"conv{b}_{i}": channels for b, n, channels in _BLOCKS[19] for i in range(1, n + 1)}
+"""Output channels of each 3x3 convolution of VGG-19, in network order (VGG-16: :func:`conv_channels`)."""
 
 LAYERS: tuple[str, ...] = tuple(
     name
-    for b, n, _ in _BLOCKS
+    for b, n, _ in _BLOCKS[19]
     for name in (*(f"{kind}{b}_{i}" for i in range(1, n + 1) for kind in ("conv", "relu")), f"pool{b}")
 )
-"""Every layer whose output ``features`` can return, in network order.
+"""Every layer whose output ``features`` can return, in network order (VGG-19's; VGG-16 has a subset).
 
 ``convB_I`` is the convolution's output before rectification, ``reluB_I`` after.
 The paper's "conv4_2" means the rectified response, which is ``relu4_2`` here.
@@ -172,6 +203,7 @@ class VGG19(nn.Module):
     """VGG-19 feature extractor (no classifier): ``[..., h, w, 3]`` images in, a dict of features out.
 
     Attributes:
+      depth: 19 (the paper's network) or 16 (VGG-16: three convolutions in blocks 3-5).
       pooling: ``"avg"`` (the paper: "replacing the max-pooling operation by
         average pooling improves the gradient flow") or ``"max"``.
       padding: ``"zeros"`` (the original network's), ``"reflect"``, or ``"circular"`` (every
@@ -182,22 +214,29 @@ class VGG19(nn.Module):
     pooling: str = "avg"
     padding: str = "zeros"
     precision: str = "highest"
+    depth: int = 19
 
     @nn.compact
-    def __call__(self, image: jax.Array, layers: Sequence[str] = LAYERS) -> dict[str, jax.Array]:
+    def __call__(self, image: jax.Array, layers: Sequence[str] | None = None) -> dict[str, jax.Array]:
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("padding", self.padding, PADDINGS)
         check_choice("precision", self.precision, PRECISIONS)
-        layers = check_layers("layers", layers)
+        names = layers_of(self.depth)
+        layers = check_layers("layers", names if layers is None else layers)
+        for layer in layers:
+            if layer not in names:
+                raise ValueError(f"`layers` has {layer!r}, which VGG-{self.depth} does not have; its layers are "
+                                 f"{', '.join(names)}")  # fmt: skip
         if image.ndim < 3 or image.shape[-1] != 3:
             raise ValueError(f"`image` must have shape [..., height, width, 3], got {image.shape}")
         batch = image.shape[:-3]  # any leading batch axes, folded into the convolutions' N
         x = _Conv(3, 1, precision=self.precision, name="preprocess")(image.reshape(-1, *image.shape[-3:]))
-        deepest = max(LAYERS.index(layer) for layer in layers)
+        deepest = max(names.index(layer) for layer in layers)
+        channels = conv_channels(self.depth)
         out = {}
-        for name in LAYERS[: deepest + 1]:
+        for name in names[: deepest + 1]:
             if name.startswith("conv"):
-                x = _Conv(CONV_CHANNELS[name], 3, self.padding, self.precision, name=name)(x)
+                x = _Conv(channels[name], 3, self.padding, self.precision, name=name)(x)
             elif name.startswith("relu"):
                 x = nn.relu(x)
             else:
@@ -223,7 +262,7 @@ def features(
     """Feature maps of an image or a batch, computed only as deep as the deepest requested layer.
 
     Args:
-      params: VGG-19 parameters (see module docstring).
+      params: VGG-19 or VGG-16 parameters (see module docstring; which one, from their layer names).
       image: float32 ``[..., height, width, 3]`` RGB in ``[0, 1]``: one image, or any leading
         batch axes (folded into one batched convolution, the fast way; ``jax.vmap`` does the same).
       layers: names from :data:`LAYERS`.
@@ -236,20 +275,23 @@ def features(
     """
     if isinstance(layers, str):  # one layer, not its letters
         layers = (layers,)
-    return VGG19(pooling=pooling, padding=padding, precision=precision).apply({"params": params}, image, tuple(layers))
+    model = VGG19(pooling=pooling, padding=padding, precision=precision, depth=depth_of(params))
+    return model.apply({"params": params}, image, tuple(layers))
 
 
-def param_shapes() -> dict[str, dict[str, tuple[int, ...]]]:
-    """Expected parameter shapes, from ``jax.eval_shape`` of the model's init."""
-    return {layer: dict(leaves) for layer, leaves in _param_shapes().items()}  # a copy the caller may change
+def param_shapes(depth: int = 19) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Expected parameter shapes of VGG-``depth``, from ``jax.eval_shape`` of the model's init."""
+    check_choice("depth", depth, DEPTHS)
+    return {layer: dict(leaves) for layer, leaves in _param_shapes(depth).items()}  # a copy the caller may change
 
 
 @functools.cache
-def _param_shapes() -> dict[str, dict[str, tuple[int, ...]]]:  # tracing the init costs ~0.12 s
-    abstract = jax.eval_shape(lambda: VGG19().init(jax.random.key(0), jnp.zeros((32, 32, 3), jnp.float32))["params"])
+def _param_shapes(depth: int) -> dict[str, dict[str, tuple[int, ...]]]:  # tracing the init costs ~0.12 s
+    model = VGG19(depth=depth)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((32, 32, 3), jnp.float32))["params"])
     return {layer: {k: tuple(v.shape) for k, v in leaves.items()} for layer, leaves in abstract.items()}
 
 
-def init_params(key: jax.Array) -> dict:
-    """Random parameters of the right shapes (for tests and fixtures, not for stylising)."""
-    return VGG19().init(key, jnp.zeros((32, 32, 3), jnp.float32))["params"]
+def init_params(key: jax.Array, depth: int = 19) -> dict:
+    """Random parameters of VGG-``depth`` (for tests and fixtures, not for stylising)."""
+    return VGG19(depth=depth).init(key, jnp.zeros((32, 32, 3), jnp.float32))["params"]

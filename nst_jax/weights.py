@@ -94,11 +94,14 @@ def convert_sequential_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
       ValueError: naming the first key or shape that does not fit.
     """
     weights = sorted((k for k in state_dict if k.endswith(".weight")), key=_numeric_key)
-    names = ("preprocess", *vgg.CONV_CHANNELS)
+    # 17 convolutions: VGG-19; 14: VGG-16 (the same layout, three convolutions fewer).
+    depth = 16 if len(weights) == 1 + len(vgg.conv_channels(16)) else 19
+    names = ("preprocess", *vgg.conv_channels(depth))
     if len(weights) != len(names):
         raise ValueError(
-            f"expected {len(names)} convolution weights (a 1x1 `preprocess` conv, then conv1_1..conv5_4), "
-            f"found {len(weights)}: {weights[:4]}{'...' if len(weights) > 4 else ''}"
+            f"expected {len(names)} convolution weights (a 1x1 `preprocess` conv, then conv1_1..conv5_4; "
+            f"{1 + len(vgg.conv_channels(16))} for a VGG-16), found {len(weights)}: "
+            f"{weights[:4]}{'...' if len(weights) > 4 else ''}"
         )
     params = {}
     for key, name in zip(weights, names, strict=True):
@@ -121,10 +124,18 @@ def convert_sequential_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
 def check_params(params) -> None:
     """Checks names and shapes against ``jax.eval_shape`` of the model, and that every value is finite.
 
+    The model is VGG-19, or VGG-16 when the parameters have none of VGG-19's own
+    convolutions (conv3_4, conv4_4, conv5_4).
+
     Raises:
       ValueError: naming the first missing, unexpected, misshapen or non-finite parameter.
     """
-    expected = vgg.param_shapes()
+    vgg19_only = set(vgg.conv_channels(19)) - set(vgg.conv_channels(16))
+    depth = 19 if vgg19_only & set(params) or "conv5_3" not in params else 16
+    expected = vgg.param_shapes(depth)
+    unexpected = [layer for layer in params if layer not in expected]
+    if unexpected:
+        raise ValueError(f"parameters have unexpected layer {unexpected[0]!r} (VGG-{depth}'s: {', '.join(expected)})")
     for layer, leaves in expected.items():
         if layer not in params:
             raise ValueError(f"parameters lack layer {layer!r} (expected layers: {', '.join(expected)})")
@@ -189,17 +200,21 @@ def restore_params(directory: str | os.PathLike) -> dict:
         except (OSError, ValueError, AttributeError):
             raise DamagedWeightsError(f"{str(directory / _SOURCE_JSON)!r} is missing or damaged") from None
         directory = directory / _PARAMS_DIR
-    abstract = jax.tree.map(
-        lambda shape: jax.ShapeDtypeStruct(shape, np.float32),
-        vgg.param_shapes(),
-        is_leaf=lambda x: isinstance(x, tuple),
-    )
-    with ocp.StandardCheckpointer() as checkpointer:
-        try:
-            params = checkpointer.restore(directory, abstract)
-        except Exception as e:  # orbax raises several types for a foreign tree
-            message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ValueError(f"{directory}: not an orbax checkpoint of VGG-19 parameters ({message})") from None
+    params, message = None, ""
+    for depth in vgg.DEPTHS:  # VGG-19 (the usual), then VGG-16
+        abstract = jax.tree.map(
+            lambda shape: jax.ShapeDtypeStruct(shape, np.float32),
+            vgg.param_shapes(depth),
+            is_leaf=lambda x: isinstance(x, tuple),
+        )
+        with ocp.StandardCheckpointer() as checkpointer:
+            try:
+                params = checkpointer.restore(directory, abstract)
+                break
+            except Exception as e:  # orbax raises several types for a foreign tree
+                message = message or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+    if params is None:
+        raise ValueError(f"{directory}: not an orbax checkpoint of VGG-19 or VGG-16 parameters ({message})")
     check_params(params)
     if expected is not None and params_digest(params) != expected:
         raise DamagedWeightsError(f"{str(directory)!r}: the arrays do not match the checksum written with them")

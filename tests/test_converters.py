@@ -104,12 +104,34 @@ def test_truncated_files_give_one_clear_error(tmp_path, case, convs, rng):
         convert(path, CASES[case][0])
 
 
+@pytest.mark.parametrize("case", ["torchvision-zip", "caffe-v2", "caffe-v1", "keras", "keras1-names", "matconvnet"])
+def test_vgg16_files_convert_to_the_features_of_their_original(tmp_path, case, rng):
+    """torchvision's vgg16, Caffe's VGG_ILSVRC_16_layers and Keras' VGG16 layouts: 13 convolutions."""
+    _needs(case)
+    format_name, source, write = CASES[case]
+    weights = weight_files.random_convs(
+        np.random.default_rng(2), input_scale=1.0 if source == "torchvision" else 1 / 100, depth=16
+    )
+    path = tmp_path / "vgg16.bin"
+    write(path, weights, rng)
+    params, used = convert(path)
+    assert used == format_name and vgg.depth_of(params) == 16 and "conv5_4" not in params
+    image = random_image(rng, 20, 24)
+    layers = (*LAYERS, "relu5_3")
+    got = vgg.features(params, jnp.asarray(image), layers, pooling="max")
+    want = weight_files.reference_features(weights, image, source, layers)
+    for layer in layers:
+        assert _relative_error(got[layer], want[layer]) < 1e-5, layer
+
+
 @pytest.mark.parametrize("case", ["caffe-v2", "keras", "matconvnet", "torchvision-zip"])
 def test_wrong_layer_count_and_wrong_shapes_are_named(tmp_path, case, convs, rng):
     _needs(case)
     format_name, _, write = CASES[case]
     write(tmp_path / "short", convs[:-1], rng)
-    with pytest.raises(ValueError, match=r"expected 16 3x3 convolutions \(conv1_1..conv5_4\), found 15"):
+    with pytest.raises(
+        ValueError, match=r"expected 16 3x3 convolutions \(conv1_1..conv5_4; 13 for a VGG-16\), found 15"
+    ):
         convert(tmp_path / "short", format_name)
     wrong = list(convs)
     wrong[3] = (np.zeros((128, 32, 3, 3), np.float32), np.zeros(128, np.float32))  # conv2_2 with 32 inputs

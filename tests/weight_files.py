@@ -16,16 +16,28 @@ from nst_jax import vgg
 
 CONVS = tuple(vgg.CONV_CHANNELS)  # conv1_1 .. conv5_4
 TORCHVISION_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
+TORCHVISION16_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # torchvision's vgg16 `features`
 BLOCKS = {name: (int(name[4]), int(name[6])) for name in CONVS}
+
+
+def conv_names(convs) -> tuple[str, ...]:
+    """conv1_1.. of the VGG these convolutions make: 13 are a VGG-16, else a VGG-19 (or a broken one)."""
+    return tuple(vgg.conv_channels(16 if len(convs) == 13 else 19))
+
+
+def _ends_block(name: str, names: tuple[str, ...]) -> bool:
+    i = names.index(name)
+    return i == len(names) - 1 or names[i + 1][4] != name[4]
+
+
 IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])
 
 
-def random_convs(rng, input_scale=1.0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """He-scaled random VGG-19 convolutions (OIHW, float32); ``input_scale`` damps conv1_1 for 0..255 inputs."""
+def random_convs(rng, input_scale=1.0, depth=19) -> list[tuple[np.ndarray, np.ndarray]]:
+    """He-scaled random VGG-``depth`` convolutions (OIHW, float32); ``input_scale`` damps conv1_1 for 0..255 inputs."""
     convs, channels = [], 3
-    for name in CONVS:
-        out = vgg.CONV_CHANNELS[name]
+    for name, out in vgg.conv_channels(depth).items():
         kernel = rng.normal(0, np.sqrt(2.0 / (9 * channels)), (out, channels, 3, 3))
         if name == "conv1_1":
             kernel = kernel * input_scale
@@ -44,7 +56,8 @@ def reference_features(convs, image_rgb01, source: str, layers=("relu1_1", "relu
     elif source == "matconvnet":
         x = x * 255.0 - CAFFE_MEAN_BGR[::-1]
     out, index = {}, 0
-    for name in vgg.LAYERS[: max(vgg.LAYERS.index(layer) for layer in layers) + 1]:
+    names = vgg.layers_of(16 if len(convs) == 13 else 19)
+    for name in names[: max(names.index(layer) for layer in layers) + 1]:
         if name.startswith("conv"):
             kernel, bias = convs[index]
             index += 1
@@ -67,7 +80,8 @@ def reference_features(convs, image_rgb01, source: str, layers=("relu1_1", "relu
 
 def write_torchvision(path, convs, rng, zip_format=True):
     state = {}
-    for index, (kernel, bias) in zip(TORCHVISION_INDICES, convs, strict=False):
+    indices = TORCHVISION16_INDICES if len(convs) == 13 else TORCHVISION_INDICES
+    for index, (kernel, bias) in zip(indices, convs, strict=False):
         state[f"features.{index}.weight"] = kernel
         state[f"features.{index}.bias"] = bias
     state["classifier.0.weight"] = rng.normal(size=(8, 16)).astype(np.float32)  # shrunk classifier
@@ -115,10 +129,11 @@ def write_caffemodel(path, convs, version: int = 2):
             body = _field(4, name) + _field(5, kind[1]) + b"".join(_field(6, _blob(b, True)) for b in blobs)
             messages.append(_field(2, body))
 
-    for name, (kernel, bias) in zip(CONVS, convs, strict=False):
+    names = conv_names(convs)
+    for name, (kernel, bias) in zip(names, convs, strict=False):
         layer(name, ("Convolution", 4), (kernel, bias))
         layer(name.replace("conv", "relu"), ("ReLU", 18))
-        if name.endswith(("1_2", "2_2", "3_4", "4_4", "5_4")):
+        if _ends_block(name, names):
             layer(f"pool{name[4]}", ("Pooling", 17))
     layer("fc6", ("InnerProduct", 14), (np.ones((4, 6), np.float32), np.zeros(4, np.float32)))
     with open(path, "wb") as f:
@@ -131,7 +146,8 @@ def write_keras_h5(path, convs, keras1_names=False):
     with h5py.File(path, "w") as f:
         names = ["input_1"]
         f.create_group("input_1").attrs["weight_names"] = np.array([], dtype="S1")
-        for name, (kernel, bias) in zip(CONVS, convs, strict=False):
+        conv_list = conv_names(convs)
+        for name, (kernel, bias) in zip(conv_list, convs, strict=False):
             block, index = BLOCKS[name]
             layer = f"block{block}_conv{index}"
             group = f.create_group(layer)
@@ -142,7 +158,7 @@ def write_keras_h5(path, convs, keras1_names=False):
             group[weight_names[0]] = kernel.transpose(2, 3, 1, 0)  # Keras kernels are HWIO
             group[weight_names[1]] = bias
             names.append(layer)
-            if index == {1: 2, 2: 2, 3: 4, 4: 4, 5: 4}[block]:
+            if _ends_block(name, conv_list):
                 f.create_group(f"block{block}_pool").attrs["weight_names"] = np.array([], dtype="S1")
                 names.append(f"block{block}_pool")
         fc = f.create_group("fc1")
@@ -158,7 +174,7 @@ def write_matconvnet(path, convs, old_layout=False):
     import scipy.io
 
     layers = []
-    for name, (kernel, bias) in zip(CONVS, convs, strict=False):
+    for name, (kernel, bias) in zip(conv_names(convs), convs, strict=False):
         weights = np.empty((1, 2), dtype=object)
         weights[0, 0], weights[0, 1] = kernel.transpose(2, 3, 1, 0), bias.reshape(-1, 1)  # FH x FW x C x K
         layers.append({"name": name, "type": "conv", "weights": weights, "stride": [1, 1], "pad": [1, 1, 1, 1]})
