@@ -9,6 +9,7 @@ from nst_jax.config import INITS, OPTIMIZERS, StyleConfig
 from nst_jax.image import fit_long_side, initial_image, match_colour, resize
 from nst_jax.io import load_image, save_image
 from nst_jax.losses import content_loss, gram, style_layer_loss, style_loss, total_variation
+from nst_jax.network import FeatureNetwork, from_flax
 from nst_jax.objective import Objective, default_layer_weights, make_objective
 from nst_jax.optim import LoopState, init_loop, make_optimizer, run_chunk
 from nst_jax.perceptual import PerceptualLoss, perceptual_loss
@@ -27,6 +28,7 @@ __all__ = [
     "POOLINGS",
     "SWEEP_AXES",
     "VGG19",
+    "FeatureNetwork",
     "LoopState",
     "Objective",
     "PerceptualLoss",
@@ -41,6 +43,7 @@ __all__ = [
     "default_layer_weights",
     "features",
     "fit_long_side",
+    "from_flax",
     "gram",
     "init_loop",
     "initial_image",

@@ -84,6 +84,7 @@ def fingerprint(objective, config) -> dict:
             pooling=objective.pooling,
             padding=objective.padding,
             precision=objective.precision,
+            network=None if objective.network is None else objective.network.name,
         )
         parts = {
             "weights": objective.params,

@@ -57,7 +57,7 @@ def _add_config_arguments(
 ) -> None:
     """One option per :class:`StyleConfig` field (but ``skip``), ``choices`` narrowing a field's choices."""
     for f in dataclasses.fields(StyleConfig):
-        if f.name in skip:
+        if f.name in skip or f.name == "network":  # a custom network is a Python object: library only
             continue
         flag = _FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
         default = defaults.get(f.name, f.default)

@@ -19,6 +19,7 @@ COLOUR_MATCHES = ("cholesky", "eigen")  # the 2016 colour paper's "linear" (Chol
 INITS = ("content", "noise", "style")  # or a path to an image file
 BOXES = ("penalty", "clip", "none")
 LOSS_SCALES = ("relative", "absolute")
+NETWORKS = ("vgg", "custom")  # custom: a nst_jax.network.FeatureNetwork, passed to the library as network=
 # The smallest automatic coarse-to-fine stage: below it relu5_1's maps are a few pixels wide.
 COARSEST_SCALE = 128
 
@@ -73,6 +74,12 @@ class StyleConfig:
     # In every mode the returned and saved images are clipped to [0, 1].
     box: str = _f("penalty", "keeping pixels in [0, 1]: penalty, clip (between chunks) or none", choices=BOXES)
     box_weight: float = _f(1e3, "weight of the box penalty (with --box penalty)")
+    network: str = _f(
+        "vgg",
+        "feature network: vgg (VGG-19, or VGG-16 when the weights are one) or custom (library only: a "
+        "nst_jax.network.FeatureNetwork passed as network=, whose own layer names the layers are)",
+        choices=NETWORKS,
+    )
     pooling: str = _f("avg", "VGG pooling: avg (the paper) or max", choices=POOLINGS)
     padding: str = _f(
         "zeros",
@@ -172,14 +179,19 @@ class StyleConfig:
             object.__setattr__(self, "style_blend", blend)
         choices_of = (
             ("pooling", POOLINGS), ("padding", PADDINGS), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS),
-            ("box", BOXES), ("loss_scale", LOSS_SCALES),
+            ("box", BOXES), ("loss_scale", LOSS_SCALES), ("network", NETWORKS),
             ("preserve_colour", PRESERVE_COLOURS), ("colour_match", COLOUR_MATCHES),
         )  # fmt: skip
         for name, choices in choices_of:
             check_choice(name, getattr(self, name), choices)
-        object.__setattr__(self, "content_layers", check_layers("content_layers", self.content_layers))
-        object.__setattr__(self, "style_layers", check_layers("style_layers", self.style_layers))
-        for layer in self.style_layers:
+        if self.network == "vgg":
+            object.__setattr__(self, "content_layers", check_layers("content_layers", self.content_layers))
+            object.__setattr__(self, "style_layers", check_layers("style_layers", self.style_layers))
+        else:  # a custom network's own names: checked against it by make_objective
+            for name in ("content_layers", "style_layers"):
+                value = getattr(self, name)
+                object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        for layer in self.style_layers if self.network == "vgg" else ():
             if layer.startswith("pool"):
                 raise ValueError(f"`style_layers` has pooling layer {layer!r}; use conv* or relu* layers")
         if not self.style_layers and not self.content_layers:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 from nst_jax import losses, vgg
 from nst_jax.config import StyleConfig
 from nst_jax.image import as_images, layer_mask
+from nst_jax.network import FeatureNetwork
 
 
 def _check_image(argument: str, image) -> jax.Array:
@@ -54,12 +56,17 @@ class Objective:
     pooling: str = flax.struct.field(pytree_node=False, default="avg")
     padding: str = flax.struct.field(pytree_node=False, default="zeros")
     precision: str = flax.struct.field(pytree_node=False, default="highest")
+    # None: VGG-19/VGG-16 (vgg.features, with pooling, padding and precision); else any
+    # nst_jax.network.FeatureNetwork (those three options are then the network's own business).
+    network: Any = flax.struct.field(pytree_node=False, default=None)
 
     def __call__(self, image: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        layers = tuple(name for name in vgg.LAYERS if name in self.content_targets or name in self.style_targets)
-        feats = vgg.features(
-            self.params, image, layers, pooling=self.pooling, padding=self.padding, precision=self.precision
-        )
+        order = vgg.LAYERS if self.network is None else self.network.layers
+        layers = tuple(name for name in order if name in self.content_targets or name in self.style_targets)
+        feats = network_features(
+            self.params, image, layers, self.network, pooling=self.pooling, padding=self.padding,
+            precision=self.precision,
+        )  # fmt: skip
         # Departure (see StyleConfig.loss_scale): by default each term is a squared relative
         # distance, ||F - P||^2 / ||P||^2 and ||G - A||^2 / ||A||^2, instead of the paper's
         # plain sums, so the weights mean the same for every layer and every image.
@@ -103,17 +110,21 @@ def _value(objective: Objective, image: jax.Array) -> jax.Array:
 DEEPEST_BLOCK_SHARE = 0.2
 
 
-def default_layer_weights(style_layers: Sequence[str], loss_scale: str = "relative") -> tuple[float, ...]:
+def default_layer_weights(
+    style_layers: Sequence[str], loss_scale: str = "relative", network: FeatureNetwork | None = None
+) -> tuple[float, ...]:
     """The default per-layer weights (see ``StyleConfig.layer_weights``).
 
-    With relative terms, equal weights (the paper's) except the fifth block's, which get
-    :data:`DEEPEST_BLOCK_SHARE` of the others'; normalised to sum to 1. With absolute terms,
-    1/N_l, N_l the layer's channel count.
+    With relative terms, equal weights (the paper's) except VGG's fifth block's, which get
+    :data:`DEEPEST_BLOCK_SHARE` of the others'; normalised to sum to 1 (any other ``network``:
+    equal). With absolute terms, 1/N_l, N_l the layer's channel count.
     """
     if loss_scale == "relative":
-        raw = [DEEPEST_BLOCK_SHARE if layer.split("_")[0].endswith("5") else 1.0 for layer in style_layers]
+        fifth = lambda layer: network is None and layer.split("_")[0].endswith("5")
+        raw = [DEEPEST_BLOCK_SHARE if fifth(layer) else 1.0 for layer in style_layers]
         return tuple(w / sum(raw) for w in raw)
-    return tuple(1.0 / _channels(layer) for layer in style_layers)
+    channels = _channels if network is None else network.channels.__getitem__
+    return tuple(1.0 / channels(layer) for layer in style_layers)
 
 
 def _channels(layer: str) -> int:
@@ -122,22 +133,47 @@ def _channels(layer: str) -> int:
     return vgg.CONV_CHANNELS[convs[-1]]
 
 
-_STATIC = ("layers", "pooling", "padding", "precision")
-_features_jit = jax.jit(vgg.features, static_argnames=_STATIC)
+def network_features(
+    params, image, layers, network: FeatureNetwork | None, *, pooling: str, padding: str, precision: str
+) -> dict[str, jax.Array]:
+    """``vgg.features`` (``network`` None) or ``network.features``."""
+    if network is None:
+        return vgg.features(params, image, layers, pooling=pooling, padding=padding, precision=precision)
+    return network.features(params, image, layers)
+
+
+_STATIC = ("layers", "network", "pooling", "padding", "precision")
+_features_jit = jax.jit(network_features, static_argnames=_STATIC)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _grams_jit(params, image, layers, pooling, padding, precision):
+def _grams_jit(params, image, layers, network, pooling, padding, precision):
     """Gram matrices of one style image in one program (not one per layer: each costs start-up time)."""
-    feats = vgg.features(params, image, layers, pooling=pooling, padding=padding, precision=precision)
+    feats = network_features(params, image, layers, network, pooling=pooling, padding=padding, precision=precision)
     return {layer: losses.gram(f) for layer, f in feats.items()}
 
 
-def _jit_features(params, image, layers, config: StyleConfig, grams: bool = False):
+def _jit_features(params, image, layers, config: StyleConfig, grams: bool = False, network=None):
     """Target features (or their Gram matrices), computed in the same arithmetic as the objective's."""
     return (_grams_jit if grams else _features_jit)(
-        params, image, layers=layers, pooling=config.pooling, padding=config.padding, precision=config.precision
-    )
+        params, image, layers=layers, network=network, pooling=config.pooling, padding=config.padding,
+        precision=config.precision,
+    )  # fmt: skip
+
+
+def check_network(config: StyleConfig, network: FeatureNetwork | None) -> None:
+    """``config.network`` and ``network`` agree, and the config's layers are the network's."""
+    if network is None and config.network == "custom":
+        raise ValueError(
+            "`config.network` is 'custom' but no `network` was given: pass network=nst_jax.network.from_flax(module)"
+        )
+    if network is not None:
+        if not isinstance(network, FeatureNetwork):
+            raise TypeError(f"`network` must be an nst_jax.network.FeatureNetwork, got {type(network).__name__}")
+        if config.network != "custom":
+            raise ValueError("`network` is given but `config.network` is 'vgg': use StyleConfig(network='custom', ...)")
+        network.check_layers("content_layers", config.content_layers)
+        network.check_layers("style_layers", config.style_layers)
 
 
 def make_objective(
@@ -148,6 +184,7 @@ def make_objective(
     *,
     masks: jax.Array | None = None,
     style_masks: Sequence[jax.Array | None] | None = None,
+    network: FeatureNetwork | None = None,
 ) -> Objective:
     """Computes the targets once and returns the pure objective.
 
@@ -163,6 +200,8 @@ def make_objective(
         without style), through guided Gram matrices.
       style_masks: optional sequence of R ``[h', w']`` masks choosing the part of each style
         image its Gram matrices come from (``None``: the whole image).
+      network: a :class:`~nst_jax.network.FeatureNetwork` (e.g. ``network.from_flax(module)``)
+        whose parameters ``params`` are, with ``config.network == "custom"``; ``None``: VGG.
 
     Returns:
       An :class:`Objective`; ``objective(image)`` is pure, jit-compatible,
@@ -171,30 +210,32 @@ def make_objective(
     References:
       Gatys, Ecker, Bethge, "Image Style Transfer Using Convolutional Neural Networks", CVPR 2016, eqs. 1-7.
     """
+    check_network(config, network)
     content_layers = config.content_layers if content is not None else ()
     style_layers = config.style_layers if style is not None else ()
     if not content_layers and not style_layers:
         raise ValueError("`content` and `style` are both None (or have no layers): there is nothing to match")
     content_targets, style_targets = {}, {}
     if content_layers:
-        content_targets = dict(_jit_features(params, _check_image("content", content), content_layers, config))
+        image = _check_image("content", content)
+        content_targets = dict(_jit_features(params, image, content_layers, config, network=network))
     if style_layers and masks is not None:
         shape = content.shape[:2] if content is not None else masks.shape[1:]
-        return _with_masks(params, content_targets, style, masks, style_masks, shape, style_layers, config)
+        return _with_masks(params, content_targets, style, masks, style_masks, shape, style_layers, config, network)
     if style_layers:
         styles = as_images(style)
         blend = _blend_weights(config.style_blend, len(styles))
         for i, (image, weight) in enumerate(zip(styles, blend, strict=True)):
             argument = "style" if len(styles) == 1 else f"style[{i}]"
-            grams = _jit_features(params, _check_image(argument, image), style_layers, config, grams=True)
+            grams = _jit_features(params, _check_image(argument, image), style_layers, config, True, network)
             for layer in style_layers:
                 gram = grams[layer] if len(styles) == 1 else weight * grams[layer]
                 style_targets[layer] = gram if i == 0 else style_targets[layer] + gram
-    return _assemble(params, content_targets, style_targets, style_layers, config)
+    return _assemble(params, content_targets, style_targets, style_layers, config, network)
 
 
-def _assemble(params, content_targets, style_targets, style_layers, config) -> Objective:
-    layer_weights = config.layer_weights or default_layer_weights(style_layers, config.loss_scale)
+def _assemble(params, content_targets, style_targets, style_layers, config, network=None) -> Objective:
+    layer_weights = config.layer_weights or default_layer_weights(style_layers, config.loss_scale, network)
     scalar = lambda x: jnp.asarray(x, jnp.float32)
     return Objective(
         params=params,
@@ -209,10 +250,11 @@ def _assemble(params, content_targets, style_targets, style_layers, config) -> O
         pooling=config.pooling,
         padding=config.padding,
         precision=config.precision,
+        network=network,
     )
 
 
-def _with_masks(params, content_targets, style, masks, style_masks, shape, style_layers, config) -> Objective:
+def _with_masks(params, content_targets, style, masks, style_masks, shape, style_layers, config, network) -> Objective:
     """The objective with one guided Gram target per region (Gatys et al. CVPR 2017, section 4)."""
     masks = jnp.asarray(masks, jnp.float32)
     styles = as_images(style)
@@ -226,7 +268,7 @@ def _with_masks(params, content_targets, style, masks, style_masks, shape, style
     if len(style_masks) != len(styles):
         raise ValueError(f"`style_masks` has {len(style_masks)} masks for {len(styles)} style images")
     probe = jax.eval_shape(
-        lambda x: _jit_features(params, x, style_layers, config),
+        lambda x: _jit_features(params, x, style_layers, config, network=network),
         jax.ShapeDtypeStruct((*shape, 3), jnp.float32),
     )
     output_masks = {layer: jnp.stack([layer_mask(m, probe[layer].shape[:2]) for m in masks]) for layer in style_layers}
@@ -238,13 +280,14 @@ def _with_masks(params, content_targets, style, masks, style_masks, shape, style
                 targets[layer].append(jnp.zeros((channels, channels), jnp.float32))
             continue
         image = _check_image(f"style[{i}]", image)
-        feats = _jit_features(params, image, style_layers, config)
+        feats = _jit_features(params, image, style_layers, config, network=network)
         for layer in style_layers:
             guide = jnp.ones(feats[layer].shape[:2]) if mask is None else layer_mask(mask, feats[layer].shape[:2])
             targets[layer].append(losses.masked_gram(feats[layer], guide))
     area = masks.reshape(masks.shape[0], -1).mean(axis=1)
     styled = jnp.asarray([image is not None for image in styles], jnp.float32)
-    base = _assemble(params, content_targets, {k: jnp.stack(v) for k, v in targets.items()}, style_layers, config)
+    stacked = {k: jnp.stack(v) for k, v in targets.items()}
+    base = _assemble(params, content_targets, stacked, style_layers, config, network)
     return base.replace(style_masks=output_masks, region_weights=area * styled)
 
 

@@ -20,9 +20,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from nst_jax import vgg
 from nst_jax.config import StyleConfig
-from nst_jax.objective import Objective, make_objective
+from nst_jax.network import FeatureNetwork
+from nst_jax.objective import Objective, make_objective, network_features
 
 
 @flax.struct.dataclass
@@ -49,14 +49,20 @@ class PerceptualLoss:
         targets = {}
         if self.content_layers:
             # One batched pass for every item's content targets (the targets, not differentiated).
-            targets = vgg.features(
-                o.params, jax.lax.stop_gradient(contents), self.content_layers,
+            targets = network_features(
+                o.params, jax.lax.stop_gradient(contents), self.content_layers, o.network,
                 pooling=o.pooling, padding=o.padding, precision=o.precision,
             )  # fmt: skip
         return jax.vmap(lambda image, target: o.replace(content_targets=target)(image))(images, targets)
 
 
-def perceptual_loss(params: Mapping, style: jax.Array | None, config: StyleConfig = StyleConfig()) -> PerceptualLoss:
+def perceptual_loss(
+    params: Mapping,
+    style: jax.Array | None,
+    config: StyleConfig = StyleConfig(),
+    *,
+    network: FeatureNetwork | None = None,
+) -> PerceptualLoss:
     """The training loss for a style (or several, blended by ``config.style_blend``).
 
     Args:
@@ -66,6 +72,7 @@ def perceptual_loss(params: Mapping, style: jax.Array | None, config: StyleConfi
       config: layers, weights, loss scale, pooling, padding and precision, as for
         :func:`~nst_jax.objective.make_objective` (``config.box`` "penalty" keeps the
         penalty on pixels outside [0, 1]; "none" drops it).
+      network: any feature network (``config.network == "custom"``); ``None``: VGG.
 
     Returns:
       A :class:`PerceptualLoss`; its style targets are computed here, once.
@@ -74,7 +81,7 @@ def perceptual_loss(params: Mapping, style: jax.Array | None, config: StyleConfi
         raise ValueError("`style` is None and `config.content_layers` is empty: there is nothing to match")
     if style is None:
         # Content terms only: an objective with no style layers; content targets come per item.
-        objective = make_objective(params, jnp.zeros((32, 32, 3), jnp.float32), None, config)
+        objective = make_objective(params, jnp.zeros((32, 32, 3), jnp.float32), None, config, network=network)
     else:
-        objective = make_objective(params, None, style, config)
+        objective = make_objective(params, None, style, config, network=network)
     return PerceptualLoss(objective.replace(content_targets={}), tuple(config.content_layers))

@@ -26,7 +26,8 @@ from nst_jax.image import (
     scaled_shape,
     with_content_colour,
 )
-from nst_jax.objective import Objective, make_objective
+from nst_jax.network import FeatureNetwork
+from nst_jax.objective import Objective, check_network, make_objective
 
 
 class Progress(NamedTuple):
@@ -90,6 +91,7 @@ def stylize(
     masks: jax.Array | None = None,
     style_masks: Sequence[jax.Array | None] | None = None,
     progress: bool = False,
+    network: FeatureNetwork | None = None,
 ) -> Result:
     """Optimises an image to match ``content``'s features and ``style``'s Gram matrices.
 
@@ -112,6 +114,8 @@ def stylize(
         ``[R, h, w]`` output regions, each styled by ``style[r]`` (``None``: no style there).
       progress: draw a progress bar (tqdm's ``auto``: a terminal line or a notebook widget)
         with loss, steps/s and an ETA that leaves compilation out.
+      network: any feature network (:func:`nst_jax.network.from_flax`), with
+        ``config.network == "custom"`` and its parameters as ``params``; ``None``: VGG.
 
     Returns:
       A :class:`Result` (in Jupyter, it displays as its image).
@@ -119,7 +123,10 @@ def stylize(
     Raises:
       Interrupted: on Ctrl-C (a ``KeyboardInterrupt`` carrying the result so far).
     """
+    check_network(config, network)
     if params is None:
+        if network is not None:
+            raise ValueError("`params` is None: give the parameters of `network`")
         from nst_jax.weights import load_params
 
         params, _ = load_params(config.weights)
@@ -128,7 +135,7 @@ def stylize(
     _check_inputs(content, style, init, checkpoint, resume)
     final = tuple(shape) if content is None else tuple(jnp.shape(content)[:2])
     style_shapes = [] if style is None else [jnp.shape(s)[:2] for s in as_images(style) if s is not None]
-    check_sizes(config, final, style_shapes, content is not None)
+    check_sizes(config, final, style_shapes, content is not None, network=network)
     sizes = config.stage_sizes(max(final))
     bar = None
     if progress:
@@ -138,10 +145,11 @@ def stylize(
     try:
         if len(sizes) > 1 or sizes[-1] != max(final):
             return _coarse_to_fine(
-                content, style, config, params, init, callback, final, sizes, checkpoint, resume, masks, style_masks
-            )
+                content, style, config, params, init, callback, final, sizes, checkpoint, resume, masks, style_masks,
+                network,
+            )  # fmt: skip
         return _single_scale(
-            content, style, config, params, init, callback, shape, checkpoint, resume, masks, style_masks
+            content, style, config, params, init, callback, shape, checkpoint, resume, masks, style_masks, network
         )
     finally:
         if bar is not None:
@@ -149,10 +157,11 @@ def stylize(
 
 
 def _single_scale(
-    content, style, config: StyleConfig, params, init, callback, shape, checkpoint, resume, masks, style_masks
-) -> Result:
+    content, style, config: StyleConfig, params, init, callback, shape, checkpoint, resume, masks, style_masks,
+    network=None,
+) -> Result:  # fmt: skip
     """One optimisation at the content's (or ``shape``'s) size; the inputs are checked already."""
-    objective, image, reference = _setup(content, style, config, params, init, shape, masks, style_masks)
+    objective, image, reference = _setup(content, style, config, params, init, shape, masks, style_masks, network)
     recolour = content is not None and config.preserve_colour == "luminance"
     try:
         result = optimize(objective, image, config, callback=callback, checkpoint=checkpoint, resume=resume)
@@ -166,7 +175,11 @@ def _single_scale(
 
 
 def check_sizes(
-    config: StyleConfig, final: tuple[int, int], style_shapes: Sequence[tuple[int, int]], content: bool = True
+    config: StyleConfig,
+    final: tuple[int, int],
+    style_shapes: Sequence[tuple[int, int]],
+    content: bool = True,
+    network: FeatureNetwork | None = None,
 ) -> None:
     """Refuses, from shapes alone, a run whose image or style images get too small for the layers at some stage.
 
@@ -174,12 +187,14 @@ def check_sizes(
       final: ``(height, width)`` of the output.
       style_shapes: ``(height, width)`` of each style image as given to :func:`stylize`.
       content: whether there is a content image (else the content layers are not used).
+      network: the feature network (``None``: VGG), whose layers shrink the image.
 
     Raises:
       ValueError: naming the stage, the shape, the layer and what would do.
     """
-    from nst_jax.vgg import min_side
+    from nst_jax import vgg
 
+    min_side = vgg.min_side if network is None else network.min_side
     image_layers = (*(config.content_layers if content else ()), *(config.style_layers if style_shapes else ()))
     deepest = lambda layers: max(layers, key=lambda layer: min_side([layer]))
     sizes = config.stage_sizes(max(final))
@@ -224,7 +239,7 @@ def _check_inputs(content, style, init, checkpoint, resume) -> None:
         check_output_folder(checkpoint, KIND, what="checkpoint", allowed=CHECKPOINT_FILES)
 
 
-def _setup(content, style, config: StyleConfig, params, init, shape, masks, style_masks):
+def _setup(content, style, config: StyleConfig, params, init, shape, masks, style_masks, network=None):
     """The objective, the initial image and the content at its given size (or zeros of ``shape``)."""
     if content is None:
         if shape is None:
@@ -245,38 +260,41 @@ def _setup(content, style, config: StyleConfig, params, init, shape, masks, styl
     image = initial_image(init, network_content, first_style, config.seed)
     objective = make_objective(
         params, None if content is None else network_content, styles or None, config,
-        masks=masks, style_masks=style_masks,
+        masks=masks, style_masks=style_masks, network=network,
     )  # fmt: skip
     return objective, image, reference
 
 
-def _abstract_setup(content, style, config: StyleConfig, params, init, shape, masks, style_masks):
+def _abstract_setup(content, style, config: StyleConfig, params, init, shape, masks, style_masks, network=None):
     """:func:`_setup` at the output's size on abstract inputs: the objective and image as shapes, nothing computed."""
     abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.float32), tree)
     config = config.replace(scales=(), num_scales=1)  # the last stage is the output's size: the largest program
     array_init = init is not None and not isinstance(init, str)  # an image: abstract like the others
 
     def build(content, style, image, masks, style_masks):
-        return _setup(content, style, config, params, image if array_init else init, shape, masks, style_masks)[:2]
+        start = image if array_init else init
+        return _setup(content, style, config, params, start, shape, masks, style_masks, network)[:2]
 
     inputs = (content, style, init if array_init else None, masks, style_masks)
     return jax.eval_shape(build, *(None if a is None else abstract(a) for a in inputs))
 
 
 def check_setup(
-    content, style, config: StyleConfig = StyleConfig(), *, params, init=None, shape=None, masks=None, style_masks=None
-) -> None:
+    content, style, config: StyleConfig = StyleConfig(), *, params, init=None, shape=None, masks=None,
+    style_masks=None, network=None,
+) -> None:  # fmt: skip
     """Refuses now, before a long run, any option combination :func:`stylize` would refuse later.
 
     Builds the objective and the initial image on abstract inputs (nothing is computed).
     Arguments as for :func:`stylize`.
     """
-    _abstract_setup(content, style, config, params, init, shape, masks, style_masks)
+    _abstract_setup(content, style, config, params, init, shape, masks, style_masks, network)
 
 
 def memory_needed(
-    content, style, config: StyleConfig = StyleConfig(), *, params, init=None, shape=None, masks=None, style_masks=None
-) -> int:
+    content, style, config: StyleConfig = StyleConfig(), *, params, init=None, shape=None, masks=None,
+    style_masks=None, network=None,
+) -> int:  # fmt: skip
     """Bytes that :func:`stylize` with these arguments needs at its largest scale; allocates and runs nothing.
 
     Arguments as for :func:`stylize` (arrays or ``jax.ShapeDtypeStruct``). The figure is
@@ -285,7 +303,7 @@ def memory_needed(
     gradient, optimiser state), with every input abstract. A whole process peaks about
     1.2x higher (measured at 2048 x 2048: 14.8 GiB RSS for 12.4 GiB analysed).
     """
-    objective, image = _abstract_setup(content, style, config, params, init, shape, masks, style_masks)
+    objective, image = _abstract_setup(content, style, config, params, init, shape, masks, style_masks, network)
     optimizer = optim.make_optimizer(config.optimizer, config.lr, config.memory_size)
     loss_fn = jax.tree_util.Partial(type(objective).value, objective)
     state = jax.eval_shape(lambda f, x: optim.init_loop(f, optimizer, x), loss_fn, image)
@@ -293,8 +311,9 @@ def memory_needed(
 
 
 def _coarse_to_fine(
-    content, style, config: StyleConfig, params, init, callback, final, sizes, checkpoint, resume, masks, style_masks
-) -> Result:
+    content, style, config: StyleConfig, params, init, callback, final, sizes, checkpoint, resume, masks, style_masks,
+    network=None,
+) -> Result:  # fmt: skip
     """Optimises at each of ``sizes`` (long sides) in turn, each stage starting from the last one's result, upsampled.
 
     The content (or ``final``, the output's shape) gives the aspect ratio; every stage sees
@@ -341,6 +360,7 @@ def _coarse_to_fine(
             resume=resume if last else None,
             masks=stage_masks,
             style_masks=stage_style_masks,
+            network=network,
         )
         image = result.image
         history += [(steps + s, loss) for s, loss in result.history]

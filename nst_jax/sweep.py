@@ -30,7 +30,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from nst_jax import lbfgs, optim, vgg
 from nst_jax.config import StyleConfig
 from nst_jax.image import fit_long_side, initial_image, resize, scaled_shape
-from nst_jax.objective import Objective, default_layer_weights, make_objective, paper_weights, target_mean_squares
+from nst_jax.network import FeatureNetwork
+from nst_jax.objective import (
+    Objective,
+    check_network,
+    default_layer_weights,
+    make_objective,
+    paper_weights,
+    target_mean_squares,
+)
 from nst_jax.stylize import prepare_styles
 
 # What a sweep can vary. "ratio" is content_weight / style_weight (the paper's alpha/beta in
@@ -79,6 +87,7 @@ class SweepResult(NamedTuple):
     axes: dict[str, list]  # the swept axes as given (style: labels), in order
     product: bool  # members are the Cartesian product of the axes (else zipped)
     config: StyleConfig  # the settings the members share, as the sweep was given them (save_sweep records it)
+    network: Any = None  # the FeatureNetwork the sweep used (None: VGG)
 
     def _repr_png_(self) -> bytes:  # Jupyter shows a sweep as its labelled contact sheet
         from nst_jax.io import contact_sheet, png_bytes
@@ -110,13 +119,18 @@ def members(axes: Mapping[str, Sequence], product: bool = True) -> list[dict[str
     return [dict(zip(names, combo, strict=True)) for combo in combos]
 
 
-def check_axes(config: StyleConfig, axes: Mapping[str, Sequence] | None, product: bool = True) -> list[StyleConfig]:
+def check_axes(
+    config: StyleConfig,
+    axes: Mapping[str, Sequence] | None,
+    product: bool = True,
+    network: FeatureNetwork | None = None,
+) -> list[StyleConfig]:
     """Validates a sweep before anything is computed; returns one StyleConfig per member.
 
     Raises ``ValueError`` naming the axis or field for an empty sweep, an unknown axis,
     zipped axes of different lengths, unknown layer names, negative weights, ...
     """
-    return _member_configs(config, members(axes or {}, product))[0]
+    return _member_configs(config, members(axes or {}, product), network)[0]
 
 
 def _label(value) -> Any:
@@ -130,7 +144,9 @@ def _label(value) -> Any:
     return value
 
 
-def _member_configs(config: StyleConfig, settings: list[dict]) -> tuple[list[StyleConfig], tuple[str, ...]]:
+def _member_configs(
+    config: StyleConfig, settings: list[dict], network: FeatureNetwork | None = None
+) -> tuple[list[StyleConfig], tuple[str, ...]]:
     """One validated StyleConfig per member (its errors name the field) and the union of style layers."""
     if "ratio" in settings[0] and "style_weight" in settings[0]:
         raise ValueError("`axes` has both 'ratio' and 'style_weight'; ratio sets style_weight, sweep one of them")
@@ -159,14 +175,16 @@ def _member_configs(config: StyleConfig, settings: list[dict]) -> tuple[list[Sty
                 raise ValueError(f"`ratio` must be a finite number > 0, got {ratio!r}")
             changes["style_weight"] = config.content_weight / ratio
         if "style_layers" in member:
-            layers = vgg.check_layers("style_layers", member["style_layers"])
+            check = vgg.check_layers if network is None else network.check_layers
+            layers = check("style_layers", member["style_layers"])
             if not layers:
                 raise ValueError("`style_layers` has an empty layer set; each set needs at least one layer")
             # As the paper's Figure 3: equal total weight for every set (the relative default's
             # weights over the set sum to 1), on the absolute scale 1/N_l per layer times L/|set|.
             scale = 1.0 if config.loss_scale == "relative" else len(config.style_layers) / len(layers)
             changes["style_layers"] = layers
-            changes["layer_weights"] = tuple(w * scale for w in default_layer_weights(layers, config.loss_scale))
+            defaults = default_layer_weights(layers, config.loss_scale, network)
+            changes["layer_weights"] = tuple(w * scale for w in defaults)
         if "layer_weights" in member:
             changes["layer_weights"] = tuple(member["layer_weights"])
         for name in ("content_weight", "style_weight", "tv_weight"):
@@ -175,12 +193,13 @@ def _member_configs(config: StyleConfig, settings: list[dict]) -> tuple[list[Sty
         if "seed" in changes:
             changes["seed"] = int(changes["seed"]) if isinstance(changes["seed"], np.integer) else changes["seed"]
         configs.append(config.replace(**changes))
-    union = tuple(layer for layer in vgg.LAYERS if any(layer in c.style_layers for c in configs))
+    order = vgg.LAYERS if network is None else network.layers
+    union = tuple(layer for layer in order if any(layer in c.style_layers for c in configs))
     return configs, union
 
 
-def _weights_over(config: StyleConfig, union: tuple[str, ...]) -> list[float]:
-    layer_weights = config.layer_weights or default_layer_weights(config.style_layers, config.loss_scale)
+def _weights_over(config: StyleConfig, union: tuple[str, ...], network=None) -> list[float]:
+    layer_weights = config.layer_weights or default_layer_weights(config.style_layers, config.loss_scale, network)
     weights = dict(zip(config.style_layers, layer_weights, strict=True))
     return [weights.get(layer, 0.0) for layer in union]
 
@@ -309,6 +328,7 @@ def sweep(
     memory_fraction: float = 0.8,
     init: jax.Array | None = None,
     progress: bool = False,
+    network: FeatureNetwork | None = None,
 ) -> SweepResult:
     """Optimises one image per combination of the swept settings, B at a time in one compiled program.
 
@@ -331,6 +351,8 @@ def sweep(
       memory_fraction: share of the free memory a batch may use.
       init: ``[B, h, w, 3]`` initial images, one per member (default: ``config.init`` for each).
       progress: draw a progress bar per batch (tqdm's ``auto``; see :mod:`nst_jax.progress`).
+      network: any feature network (:func:`nst_jax.network.from_flax`) with ``config.network ==
+        "custom"`` and its parameters as ``params``; ``None``: VGG.
 
     Coarse to fine as :func:`~nst_jax.stylize.stylize` (``config.num_scales`` or ``scales``):
     the whole sweep runs at each stage's size, each member starting from its own result of
@@ -347,12 +369,13 @@ def sweep(
         try:
             return sweep(
                 content, style, config, axes, params=params, product=product, batch_size=batch_size, devices=devices,
-                shape=shape, callback=bar, memory_fraction=memory_fraction, init=init,
+                shape=shape, callback=bar, memory_fraction=memory_fraction, init=init, network=network,
             )  # fmt: skip
         finally:
             bar.close()
+    check_network(config, network)
     settings = members(axes or {}, product)
-    configs, union = _member_configs(config, settings)
+    configs, union = _member_configs(config, settings, network)
     if "style" in settings[0]:
         styles = [member["style"][1] for member in settings]
     elif style is None:
@@ -372,6 +395,8 @@ def sweep(
     if not 0 < memory_fraction <= 1:
         raise ValueError(f"`memory_fraction` must be in (0, 1], got {memory_fraction!r}")
     if params is None:
+        if network is not None:
+            raise ValueError("`params` is None: give the parameters of `network`")
         from nst_jax.weights import load_params
 
         params, _ = load_params(config.weights)
@@ -379,13 +404,13 @@ def sweep(
     from nst_jax.stylize import check_sizes
 
     for member_config, member_styles in zip(configs, styles or [style] * len(configs), strict=True):
-        check_sizes(member_config, final, [jnp.shape(member_styles)[:2]], content is not None)
+        check_sizes(member_config, final, [jnp.shape(member_styles)[:2]], content is not None, network=network)
     sizes = config.stage_sizes(max(final))
     if len(sizes) > 1 or sizes[-1] != max(final):
         return _coarse_to_fine(
             content, style, config, axes, final, sizes, init,
             dict(params=params, product=product, batch_size=batch_size, devices=devices, callback=callback,
-                 memory_fraction=memory_fraction),
+                 memory_fraction=memory_fraction, network=network),
         )  # fmt: skip
 
     start = time.perf_counter()
@@ -396,10 +421,10 @@ def sweep(
         elif style is not None:
             style = prepare_styles(style, output_shape, config, content=content)[0]
     shared = config.replace(style_layers=union, layer_weights=None)
-    base = make_objective(params, content, styles[0] if styles else style, shared)
+    base = make_objective(params, content, styles[0] if styles else style, shared, network=network)
     style_batched = styles is not None
     if style_batched:
-        targets = [make_objective(params, None, s, shared).style_targets for s in styles]
+        targets = [make_objective(params, None, s, shared, network=network).style_targets for s in styles]
         style_targets = jax.tree.map(lambda *t: jnp.stack(t), *targets)
     else:
         style_targets = base.style_targets
@@ -410,7 +435,8 @@ def sweep(
         style_weight=column([c.style_weight for c in configs]),
         tv_weight=column([c.tv_weight for c in configs]),
         layer_weights={
-            layer: column([w[i] for w in (_weights_over(c, union) for c in configs)]) for i, layer in enumerate(union)
+            layer: column([w[i] for w in (_weights_over(c, union, network) for c in configs)])
+            for i, layer in enumerate(union)
         },
     )
     reference = jnp.zeros((*shape, 3), jnp.float32) if content is None else jnp.asarray(content, jnp.float32)
@@ -467,6 +493,7 @@ def sweep(
         axes=axis_labels,
         product=product,
         config=config,
+        network=network,
     )
 
 
@@ -677,10 +704,12 @@ def save_sweep(
     write_marker(directory, KIND)
     records = []
     height, width = result.images.shape[1:3]
-    member_configs, _ = _member_configs(config, result.settings)
+    member_configs, _ = _member_configs(config, result.settings, result.network)
     for i, (member, member_config) in enumerate(zip(result.settings, member_configs, strict=True)):
         name = _file_name(i, member, extension)
-        alpha, beta = paper_weights(member_config, height, width, result.target_mean_squares[i])
+        alpha = beta = None  # the paper's alpha and beta are VGG's (its channels and poolings)
+        if result.network is None:
+            alpha, beta = paper_weights(member_config, height, width, result.target_mean_squares[i])
         save_image(directory / name, result.images[i])
         records.append(
             {
@@ -698,7 +727,7 @@ def save_sweep(
                     "style_layers": list(member_config.style_layers),
                     "layer_weights": list(
                         member_config.layer_weights
-                        or default_layer_weights(member_config.style_layers, member_config.loss_scale)
+                        or default_layer_weights(member_config.style_layers, member_config.loss_scale, result.network)
                     ),
                     "tv_weight": member_config.tv_weight,
                 },
