@@ -42,7 +42,7 @@ from nst_jax.objective import (
 from nst_jax.stylize import prepare_styles
 
 # What a sweep can vary. "ratio" is content_weight / style_weight (the paper's alpha/beta in
-# this library's normalisation, default 1/30); it keeps content_weight and sets
+# this library's normalisation, default 1/36); it keeps content_weight and sets
 # style_weight = content_weight / ratio.
 # "style_layers" takes layer *sets*: each becomes a weight vector over the union of the
 # sets, zero outside the set. "style" takes several style images (label -> image).

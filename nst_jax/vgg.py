@@ -47,13 +47,14 @@ def layers_of(depth: int = 19) -> tuple[str, ...]:
 
 
 def depth_of(params: Mapping) -> int:
-    """19 or 16: which VGG a parameter tree is, from its layer names (``conv5_4`` is VGG-19's alone)."""
-    if "conv5_4" in params:
+    """19 or 16: which VGG a parameter tree is, from its layer names.
+
+    19 when it has one of VGG-19's own convolutions (conv3_4, conv4_4, conv5_4) or lacks
+    conv5_3 (a tree of the first layers only is the same in both); else 16.
+    """
+    if any(name in params for name in ("conv3_4", "conv4_4", "conv5_4")) or "conv5_3" not in params:
         return 19
-    if "conv5_3" in params:
-        return 16
-    names = ", ".join(list(params)[:6])
-    raise ValueError(f"`params` are not a VGG-19 or VGG-16 (no conv5_4 or conv5_3 among its layers: {names}, ...)")
+    return 16
 
 
 CONV_CHANNELS: dict[str, int] = {f"conv{b}_{i}": channels for b, n, channels in _BLOCKS[19] for i in range(1, n + 1)}
@@ -126,18 +127,46 @@ def _conv(x: jax.Array, kernel: jax.Array, padding, precision: str = "highest") 
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMENSIONS, **keywords)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(
     x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, int], tuple[int, int]], precision: str = "highest"
 ) -> jax.Array:
-    """Stride-1 NHWC/HWIO convolution in the arithmetic ``precision`` (one of :data:`PRECISIONS`).
+    """Stride-1 NHWC/HWIO convolution whose input gradient uses an explicitly flipped kernel.
 
-    Plain JAX, so every transformation applies: ``grad``, ``jvp``, ``linearize``,
-    ``jacfwd``, ``hessian``. (It used to carry a custom VJP with an explicitly flipped
-    kernel, because XLA:CPU once ran the usual input-gradient convolution about 4x slower
-    inside a ``while_loop``. Measured again with jax 0.4.30 and 0.10.2, the plain
-    convolution is as fast in the optimisation loop (``scripts/bench_autodiff.py``), and the
-    custom VJP made forward-mode autodiff impossible.)
+    Numerically the same as ``lax.conv_general_dilated``. Why it exists: XLA:CPU
+    folds the kernel flip and transpose of the usual input-gradient convolution
+    into its dimension labels, and inside a ``while_loop`` body (where every
+    optimiser step runs) that convolution then misses the fast convolution
+    library and runs about 4x slower. Flipping the kernel in the backward pass
+    keeps it on the fast path. ``precision`` is one of :data:`PRECISIONS`; the
+    gradient is computed in the same arithmetic.
     """
+    return _conv(x, kernel, padding, precision)
+
+
+def _conv2d_fwd(x, kernel, padding, precision):
+    return _conv(x, kernel, padding, precision), (x, kernel)
+
+
+def _conv2d_bwd(padding, precision, residuals, g):
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    (top, bottom), (left, right) = padding
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    dx = _conv(g, flipped, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)), precision)
+    _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, padding, precision), kernel)
+    return dx.astype(x.dtype), kernel_vjp(g)[0].astype(kernel.dtype)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def forward_conv2d(
+    x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, int], tuple[int, int]], precision: str = "highest"
+) -> jax.Array:
+    """:func:`conv2d` without its custom VJP: plain JAX, so forward mode (``jvp``, ``linearize``,
+    ``jacfwd``) works through it; reverse mode takes XLA's own input gradient (slower on XLA:CPU
+    in some loops). Used when ``features(..., forward_mode=True)``."""
     return _conv(x, kernel, padding, precision)
 
 
@@ -150,7 +179,9 @@ def _line_conv(v: jax.Array, taps: jax.Array, mode: str, precision: str) -> jax.
     return jnp.matmul(shifted, taps, **keywords)
 
 
-def padded_conv3x3(x: jax.Array, kernel: jax.Array, padding: str, precision: str = "highest") -> jax.Array:
+def padded_conv3x3(
+    x: jax.Array, kernel: jax.Array, padding: str, precision: str = "highest", forward_mode: bool = False
+) -> jax.Array:
     """A 'same' 3x3 convolution of ``x`` [n, h, w, c] whose border is padded by ``padding``.
 
     ``"reflect"`` and ``"circular"`` are computed as the zero-padded convolution plus the
@@ -163,15 +194,16 @@ def padded_conv3x3(x: jax.Array, kernel: jax.Array, padding: str, precision: str
     """
     same = ((1, 1), (1, 1))
     h, w = x.shape[1:3]
+    conv = forward_conv2d if forward_mode else conv2d
     if padding == "zeros":
-        return conv2d(x, kernel, same, precision)
+        return conv(x, kernel, same, precision)
     mode = "reflect" if padding == "reflect" else "wrap"
     if min(h, w) < 2:  # nothing to reflect from: pad explicitly (tiny maps only)
         padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=mode)
-        return conv2d(padded, kernel, same, precision)[:, 1:-1, 1:-1]
+        return conv(padded, kernel, same, precision)[:, 1:-1, 1:-1]
     top, bottom = (1, h - 2) if mode == "reflect" else (h - 1, 0)  # rows that padding puts above/below
     left, right = (1, w - 2) if mode == "reflect" else (w - 1, 0)
-    out = conv2d(x, kernel, same, precision)
+    out = conv(x, kernel, same, precision)
     # The padded rows (corners included) feed output rows 0 and h-1 through kernel rows 0 and 2...
     out = out.at[:, 0].add(_line_conv(x[:, top], kernel[0], mode, precision))
     out = out.at[:, -1].add(_line_conv(x[:, bottom], kernel[2], mode, precision))
@@ -187,6 +219,7 @@ class _Conv(nn.Module):
     size: int
     padding: str = "zeros"
     precision: str = "highest"
+    forward_mode: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -195,8 +228,9 @@ class _Conv(nn.Module):
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         if self.size == 1:
-            return conv2d(x, kernel, ((0, 0), (0, 0)), self.precision) + bias
-        return padded_conv3x3(x, kernel, self.padding, self.precision) + bias
+            conv = forward_conv2d if self.forward_mode else conv2d
+            return conv(x, kernel, ((0, 0), (0, 0)), self.precision) + bias
+        return padded_conv3x3(x, kernel, self.padding, self.precision, self.forward_mode) + bias
 
 
 class VGG19(nn.Module):
@@ -215,6 +249,7 @@ class VGG19(nn.Module):
     padding: str = "zeros"
     precision: str = "highest"
     depth: int = 19
+    forward_mode: bool = False  # plain-JAX convolutions (forward_conv2d), for jvp/linearize/jacfwd
 
     @nn.compact
     def __call__(self, image: jax.Array, layers: Sequence[str] | None = None) -> dict[str, jax.Array]:
@@ -230,13 +265,14 @@ class VGG19(nn.Module):
         if image.ndim < 3 or image.shape[-1] != 3:
             raise ValueError(f"`image` must have shape [..., height, width, 3], got {image.shape}")
         batch = image.shape[:-3]  # any leading batch axes, folded into the convolutions' N
-        x = _Conv(3, 1, precision=self.precision, name="preprocess")(image.reshape(-1, *image.shape[-3:]))
+        preprocess = _Conv(3, 1, precision=self.precision, forward_mode=self.forward_mode, name="preprocess")
+        x = preprocess(image.reshape(-1, *image.shape[-3:]))
         deepest = max(names.index(layer) for layer in layers)
         channels = conv_channels(self.depth)
         out = {}
         for name in names[: deepest + 1]:
             if name.startswith("conv"):
-                x = _Conv(channels[name], 3, self.padding, self.precision, name=name)(x)
+                x = _Conv(channels[name], 3, self.padding, self.precision, self.forward_mode, name=name)(x)
             elif name.startswith("relu"):
                 x = nn.relu(x)
             else:
@@ -258,6 +294,7 @@ def features(
     pooling: str = "avg",
     padding: str = "zeros",
     precision: str = "highest",
+    forward_mode: bool = False,
 ) -> dict[str, jax.Array]:
     """Feature maps of an image or a batch, computed only as deep as the deepest requested layer.
 
@@ -269,13 +306,18 @@ def features(
       pooling: one of :data:`POOLINGS`.
       padding: one of :data:`PADDINGS`.
       precision: one of :data:`PRECISIONS` (outputs are float32 in every case).
+      forward_mode: plain-JAX convolutions, so ``jax.jvp``/``linearize``/``jacfwd`` work through
+        the features (default: the convolutions' custom VJP, fast in reverse mode on XLA:CPU,
+        which forward mode cannot go through).
 
     Returns:
       ``{layer: [..., h, w, channels]}`` for each requested layer, with the image's leading axes.
     """
     if isinstance(layers, str):  # one layer, not its letters
         layers = (layers,)
-    model = VGG19(pooling=pooling, padding=padding, precision=precision, depth=depth_of(params))
+    model = VGG19(
+        pooling=pooling, padding=padding, precision=precision, depth=depth_of(params), forward_mode=forward_mode
+    )
     return model.apply({"params": params}, image, tuple(layers))
 
 

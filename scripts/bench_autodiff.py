@@ -1,12 +1,13 @@
-"""The convolution's derivative: the old custom VJP against plain JAX, and forward against reverse mode.
+"""The convolution's derivative: the library's, a custom VJP and plain JAX (forward_mode=True); forward vs reverse.
 
 Prints JSON, measured side by side in one run (compilation excluded; best of --repeats):
 
 * seconds per loss+gradient evaluation inside the L-BFGS loop (``optim.run_chunk``, the
-  ``while_loop`` every step runs in), with ``vgg.conv2d`` as the library has it (plain JAX)
-  and with the custom VJP it carried until forward mode was wanted (an explicitly flipped
-  kernel in the backward pass, written when XLA:CPU ran the usual input-gradient
-  convolution about 4x slower inside a ``while_loop``); it is rebuilt here for the comparison;
+  ``while_loop`` every step runs in), for two objectives (the default style transfer, and
+  a relu2_1 reconstruction from noise, where the shallow layers are all the work), with
+  ``vgg.conv2d`` as the library has it, as a custom VJP rebuilt here (an explicitly flipped
+  kernel in the backward pass; the library's default) and as plain JAX
+  (``vgg.forward_conv2d``, what ``forward_mode=True`` uses; XLA's own input gradient);
 * seconds of one reverse-mode gradient and of one forward-mode JVP of the objective.
 
     python scripts/bench_autodiff.py --size 256 --steps 6 --repeats 2
@@ -48,6 +49,10 @@ def _bwd(padding, precision, residuals, g):
 custom_vjp_conv2d.defvjp(_fwd, _bwd)
 
 
+def plain_conv2d(x, kernel, padding, precision="highest"):
+    return vgg._conv(x, kernel, padding, precision)
+
+
 def _loop_seconds(obj, image, steps: int) -> float:
     """Seconds per evaluation over ``steps`` L-BFGS steps, after a compiled warm-up chunk."""
     # Fresh jits, so the convolution in use now is traced (not an earlier trace from the cache).
@@ -83,24 +88,35 @@ def main() -> None:
     h, w = fit_long_side((384, 512), args.size)
     content, style = jnp.asarray(samples.village(h, w)), jnp.asarray(samples.swirls(h, w))
     obj = make_objective(params, content, style, StyleConfig(size=args.size))
-    plain = vgg.conv2d
-    loop = {"plain": [], "custom_vjp": []}
+    reconstruction = make_objective(params, content, None, StyleConfig(size=args.size, content_layers=("relu2_1",)))
+    noise = jax.random.uniform(jax.random.key(1), content.shape)
+    library = vgg.conv2d
+    variants = (("library", library), ("custom_vjp", custom_vjp_conv2d), ("plain", plain_conv2d))
+    loop = {f"{case}/{name}": [] for case in ("style", "relu2_1") for name, _ in variants}
     try:
         for _ in range(args.repeats):
-            for name, conv in (("custom_vjp", custom_vjp_conv2d), ("plain", plain)):
+            for name, conv in variants:
                 vgg.conv2d = conv
-                loop[name].append(_loop_seconds(obj, content, args.steps))
+                loop[f"style/{name}"].append(_loop_seconds(obj, content, args.steps))
+                loop[f"relu2_1/{name}"].append(_loop_seconds(reconstruction, noise, args.steps))
     finally:
-        vgg.conv2d = plain
+        vgg.conv2d = library
     tangent = jax.random.normal(jax.random.key(0), content.shape)
     grad = jax.jit(jax.grad(lambda o, x: o(x)[0], argnums=1))
-    jvp = jax.jit(lambda o, x, t: jax.jvp(lambda x: o(x)[0], (x,), (t,)))
+    jvp = jax.jit(lambda o, x, t: jax.jvp(lambda x: o.replace(forward_mode=True)(x)[0], (x,), (t,)))
     record = {
         "jax": jax.__version__,
         "device": str(jax.devices()[0]),
         "shape": [h, w],
         "loop_seconds_per_evaluation": {k: [round(t, 4) for t in v] for k, v in loop.items()},
-        "plain_over_custom_vjp": round(min(loop["plain"]) / min(loop["custom_vjp"]), 3),
+        "library_over_custom_vjp": {
+            case: round(min(loop[f"{case}/library"]) / min(loop[f"{case}/custom_vjp"]), 3)
+            for case in ("style", "relu2_1")
+        },
+        "plain_over_custom_vjp": {
+            case: round(min(loop[f"{case}/plain"]) / min(loop[f"{case}/custom_vjp"]), 3)
+            for case in ("style", "relu2_1")
+        },
         "reverse_gradient_seconds": round(_best(lambda: grad(obj, content), args.repeats), 4),
         "forward_jvp_seconds": round(_best(lambda: jvp(obj, content, tangent), args.repeats), 4),
     }

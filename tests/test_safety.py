@@ -295,7 +295,7 @@ def saved_checkpoint(tmp_path_factory, real_params):
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"style_weight": 99.0}, "made with style_weight=30.0, this run has 99.0"),
+        ({"style_weight": 99.0}, "made with style_weight=36.0, this run has 99.0"),
         ({"memory_size": 3}, "made with memory_size=10, this run has 3"),
         ({"style": "other"}, "different style images"),
         ({"content": "other"}, "different content image"),
@@ -444,7 +444,7 @@ def test_resume_with_another_style_is_one_line_from_the_cli(tmp_path, capsys, im
     save_image(other, samples.village(24, 32)[::-1])
     resume = ["--resume", str(tmp_path / "out.png.ckpt"), "--steps", "4"]
     one_line_error(capsys, ["stylize", str(images[0]), str(other), "-o", str(out), *argv[5:], *resume], "style images")
-    one_line_error(capsys, [*argv, *resume, "--style-weight", "7"], "made with style_weight=30.0, this run has 7.0")
+    one_line_error(capsys, [*argv, *resume, "--style-weight", "7"], "made with style_weight=36.0, this run has 7.0")
     assert cli.main([*argv, *resume]) == 0
 
 

@@ -89,7 +89,11 @@ def test_conv2d_gradient(rng, padding):
     k = jnp.asarray(rng.standard_normal((3, 3, 3, 4)))
     with jax.enable_x64(True):
         x, k = x.astype(jnp.float64), k.astype(jnp.float64)
-        check_grads(lambda x, k: vgg.conv2d(x, k, padding), (x, k), order=2, modes=["rev", "fwd"])
+        check_grads(lambda x, k: vgg.conv2d(x, k, padding), (x, k), order=1, modes=["rev"])
+        check_grads(lambda x, k: vgg.forward_conv2d(x, k, padding), (x, k), order=2, modes=["rev", "fwd"])
+        reference = jax.grad(lambda x: jnp.sum(jnp.sin(vgg._conv(x, k, padding))))(x)
+        ours = jax.grad(lambda x: jnp.sum(jnp.sin(vgg.conv2d(x, k, padding))))(x)
+        np.testing.assert_allclose(ours, reference, rtol=1e-10)
 
 
 @pytest.mark.parametrize("padding", vgg.PADDINGS)
@@ -171,11 +175,11 @@ def test_a_single_string_is_one_layer(tiny_params, rng):
 
 
 def test_forward_mode_through_features(tiny_params, rng):
-    """jvp, linearize and jacfwd agree with reverse mode (the conv has no custom VJP any more)."""
+    """With forward_mode=True, jvp, linearize and jacfwd agree with reverse mode, under jit too."""
     with jax.enable_x64(True):
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tiny_params)
         x = jnp.asarray(random_image(rng, 8, 8), jnp.float64)
-        f = lambda x: vgg.features(params, x, ("relu2_1",))["relu2_1"]
+        f = lambda x: vgg.features(params, x, ("relu2_1",), forward_mode=True)["relu2_1"]
         check_grads(f, (x,), order=1, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5, eps=1e-6)
         tangent = jnp.asarray(rng.standard_normal(x.shape))
         _, jvp_out = jax.jvp(f, (x,), (tangent,))
@@ -183,6 +187,10 @@ def test_forward_mode_through_features(tiny_params, rng):
         np.testing.assert_allclose(linear(tangent), jvp_out, rtol=1e-10, atol=1e-12)
         scalar = lambda x: jnp.sum(jnp.sin(f(x)))
         np.testing.assert_allclose(jax.jacfwd(scalar)(x), jax.grad(scalar)(x), rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(jax.jit(jax.jacfwd(scalar))(x), jax.grad(scalar)(x), rtol=1e-8, atol=1e-10)
+        # The default (the custom VJP, for speed in reverse mode) says what to do instead.
+        with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+            jax.jvp(lambda x: vgg.features(params, x, ("relu2_1",))["relu2_1"], (x,), (tangent,))
 
 
 def test_circular_padding_is_exactly_translation_equivariant(tiny_params, rng):
