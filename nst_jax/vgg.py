@@ -22,6 +22,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+
+def check_choice(argument: str, value, choices: Sequence[str]) -> None:
+    """Raises naming ``argument``, showing ``value`` and listing ``choices`` if it is not one of them."""
+    if value not in choices:
+        raise ValueError(f"`{argument}` must be one of {tuple(choices)}, got {value!r}")
+
+
 # (block, number of convolutions, channels) of VGG-19 (configuration E) and VGG-16 (D).
 _BLOCKS = {
     19: ((1, 2, 64), (2, 2, 128), (3, 4, 256), (4, 4, 512), (5, 4, 512)),
@@ -57,14 +64,10 @@ def depth_of(params: Mapping) -> int:
     return 16
 
 
-CONV_CHANNELS: dict[str, int] = {f"conv{b}_{i}": channels for b, n, channels in _BLOCKS[19] for i in range(1, n + 1)}
+CONV_CHANNELS: dict[str, int] = conv_channels(19)
 """Output channels of each 3x3 convolution of VGG-19, in network order (VGG-16: :func:`conv_channels`)."""
 
-LAYERS: tuple[str, ...] = tuple(
-    name
-    for b, n, _ in _BLOCKS[19]
-    for name in (*(f"{kind}{b}_{i}" for i in range(1, n + 1) for kind in ("conv", "relu")), f"pool{b}")
-)
+LAYERS: tuple[str, ...] = layers_of(19)
 """Every layer whose output ``features`` can return, in network order (VGG-19's; VGG-16 has a subset).
 
 ``convB_I`` is the convolution's output before rectification, ``reluB_I`` after.
@@ -92,12 +95,6 @@ PADDINGS = ("zeros", "reflect", "circular")  # circular: the image wraps around 
 # bf16x3 on TPUs, float32 on CPUs); bf16: bfloat16 activations and weights with float32
 # accumulation and float32 outputs.
 PRECISIONS = ("highest", "tf32", "bf16")
-
-
-def check_choice(argument: str, value, choices: Sequence[str]) -> None:
-    """Raises naming ``argument``, showing ``value`` and listing ``choices`` if it is not one of them."""
-    if value not in choices:
-        raise ValueError(f"`{argument}` must be one of {tuple(choices)}, got {value!r}")
 
 
 def check_layers(argument: str, layers: Sequence[str]) -> tuple[str, ...]:

@@ -130,8 +130,7 @@ def check_params(params) -> None:
     Raises:
       ValueError: naming the first missing, unexpected, misshapen or non-finite parameter.
     """
-    vgg19_only = set(vgg.conv_channels(19)) - set(vgg.conv_channels(16))
-    depth = 19 if vgg19_only & set(params) or "conv5_3" not in params else 16
+    depth = vgg.depth_of(params)
     expected = vgg.param_shapes(depth)
     unexpected = [layer for layer in params if layer not in expected]
     if unexpected:
