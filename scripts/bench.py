@@ -54,15 +54,19 @@ def _matmul_gflops(repeats: int, dtype, n: int = 2048) -> float:
 
 
 def _torch_loss(params, content, style, config):
-    """The same loss in eager PyTorch (NCHW), on the same weights."""
+    """The same loss in eager PyTorch (NCHW), on the same weights, on CUDA when torch sees a GPU.
+
+    PyTorch's defaults stand: on a GPU its convolutions use TF32 (``cudnn.allow_tf32``).
+    """
     import torch
     import torch.nn.functional as F
 
     torch.set_grad_enabled(True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     weights = {
         name: (
-            torch.from_numpy(np.asarray(p["kernel"]).transpose(3, 2, 0, 1).copy()),
-            torch.from_numpy(np.asarray(p["bias"])),
+            torch.from_numpy(np.asarray(p["kernel"]).transpose(3, 2, 0, 1).copy()).to(device),
+            torch.from_numpy(np.asarray(p["bias"])).to(device),
         )
         for name, p in params.items()
     }
@@ -94,7 +98,7 @@ def _torch_loss(params, content, style, config):
         flat = f.reshape(c, h * w)
         return flat @ flat.T / (h * w)
 
-    to_torch = lambda a: torch.from_numpy(np.asarray(a).transpose(2, 0, 1)[None].copy())
+    to_torch = lambda a: torch.from_numpy(np.asarray(a).transpose(2, 0, 1)[None].copy()).to(device)
     with torch.no_grad():
         c_feats = features(to_torch(content))
         s_feats = features(to_torch(style))
@@ -121,7 +125,7 @@ def _torch_loss(params, content, style, config):
             for k, t in style_targets.items()
         )
         loss.backward()
-        return float(loss)
+        return float(loss)  # waits for the GPU's queue, the backward pass included
 
     return evaluate
 

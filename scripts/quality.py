@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -118,6 +119,9 @@ def render(content, style, config: nst_jax.StyleConfig, params) -> tuple[np.ndar
         "steps": result.num_steps,
         "finite": result.finite,
     }
+    stats = jax.devices()[0].memory_stats() or {}  # None on CPU
+    if "peak_bytes_in_use" in stats:
+        run["peak_device_gib_so_far"] = round(stats["peak_bytes_in_use"] / 2**30, 2)
     return result.image, run
 
 
