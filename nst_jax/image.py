@@ -106,13 +106,18 @@ _RGB_TO_YIQ = np.array(
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 
 
+def _mm(a, b) -> jax.Array:
+    """A float32 matrix product: GPUs default to TensorFloat-32 (about 3 significant digits), too coarse for colours."""
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def rgb_to_yiq(image: jax.Array) -> jax.Array:
     """``[h, w, 3]`` RGB -> YIQ (Y in [0, 1]; I, Q signed)."""
-    return jnp.asarray(image, jnp.float32) @ _RGB_TO_YIQ.T
+    return _mm(jnp.asarray(image, jnp.float32), _RGB_TO_YIQ.T)
 
 
 def yiq_to_rgb(image: jax.Array) -> jax.Array:
-    return jnp.asarray(image, jnp.float32) @ _YIQ_TO_RGB.T
+    return _mm(jnp.asarray(image, jnp.float32), _YIQ_TO_RGB.T)
 
 
 def luminance_image(image: jax.Array) -> jax.Array:
@@ -143,7 +148,7 @@ def _sqrt_psd(cov, inverse=False):
     values, vectors = jnp.linalg.eigh(cov)
     values = jnp.maximum(values, 1e-8)
     power = -0.5 if inverse else 0.5
-    return (vectors * values**power) @ vectors.T
+    return _mm(vectors * values**power, vectors.T)
 
 
 def match_colour(source: jax.Array, target: jax.Array, mode: str = "cholesky") -> jax.Array:
@@ -162,13 +167,13 @@ def match_colour(source: jax.Array, target: jax.Array, mode: str = "cholesky") -
     t = jnp.asarray(target, jnp.float32).reshape(-1, 3)
     mu_s, mu_t = s.mean(0), t.mean(0)
     eye = 1e-5 * jnp.eye(3)
-    cov_s = jnp.cov(s, rowvar=False) + eye
-    cov_t = jnp.cov(t, rowvar=False) + eye
+    cov = lambda x, mu: _mm((x - mu).T, x - mu) / max(x.shape[0] - 1, 1)  # as jnp.cov, at full precision
+    cov_s, cov_t = cov(s, mu_s) + eye, cov(t, mu_t) + eye
     if mode == "cholesky":
-        a = jnp.linalg.cholesky(cov_t) @ jnp.linalg.inv(jnp.linalg.cholesky(cov_s))
+        a = _mm(jnp.linalg.cholesky(cov_t), jnp.linalg.inv(jnp.linalg.cholesky(cov_s)))
     else:
-        a = _sqrt_psd(cov_t) @ _sqrt_psd(cov_s, inverse=True)
-    out = (s - mu_s) @ a.T + mu_t
+        a = _mm(_sqrt_psd(cov_t), _sqrt_psd(cov_s, inverse=True))
+    out = _mm(s - mu_s, a.T) + mu_t
     return jnp.clip(out.reshape(jnp.shape(source)), 0.0, 1.0)
 
 

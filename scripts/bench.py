@@ -66,7 +66,7 @@ def _torch_loss(params, content, style, config):
     weights = {
         name: (
             torch.from_numpy(np.asarray(p["kernel"]).transpose(3, 2, 0, 1).copy()).to(device),
-            torch.from_numpy(np.asarray(p["bias"])).to(device),
+            torch.from_numpy(np.array(p["bias"])).to(device),
         )
         for name, p in params.items()
     }
@@ -106,8 +106,9 @@ def _torch_loss(params, content, style, config):
         style_targets = {k: gram(s_feats[k]) for k in config.style_layers}
     from nst_jax.objective import default_layer_weights
 
-    weights = default_layer_weights(config.style_layers, config.loss_scale)
-    layer_weights = dict(zip(config.style_layers, weights, strict=True))
+    layer_weights = dict(
+        zip(config.style_layers, default_layer_weights(config.style_layers, config.loss_scale), strict=True)
+    )  # not named ``weights``: features() reads the convolutions' weights from that name
     relative = lambda targets: {
         k: 1.0 / float(t.pow(2).mean()) if config.loss_scale == "relative" else 1.0 for k, t in targets.items()
     }
@@ -125,7 +126,7 @@ def _torch_loss(params, content, style, config):
             for k, t in style_targets.items()
         )
         loss.backward()
-        return float(loss)  # waits for the GPU's queue, the backward pass included
+        return float(loss.detach())  # waits for the GPU's queue, the backward pass included
 
     return evaluate
 
