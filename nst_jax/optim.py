@@ -22,7 +22,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nst_jax.config import OPTIMIZERS
 from nst_jax.vgg import check_choice
@@ -67,25 +69,35 @@ def _uses_linesearch(opt_state) -> bool:
 
 
 def init_loop(
-    loss_fn: Callable[[jax.Array], jax.Array], optimizer: optax.GradientTransformationExtraArgs, image: jax.Array
+    loss_fn: Callable[[jax.Array], jax.Array],
+    optimizer: optax.GradientTransformationExtraArgs,
+    image: jax.Array,
+    mesh: Mesh | None = None,
 ) -> LoopState:
     """Evaluates the loss once and builds the first :class:`LoopState`.
 
     ``loss_fn`` maps an image to a scalar; make it a pytree (e.g. ``objective.value``
     bound to an :class:`~nst_jax.objective.Objective`) so jit takes its arrays as arguments.
+    With ``mesh`` (:func:`image_mesh`), the state's image-shaped leaves are split by rows
+    over it from the start (place ``loss_fn`` and ``image`` with :func:`shard_rows` first).
     """
-    return _init_loop(loss_fn, optimizer, image)
+    return _init_loop(loss_fn, optimizer, image, mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("optimizer",))
-def _init_loop(loss_fn, optimizer, image):
+@functools.partial(jax.jit, static_argnames=("optimizer", "mesh"))
+def _init_loop(loss_fn, optimizer, image, mesh=None):
     value, grad = jax.value_and_grad(loss_fn)(image)
     one = jnp.ones((), jnp.int32)
     state = LoopState(image, optimizer.init(image), value, grad, 0 * one, one, jnp.isfinite(value))
     # Make every leaf strongly typed, as a step returns it (optax leaves some weakly typed at
     # init), so the first and later chunks share one compiled program. (Not by eval_shape of
     # a step: tracing one costs ~1.2 s at every start, which the compilation cache cannot save.)
-    return jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
+    state = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
+    if mesh is not None:  # optax's zeros would otherwise be replicated: 2 x memory_size images on every device
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        shardings = jax.tree.map(lambda a: a.sharding, shard_rows(abstract, image.shape, mesh))
+        state = jax.lax.with_sharding_constraint(state, shardings)
+    return state
 
 
 def reevaluate(loss_fn, state: LoopState) -> LoopState:
@@ -155,6 +167,46 @@ def _run_chunk(loss_fn, optimizer, state, num_steps):
         lambda s: step(loss_fn, optimizer, s),
         state,
     )
+
+
+# One image over many devices (not in the paper, which ran on one GPU): its rows, and every
+# activation's, split over a 1-D mesh. XLA's SPMD partitioner (GSPMD) turns each convolution
+# into its shard's convolution plus a one-row halo exchange with its neighbours, and each Gram
+# matrix and loss into a sum over shards; the code of the loss is unchanged.
+ROWS = "rows"
+
+
+def image_mesh(devices=None) -> Mesh:
+    """A 1-D mesh whose axis ``"rows"`` splits an image's rows over ``devices`` (default: every device)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.array(devices), (ROWS,))
+
+
+def rows_divide(rows: int, mesh: Mesh | None) -> bool:
+    """Whether an image of ``rows`` rows can be split evenly over ``mesh`` (always, without a mesh)."""
+    return mesh is None or rows % mesh.size == 0
+
+
+def shard_rows(tree, shape: tuple[int, ...], mesh: Mesh):
+    """``tree``'s leaves placed on ``mesh``: those ending in ``shape`` (``[h, w, 3]``: the image, its
+    gradient, L-BFGS's history of them) split by rows, every other leaf (weights, targets) replicated.
+
+    Leaves may be arrays or ``jax.ShapeDtypeStruct`` (then the result is abstract too, for a plan).
+    """
+    shape = tuple(shape)
+
+    def place(x):
+        ndim = len(jnp.shape(x))
+        if ndim >= len(shape) and tuple(jnp.shape(x)[ndim - len(shape) :]) == shape:
+            spec = PartitionSpec(*([None] * (ndim - len(shape))), ROWS, *([None] * (len(shape) - 1)))
+        else:
+            spec = PartitionSpec()
+        sharding = NamedSharding(mesh, spec)
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(place, tree)
 
 
 def clip_to_box(loss_fn, state: LoopState) -> LoopState:

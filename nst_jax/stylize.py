@@ -11,6 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from nst_jax import optim
 from nst_jax.config import StyleConfig
@@ -92,6 +93,7 @@ def stylize(
     style_masks: Sequence[jax.Array | None] | None = None,
     progress: bool = False,
     network: FeatureNetwork | None = None,
+    mesh: Mesh | None = None,
 ) -> Result:
     """Optimises an image to match ``content``'s features and ``style``'s Gram matrices.
 
@@ -116,6 +118,10 @@ def stylize(
         with loss, steps/s and an ETA that leaves compilation out.
       network: any feature network (:func:`nst_jax.network.from_flax`), with
         ``config.network == "custom"`` and its parameters as ``params``; ``None``: VGG.
+      mesh: split the image's rows (and every activation's) over this 1-D mesh's devices
+        (:func:`nst_jax.optim.image_mesh`), for images larger than one device holds; the
+        output's row count must divide by the number of devices (coarser stages that do not
+        divide run on one device). ``None``: one device.
 
     Returns:
       A :class:`Result` (in Jupyter, it displays as its image).
@@ -136,6 +142,7 @@ def stylize(
     final = tuple(shape) if content is None else tuple(jnp.shape(content)[:2])
     style_shapes = [] if style is None else [jnp.shape(s)[:2] for s in as_images(style) if s is not None]
     check_sizes(config, final, style_shapes, content is not None, network=network)
+    check_rows(final[0], mesh, "output")
     sizes = config.stage_sizes(max(final))
     bar = None
     if progress:
@@ -146,10 +153,10 @@ def stylize(
         if len(sizes) > 1 or sizes[-1] != max(final):
             return _coarse_to_fine(
                 content, style, config, params, init, callback, final, sizes, checkpoint, resume, masks, style_masks,
-                network,
+                network, mesh,
             )  # fmt: skip
         return _single_scale(
-            content, style, config, params, init, callback, shape, checkpoint, resume, masks, style_masks, network
+            content, style, config, params, init, callback, shape, checkpoint, resume, masks, style_masks, network, mesh
         )
     finally:
         if bar is not None:
@@ -158,13 +165,13 @@ def stylize(
 
 def _single_scale(
     content, style, config: StyleConfig, params, init, callback, shape, checkpoint, resume, masks, style_masks,
-    network=None,
+    network=None, mesh=None,
 ) -> Result:  # fmt: skip
     """One optimisation at the content's (or ``shape``'s) size; the inputs are checked already."""
     objective, image, reference = _setup(content, style, config, params, init, shape, masks, style_masks, network)
     recolour = content is not None and config.preserve_colour == "luminance"
     try:
-        result = optimize(objective, image, config, callback=callback, checkpoint=checkpoint, resume=resume)
+        result = optimize(objective, image, config, callback=callback, checkpoint=checkpoint, resume=resume, mesh=mesh)
     except Interrupted as e:
         if recolour:
             e.result = e.result._replace(image=np.asarray(with_content_colour(e.result.image, reference)))
@@ -312,7 +319,7 @@ def memory_needed(
 
 def _coarse_to_fine(
     content, style, config: StyleConfig, params, init, callback, final, sizes, checkpoint, resume, masks, style_masks,
-    network=None,
+    network=None, mesh=None,
 ) -> Result:  # fmt: skip
     """Optimises at each of ``sizes`` (long sides) in turn, each stage starting from the last one's result, upsampled.
 
@@ -361,6 +368,9 @@ def _coarse_to_fine(
             masks=stage_masks,
             style_masks=stage_style_masks,
             network=network,
+            # A coarser stage whose rows do not divide runs on one device (it is small); the
+            # last stage's rows were checked to divide before anything ran.
+            mesh=mesh if optim.rows_divide(stage_shape[0], mesh) else None,
         )
         image = result.image
         history += [(steps + s, loss) for s, loss in result.history]
@@ -471,6 +481,7 @@ def optimize(
     checkpoint: str | None = None,
     resume: str | None = None,
     progress: bool = False,
+    mesh: Mesh | None = None,
 ) -> Result:
     """Runs the chunked, jitted optimisation loop on any objective.
 
@@ -487,17 +498,29 @@ def optimize(
     the result are those of the optimiser's image; the returned image is that image
     clipped to [0, 1]. With ``resume``, the loop continues from that checkpoint; a resumed
     run ends bit-identical (on CPU) to one that was never interrupted.
+
+    With ``mesh`` (:func:`nst_jax.optim.image_mesh`, several devices), the image's rows and
+    every activation's are split over the mesh's devices (the image's row count must divide
+    by their number); the result equals the one-device run within float32 rounding.
     """
     from nst_jax.checkpoint import fingerprint, restore_checkpoint, save_checkpoint
 
     optimizer = optim.make_optimizer(config.optimizer, config.lr, config.memory_size)
     loss_fn, terms_fn = _loss_functions(objective)
     start = time.perf_counter()
-    state = optim.init_loop(loss_fn, optimizer, jnp.clip(jnp.asarray(image, jnp.float32), 0.0, 1.0))
+    image = jnp.clip(jnp.asarray(image, jnp.float32), 0.0, 1.0)
+    if mesh is not None and mesh.size > 1:
+        check_rows(image.shape[0], mesh, "image")
+        loss_fn, image = optim.shard_rows((loss_fn, image), image.shape, mesh)
+    else:
+        mesh = None
+    state = optim.init_loop(loss_fn, optimizer, image, mesh)
     history = [(0, float(state.value))]
     run = None if checkpoint is None and resume is None else fingerprint(objective, config)
     if resume is not None:
         state, history = restore_checkpoint(resume, state, run)
+        if mesh is not None:
+            state = optim.shard_rows(state, image.shape, mesh)
     warm = None  # (time, step) at the end of the first chunk, which holds the compilation
     try:
         while bool(state.finite) and int(state.step) < config.num_steps:
@@ -536,6 +559,18 @@ def optimize(
             save_checkpoint(checkpoint, state, history, run)
         raise Interrupted(_result(terms_fn, state, history, start), checkpoint) from None
     return _result(terms_fn, state, history, start)
+
+
+def check_rows(rows: int, mesh: Mesh | None, what: str = "image") -> None:
+    """Refuses an image whose rows do not split evenly over ``mesh``'s devices, naming sizes that do."""
+    if optim.rows_divide(rows, mesh):
+        return
+    n = mesh.size
+    below, above = rows - rows % n, rows + n - rows % n
+    raise ValueError(
+        f"`mesh`: the {what}'s {rows} rows do not split evenly over {n} devices; "
+        f"choose a size that makes them a multiple of {n} (e.g. {below} or {above} rows)"
+    )
 
 
 def _result(terms_fn, state, history, start) -> Result:
