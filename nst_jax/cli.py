@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import pickle
 import sys
+import time
 import types
 import typing
 from pathlib import Path
@@ -83,6 +85,21 @@ def _add_config_arguments(
             )  # fmt: skip
 
 
+def _add_device_arguments(parser: argparse.ArgumentParser, shard: bool = True) -> None:
+    """Where a run goes: --shard-image (one image over every device) and --dry-run (the plan, nothing run)."""
+    if shard:
+        parser.add_argument(
+            "--shard-image", action="store_true",
+            help="split the image's rows, and every activation's, over all devices: for an image larger than "
+            "one device holds (the output's rows must divide by the number of devices)",
+        )  # fmt: skip
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="print the memory plan as one JSON line on stdout (shape, devices, bytes_per_device, limit_bytes, "
+        "fits) and exit: nothing is optimised or written",
+    )  # fmt: skip
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from nst_jax import __version__
 
@@ -105,6 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="with --masks: one mask per STYLE, white where its Gram matrices are taken from",
     )  # fmt: skip
     _add_config_arguments(stylize, {})
+    _add_device_arguments(stylize)
     demo = commands.add_parser(
         "demo",
         help="stylise the built-in village with the built-in swirls (offline)",
@@ -117,6 +135,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     demo.add_argument("--save-inputs", action="store_true", help="also write the demo's content and style images")
     _add_config_arguments(demo, DEMO_DEFAULTS)
+    _add_device_arguments(demo)
     texture = commands.add_parser(
         "texture", help="synthesise a texture from STYLE alone (Gatys et al. 2015), any output size"
     )
@@ -126,6 +145,7 @@ def _build_parser() -> argparse.ArgumentParser:
     texture.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     texture.add_argument("--resume", metavar="DIR", help="continue from a checkpoint (OUT.ckpt of an earlier run)")
     _add_config_arguments(texture, {"init": "noise"}, skip=("size",))
+    _add_device_arguments(texture)
     reconstruct = commands.add_parser(
         "reconstruct", help="reconstruct an image from its features at some layers (the paper's Figure 1)"
     )
@@ -136,6 +156,7 @@ def _build_parser() -> argparse.ArgumentParser:
     reconstruct.add_argument("--layers", required=True, help="comma-separated layers, e.g. relu4_2 or relu1_1,relu2_1")
     reconstruct.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     _add_config_arguments(reconstruct, {"init": "noise"}, skip=("content_layers", "style_layers"))
+    _add_device_arguments(reconstruct)
     sweep = commands.add_parser(
         "sweep",
         help="optimise one image per combination of swept settings, batched in one compiled program",
@@ -484,7 +505,8 @@ def _prepare(args: argparse.Namespace):
         config = _config_from(args, {"init": "noise"})
         which = "content_layers" if args.source == "content" else "style_layers"
         config = config.replace(**{which: layers})
-    _check_shapes(args, config)  # from the files' headers: nothing large is decoded or resized before this
+    mesh = _image_mesh(args)
+    _check_shapes(args, config, mesh)  # from the files' headers: nothing large is decoded or resized before this
     if args.command == "stylize":
         content = load_image(args.content, config.size, what="content")
         masked = args.masks is not None
@@ -509,7 +531,14 @@ def _prepare(args: argparse.Namespace):
         from nst_jax.image import fit_long_side
 
         h, w = fit_long_side(DEMO_SHAPE, config.size)
-        content, style = samples.village(h, w), [samples.swirls(h, w)]
+        if args.dry_run:  # shapes are all a plan needs (drawing the samples takes minutes at 8192 px)
+            import jax
+            import numpy as np
+
+            content = jax.ShapeDtypeStruct((h, w, 3), np.float32)
+            style = [content]
+        else:
+            content, style = samples.village(h, w), [samples.swirls(h, w)]
     if style is not None and config.style_blend is not None and len(config.style_blend) != len(style):
         raise ValueError(f"`style_blend` has {len(config.style_blend)} weights for {len(style)} style images")
     init = config.init if config.init in INITS else load_image(config.init, what="init")  # a path
@@ -519,16 +548,82 @@ def _prepare(args: argparse.Namespace):
     from nst_jax.stylize import check_setup
 
     check_setup(content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks)
-    _check_memory(content, style, init, params, config, shape, masks, style_masks)
+    if args.dry_run:
+        print(json.dumps(_plan(args.command, content, style, init, params, config, shape, masks, style_masks, mesh)))
+        return None
+    _check_memory(content, style, init, params, config, shape, masks, style_masks, mesh)
     if side_outputs:  # last: a later check must not leave them behind
         from nst_jax.io import save_image
 
         for side, image in zip(side_outputs, (content, style[0]), strict=True):
             save_image(side, image)
-    return content, style, init, params, config, output, shape, resume, masks, style_masks
+    return content, style, init, params, config, output, shape, resume, masks, style_masks, mesh
 
 
-def _check_shapes(args: argparse.Namespace, config: StyleConfig) -> None:
+def _image_mesh(args: argparse.Namespace):
+    """The 1-D mesh of --shard-image over every device; ``None`` without it, or with one device (said once)."""
+    if not getattr(args, "shard_image", False):
+        return None
+    import jax
+
+    from nst_jax.optim import image_mesh
+
+    if len(jax.devices()) == 1:
+        device = jax.devices()[0]
+        print(f"nst-jax: --shard-image: one device ({device}), nothing to split; running on it", file=sys.stderr)
+        return None
+    return image_mesh()
+
+
+def _limit_per_device(mesh) -> int | None:
+    """Bytes free for each device of ``mesh`` (one device without): CPU devices share the host's memory."""
+    import jax
+
+    from nst_jax.sweep import available_memory
+
+    device = jax.devices()[0]
+    free = available_memory(device)
+    if free is not None and mesh is not None and device.platform == "cpu":
+        free //= mesh.size  # forced host devices (XLA_FLAGS) all live in this process's RAM
+    return free
+
+
+def _plan(command, content, style, init, params, config: StyleConfig, shape, masks, style_masks, mesh) -> dict:
+    """--dry-run's report: XLA's analysis of the compiled loop at the output's size, against the memory free."""
+    import jax
+
+    from nst_jax.stylize import memory_needed
+
+    h, w = shape if content is None else content.shape[:2]
+    needed = lambda mesh: memory_needed(
+        content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks, mesh=mesh
+    )  # fmt: skip
+    start = time.perf_counter()
+    per_device = needed(mesh)
+    free = _limit_per_device(mesh)
+    plan = {
+        "command": command,
+        "shape": [h, w],
+        "devices": 1 if mesh is None else mesh.size,
+        "platform": jax.devices()[0].platform,
+        "sharded": mesh is not None,
+        "bytes_per_device": per_device,
+        # What a whole process needs on top of XLA's analysis (runtime, images, allocator slack).
+        "needed_bytes": int(_RSS_OVER_ANALYSIS * per_device),
+        "limit_bytes": free,
+        "fits": free is None or _RSS_OVER_ANALYSIS * per_device <= free,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    if not plan["fits"] and mesh is None and len(jax.devices()) > 1 and h % len(jax.devices()) == 0:
+        from nst_jax.optim import image_mesh
+
+        sharded = needed(image_mesh())
+        plan["bytes_per_device_sharded"] = sharded
+        plan["fits_sharded"] = _RSS_OVER_ANALYSIS * sharded <= free
+    return plan
+
+
+def _check_shapes(args: argparse.Namespace, config: StyleConfig, mesh=None) -> None:
     """Checks the sizes a run will work at, from the images' headers, before any image is decoded.
 
     The output and style images must be large enough for the layers at every stage, and
@@ -560,8 +655,30 @@ def _check_shapes(args: argparse.Namespace, config: StyleConfig) -> None:
                 f"--init must be one of {', '.join(INITS)} or an image file, got {config.init!r} (no such file)"
             )
         image_shape(config.init, "init")  # a folder or a bomb: now
-    _check_memory_roughly(config, final, styles)
+    if mesh is not None and final[0] % mesh.size:
+        raise _UsageError(_rows_message(args, config, final, mesh.size))
+    if not getattr(args, "dry_run", False):  # a dry run reports what does not fit instead
+        _check_memory_roughly(config, final, styles, 1 if mesh is None else mesh.size)
     check_sizes(config, final, styles, content)
+
+
+def _rows_message(args: argparse.Namespace, config: StyleConfig, final: tuple[int, int], devices: int) -> str:
+    """Why --shard-image refuses this output size, with the nearest sizes that split evenly."""
+    from nst_jax.image import fit_long_side
+    from nst_jax.io import image_shape
+
+    start = f"--shard-image: the output's {final[0]} rows do not split evenly over {devices} devices"
+    if args.command == "texture":
+        return f"{start}; give a height that is a multiple of {devices}"
+    if args.command == "demo":
+        original = DEMO_SHAPE
+    else:
+        original = image_shape(args.content if args.command in ("stylize", "sweep") else args.image, "image")
+    rows = lambda size: fit_long_side(original, size)[0]
+    below = next((s for s in range(config.size - 1, 15, -1) if rows(s) % devices == 0), None)
+    above = next((s for s in range(config.size + 1, 2 * config.size + 64) if rows(s) % devices == 0), None)
+    sizes = [s for s in (below, above) if s is not None]
+    return f"{start}; --size {' or '.join(map(str, sizes))} gives {' or '.join(str(rows(s)) for s in sizes)} rows"
 
 
 # VGG-19's forward pass (targets from a style image), XLA's memory analysis per input pixel:
@@ -569,8 +686,11 @@ def _check_shapes(args: argparse.Namespace, config: StyleConfig) -> None:
 _FORWARD_BYTES_PER_PIXEL = 1400
 
 
-def _check_memory_roughly(config: StyleConfig, final: tuple[int, int], styles) -> None:
-    """Refuses at once a size far over the memory (the exact analysis would take long, and might not fit itself)."""
+def _check_memory_roughly(config: StyleConfig, final: tuple[int, int], styles, devices: int = 1) -> None:
+    """Refuses at once a size far over the memory (the exact analysis would take long, and might not fit itself).
+
+    ``devices``: how many devices the image's rows are split over (--shard-image).
+    """
     import jax
 
     from nst_jax.image import fit_long_side
@@ -580,12 +700,14 @@ def _check_memory_roughly(config: StyleConfig, final: tuple[int, int], styles) -
     if free is None:
         return
     h, w = final
-    needed = _RSS_OVER_ANALYSIS * _ROUGH_BYTES_PER_PIXEL * h * w
+    needed = _RSS_OVER_ANALYSIS * _ROUGH_BYTES_PER_PIXEL * h * w / devices
     if needed > 2 * free:
         fits = int(max(h, w) * math.sqrt(free / needed))
+        where = " per device" if devices > 1 else ""
         raise ValueError(
-            f"`size` {max(h, w)} ({h}x{w} output) needs about {needed / 2**30:.0f} GiB, far more than the "
+            f"`size` {max(h, w)} ({h}x{w} output) needs about {needed / 2**30:.0f} GiB{where}, far more than the "
             f"{free / 2**30:.1f} GiB of memory available; the largest size that fits is about {fits}"
+            + _sharding_hint(needed * devices, free, devices)
         )
     for style in styles:
         if config.style_scale != 1.0:
@@ -607,26 +729,39 @@ _ROUGH_BYTES_PER_PIXEL = 3200
 _RSS_OVER_ANALYSIS = 1.25
 
 
-def _check_memory(content, style, init, params, config: StyleConfig, shape, masks, style_masks) -> None:
-    """Refuses, before the optimisation allocates anything, an output that cannot fit in memory."""
+def _sharding_hint(needed_on_one: float, free: int, devices: int) -> str:
+    """ ", fits with --shard-image over N devices" where splitting the rows would make it fit (a rough share)."""
     import jax
 
+    count = len(jax.devices())
+    if devices > 1 or count == 1:
+        return ""
+    if needed_on_one / count < free:
+        return f"; it fits with --shard-image over the {count} devices"
+    return f"; even --shard-image over the {count} devices would not make it fit"
+
+
+def _check_memory(content, style, init, params, config: StyleConfig, shape, masks, style_masks, mesh=None) -> None:
+    """Refuses, before the optimisation allocates anything, an output that cannot fit in memory."""
+
     from nst_jax.stylize import memory_needed
-    from nst_jax.sweep import available_memory
 
     h, w = shape if content is None else content.shape[:2]
-    free = available_memory(jax.devices()[0])
-    if free is None or _RSS_OVER_ANALYSIS * _ROUGH_BYTES_PER_PIXEL * h * w < free / 2:
+    free = _limit_per_device(mesh)
+    devices = 1 if mesh is None else mesh.size
+    if free is None or _RSS_OVER_ANALYSIS * _ROUGH_BYTES_PER_PIXEL * h * w / devices < free / 2:
         return
     analysis = memory_needed(
-        content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks
-    )
+        content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks, mesh=mesh
+    )  # fmt: skip
     needed = _RSS_OVER_ANALYSIS * analysis
     if needed > free:
         fits = int(max(h, w) * math.sqrt(free / needed))
+        where = f" per device over {devices} devices" if devices > 1 else ""
         raise ValueError(
-            f"`size` {config.size} ({h}x{w} output) needs about {needed / 2**30:.1f} GiB, more than the "
+            f"`size` {config.size} ({h}x{w} output) needs about {needed / 2**30:.1f} GiB{where}, more than the "
             f"{free / 2**30:.1f} GiB of memory available; the largest size that fits is about {fits}"
+            + _sharding_hint(needed, free, devices)
         )
 
 
@@ -659,8 +794,9 @@ def _side_file(output: Path, what: str) -> Path:
 
 
 def _run(
-    content, style, init, params, config: StyleConfig, output: Path, shape, resume, masks, style_masks, quiet: bool
-) -> int:
+    content, style, init, params, config: StyleConfig, output: Path, shape, resume, masks, style_masks, mesh,
+    quiet: bool,
+) -> int:  # fmt: skip
     from nst_jax.checkpoint import CheckpointError
     from nst_jax.stylize import Interrupted, stylize
 
@@ -670,7 +806,7 @@ def _run(
     try:
         result = stylize(
             content, style, config, params=params, init=init, callback=progress, shape=shape,
-            checkpoint=checkpoint, resume=resume, masks=masks, style_masks=style_masks,
+            checkpoint=checkpoint, resume=resume, masks=masks, style_masks=style_masks, mesh=mesh,
         )  # fmt: skip
     except CheckpointError as e:  # raised before the first step: nothing lost
         print(f"nst-jax: error: {e}", file=sys.stderr)
@@ -745,6 +881,8 @@ def main(argv: list[str] | None = None) -> int:
         except _USER_ERRORS as e:
             print(f"nst-jax: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # always one line
             return 2
+        if prepared is None:  # --dry-run: the plan is printed
+            return 0
         if args.command == "sweep":
             return _run_sweep(args, *prepared)
         return _run(*prepared, quiet=args.quiet)
