@@ -93,11 +93,96 @@ def _add_device_arguments(parser: argparse.ArgumentParser, shard: bool = True) -
             help="split the image's rows, and every activation's, over all devices: for an image larger than "
             "one device holds (the output's rows must divide by the number of devices)",
         )  # fmt: skip
+    cluster = parser.add_argument_group(
+        "several processes (one per host; process 0 writes the outputs)",
+        "Without these, a run uses this process's devices only.",
+    )
+    cluster.add_argument(
+        "--coordinator", metavar="HOST:PORT",
+        help="address of process 0 (jax.distributed.initialize); 'auto' lets JAX detect SLURM, Open MPI, "
+        "Kubernetes or a TPU pod",
+    )  # fmt: skip
+    cluster.add_argument("--num-processes", type=int, metavar="N", help="processes in the run (with --coordinator)")
+    cluster.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1 (with --coordinator)")
+    cluster.add_argument(
+        "--coordinator-timeout", type=int, default=60, metavar="SECONDS",
+        help="give up when the processes have not all met by then (default 60)",
+    )  # fmt: skip
     parser.add_argument(
         "--dry-run", action="store_true",
         help="print the memory plan as one JSON line on stdout (shape, devices, bytes_per_device, limit_bytes, "
         "fits) and exit: nothing is optimised or written",
     )  # fmt: skip
+
+
+def _join_processes(args: argparse.Namespace) -> None:
+    """--coordinator: joins the other processes (jax.distributed.initialize) before any device is used."""
+    coordinator = getattr(args, "coordinator", None)
+    if coordinator is None:
+        if getattr(args, "num_processes", None) is not None or getattr(args, "process_id", None) is not None:
+            raise _UsageError("--num-processes and --process-id need --coordinator HOST:PORT")
+        return
+    if getattr(args, "resume", None) or getattr(args, "checkpoint_every", 0):
+        raise _UsageError("--coordinator: checkpoints (--resume, --checkpoint-every) are for one process only")
+    if args.coordinator_timeout < 1:
+        raise _UsageError(f"--coordinator-timeout must be >= 1 second, got {args.coordinator_timeout}")
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices of several processes talk
+    if coordinator == "auto":
+        if args.num_processes is not None or args.process_id is not None:
+            raise _UsageError("--coordinator auto takes --num-processes and --process-id from the cluster")
+        keywords = {}
+    else:
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit():
+            raise _UsageError(f"--coordinator must look like HOST:PORT or be 'auto', got {coordinator!r}")
+        if args.num_processes is None or args.process_id is None:
+            raise _UsageError("--coordinator HOST:PORT needs --num-processes and --process-id")
+        if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+            raise _UsageError(
+                f"--process-id must be in 0..{args.num_processes - 1} (--num-processes {args.num_processes}), "
+                f"got {args.process_id}"
+            )
+        keywords = {"coordinator_address": coordinator, "num_processes": args.num_processes,
+                    "process_id": args.process_id}  # fmt: skip
+    if coordinator != "auto" and args.process_id != 0:
+        # JAX aborts the whole process (a fatal C++ check) when the coordinator cannot be reached:
+        # wait for its port here, so that case is one line and exit status 2.
+        _wait_for_port(host, int(port), args.coordinator_timeout)
+    try:
+        jax.distributed.initialize(**keywords, initialization_timeout=args.coordinator_timeout)
+    except Exception as e:  # the runtime's own error types differ between versions
+        reason = " ".join(str(e).split())[:300]
+        raise _UsageError(
+            f"--coordinator {coordinator}: the processes did not all meet within {args.coordinator_timeout} s "
+            f"({reason})"
+        ) from None
+
+
+def _wait_for_port(host: str, port: int, timeout: float) -> None:
+    """Returns once ``host:port`` accepts a connection; raises a one-line error after ``timeout`` seconds."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(1.0, deadline - time.monotonic()))):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise _UsageError(
+                    f"--coordinator {host}:{port} did not answer within {timeout:g} s ({e.strerror or e}); "
+                    "start process 0 there, or raise --coordinator-timeout"
+                ) from None
+            time.sleep(0.2)
+
+
+def _writes() -> bool:
+    """Whether this process writes outputs: process 0 of a multi-process run, or the only one."""
+    import jax
+
+    return jax.process_index() == 0
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -191,6 +276,7 @@ def _build_parser() -> argparse.ArgumentParser:
         skip=("save_every", "checkpoint_every", "style_blend"),
         choices={"box": ("penalty", "none"), "preserve_colour": ("none", "histogram")},
     )
+    _add_device_arguments(sweep, shard=False)
     weights = commands.add_parser("weights", help="show which VGG-19 weights are loaded, from where")
     weights.add_argument("--weights", default=None, help="a weight file (any format) or orbax directory")
     convert = commands.add_parser(
@@ -222,15 +308,16 @@ def _config_from(args: argparse.Namespace, defaults: dict) -> StyleConfig:
 class _Progress:
     """Prints loss, speed and ETA between chunks; saves intermediate images when asked."""
 
-    def __init__(self, output: Path, config: StyleConfig, quiet: bool):
-        self.output, self.config, self.quiet = output, config, quiet
+    def __init__(self, output: Path, config: StyleConfig, quiet: bool, writes: bool = True):
+        self.output, self.config, self.quiet, self.writes = output, config, quiet, writes
         self.tty = sys.stderr.isatty()
 
     def __call__(self, progress) -> None:
         from nst_jax.io import save_image
 
         last_stage = progress.stage == progress.num_stages - 1  # intermediate saves are at the output's size
-        if self.config.save_every and last_stage and progress.step % self.config.save_every == 0 and progress.step:
+        saves = self.writes and self.config.save_every and last_stage and progress.step
+        if saves and progress.step % self.config.save_every == 0:
             save_image(
                 self.output.with_name(f"{self.output.stem}.step{progress.step:05d}{self.output.suffix}"), progress.image
             )
@@ -375,7 +462,34 @@ def _prepare_sweep(args: argparse.Namespace):
     if args.batch_size is not None and args.batch_size < 1:
         raise _UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     params, _ = load_params(config.weights)
-    return content, styles[0] if len(styles) == 1 else None, axes, params, config, Path(args.output)
+    style = styles[0] if len(styles) == 1 else None
+    if args.dry_run:
+        print(json.dumps(_sweep_plan(content, style, axes, params, config, args)))
+        return None
+    return content, style, axes, params, config, Path(args.output)
+
+
+def _sweep_plan(content, style, axes, params, config: StyleConfig, args: argparse.Namespace) -> dict:
+    """sweep --dry-run's report: the batch that fits at the output's size and its memory per device."""
+    import jax
+
+    from nst_jax.sweep import MemoryLimitError, sweep
+
+    start = time.perf_counter()
+    try:
+        plan = sweep(
+            content, style, config, axes, params=params, product=not args.zip, batch_size=args.batch_size,
+            dry_run=True,
+        )._asdict()  # fmt: skip
+        plan["fits"] = plan["limit_bytes"] is None or plan["bytes_per_device"] <= (
+            plan["memory_fraction"] * plan["limit_bytes"]
+        )
+    except MemoryLimitError as e:  # an asked --batch-size that does not fit
+        plan = {"shape": list(content.shape[:2]), "devices": len(jax.devices()), "fits": False, "reason": str(e)}
+    plan = {"command": "sweep", **plan, "platform": jax.devices()[0].platform}
+    plan["shape"] = list(plan["shape"])
+    plan["seconds"] = round(time.perf_counter() - start, 1)
+    return plan
 
 
 def _style_label(path: str, index: int, paths: list[str]) -> str:
@@ -412,6 +526,8 @@ def _run_sweep(args, content, style, axes, params, config: StyleConfig, output: 
         return 2
     if not args.quiet and sys.stderr.isatty():
         print(file=sys.stderr)
+    if not _writes():  # several processes ran the sweep together; process 0 writes it
+        return 0
     save = lambda folder: save_sweep(folder, result, extension=args.extension, content=args.content, style=args.style)
     try:
         path = save(output)
@@ -552,7 +668,7 @@ def _prepare(args: argparse.Namespace):
         print(json.dumps(_plan(args.command, content, style, init, params, config, shape, masks, style_masks, mesh)))
         return None
     _check_memory(content, style, init, params, config, shape, masks, style_masks, mesh)
-    if side_outputs:  # last: a later check must not leave them behind
+    if side_outputs and _writes():  # last: a later check must not leave them behind
         from nst_jax.io import save_image
 
         for side, image in zip(side_outputs, (content, style[0]), strict=True):
@@ -581,7 +697,7 @@ def _limit_per_device(mesh) -> int | None:
 
     from nst_jax.sweep import available_memory
 
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     free = available_memory(device)
     if free is not None and mesh is not None and device.platform == "cpu":
         free //= mesh.size  # forced host devices (XLA_FLAGS) all live in this process's RAM
@@ -696,7 +812,7 @@ def _check_memory_roughly(config: StyleConfig, final: tuple[int, int], styles, d
     from nst_jax.image import fit_long_side
     from nst_jax.sweep import available_memory
 
-    free = available_memory(jax.devices()[0])
+    free = available_memory(jax.local_devices()[0])
     if free is None:
         return
     h, w = final
@@ -797,12 +913,16 @@ def _run(
     content, style, init, params, config: StyleConfig, output: Path, shape, resume, masks, style_masks, mesh,
     quiet: bool,
 ) -> int:  # fmt: skip
+    import jax
+
     from nst_jax.checkpoint import CheckpointError
     from nst_jax.stylize import Interrupted, stylize
 
     _use_persistent_compilation_cache()
-    progress = _Progress(output, config, quiet)
-    checkpoint = str(_checkpoint_path(output))
+    writes = _writes()  # several processes run one image together; process 0 writes it
+    progress = _Progress(output, config, quiet or not writes, writes)
+    # Checkpoints are of one process's state (--coordinator refuses --resume and --checkpoint-every).
+    checkpoint = str(_checkpoint_path(output)) if jax.process_count() == 1 else None
     try:
         result = stylize(
             content, style, config, params=params, init=init, callback=progress, shape=shape,
@@ -812,6 +932,8 @@ def _run(
         print(f"nst-jax: error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
+        if not writes:
+            return 130
         # The named output is replaced only by a finished result; the unfinished one goes beside it.
         side = _side_file(output, "interrupted")
         _save_result(side, e.result.image)
@@ -824,6 +946,8 @@ def _run(
         return 130
     if not quiet and sys.stderr.isatty():
         print(file=sys.stderr)
+    if not writes:
+        return 0 if result.finite else 1
     if not result.finite:
         if result.num_steps == 0:
             print("nst-jax: the loss was not finite at the first step; nothing written", file=sys.stderr)
@@ -877,6 +1001,7 @@ def main(argv: list[str] | None = None) -> int:
                 _, info = load_params(args.weights)
                 print(describe(info))
                 return 0
+            _join_processes(args)
             prepared = _prepare_sweep(args) if args.command == "sweep" else _prepare(args)
         except _USER_ERRORS as e:
             print(f"nst-jax: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # always one line

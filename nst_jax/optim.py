@@ -209,6 +209,18 @@ def shard_rows(tree, shape: tuple[int, ...], mesh: Mesh):
     return jax.tree.map(place, tree)
 
 
+def to_host(x: jax.Array) -> np.ndarray:
+    """``x`` as a numpy array, gathered from every process when it spans several (a multi-process mesh).
+
+    Every process must call it at the same point: the gather is a collective.
+    """
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def clip_to_box(loss_fn, state: LoopState) -> LoopState:
     """Clips the image into [0, 1]; re-evaluates loss and gradient only if a pixel moved."""
     clipped = jnp.clip(state.image, 0.0, 1.0)

@@ -555,7 +555,7 @@ def optimize(
                 rate = (done - warm[1]) / (now - warm[0])
                 eta = (config.num_steps - done) / rate
             if callback is not None:
-                image_in_box = jnp.clip(state.image, 0.0, 1.0)
+                image_in_box = jnp.clip(optim.to_host(state.image), 0.0, 1.0)
                 report = Progress(
                     done, config.num_steps, float(state.value), image_in_box, now - start, int(state.num_evals),
                     steps_per_second=rate, eta=eta,
@@ -584,7 +584,7 @@ def check_rows(rows: int, mesh: Mesh | None, what: str = "image") -> None:
 def _result(terms_fn, state, history, start) -> Result:
     terms = terms_fn(state.image)
     return Result(
-        image=np.clip(np.asarray(state.image), 0.0, 1.0),
+        image=np.clip(optim.to_host(state.image), 0.0, 1.0),
         loss=float(state.value),
         terms={k: float(v) for k, v in terms.items()},
         history=history,

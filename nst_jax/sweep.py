@@ -69,6 +69,18 @@ class SweepProgress(NamedTuple):
 KIND = "sweep"  # what our marker file in a sweep's folder says (nst_jax.files.MARKER)
 
 
+class SweepPlan(NamedTuple):
+    """What :func:`sweep` with ``dry_run=True`` returns: the plan at the output's size, nothing optimised."""
+
+    shape: tuple[int, int]  # (height, width) of the output
+    members: int  # settings in the sweep
+    batch_size: int  # members per compiled program (what fits, or the batch_size asked for)
+    devices: int  # devices the batch is split over
+    bytes_per_device: int  # XLA's memory analysis of that program, per device
+    limit_bytes: int | None  # free memory of one device (the host's on CPU)
+    memory_fraction: float  # share of limit_bytes a batch may use
+
+
 class SweepResult(NamedTuple):
     """Outcome of :func:`sweep`; member i's settings are ``settings[i]``."""
 
@@ -296,7 +308,12 @@ def _final_terms(objectives, images, style_batched):
 
 
 def available_memory(device: jax.Device) -> int | None:
-    """Bytes one device can hold: the accelerator's limit, or the host's available RAM on CPU."""
+    """Bytes one device can hold: the accelerator's limit, or the host's available RAM on CPU.
+
+    A device of another process (a multi-process mesh) is measured by this process's first one.
+    """
+    if getattr(device, "process_index", 0) != jax.process_index():
+        device = jax.local_devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
@@ -329,7 +346,8 @@ def sweep(
     init: jax.Array | None = None,
     progress: bool = False,
     network: FeatureNetwork | None = None,
-) -> SweepResult:
+    dry_run: bool = False,
+) -> SweepResult | SweepPlan:
     """Optimises one image per combination of the swept settings, B at a time in one compiled program.
 
     Args:
@@ -353,6 +371,8 @@ def sweep(
       progress: draw a progress bar per batch (tqdm's ``auto``; see :mod:`nst_jax.progress`).
       network: any feature network (:func:`nst_jax.network.from_flax`) with ``config.network ==
         "custom"`` and its parameters as ``params``; ``None``: VGG.
+      dry_run: return the :class:`SweepPlan` of the output's size (the batch that fits and its
+        memory per device, from the compiled program) instead of optimising.
 
     Coarse to fine as :func:`~nst_jax.stylize.stylize` (``config.num_scales`` or ``scales``):
     the whole sweep runs at each stage's size, each member starting from its own result of
@@ -369,7 +389,7 @@ def sweep(
         try:
             return sweep(
                 content, style, config, axes, params=params, product=product, batch_size=batch_size, devices=devices,
-                shape=shape, callback=bar, memory_fraction=memory_fraction, init=init, network=network,
+                shape=shape, callback=bar, memory_fraction=memory_fraction, init=init, network=network, dry_run=dry_run,
             )  # fmt: skip
         finally:
             bar.close()
@@ -406,6 +426,12 @@ def sweep(
     for member_config, member_styles in zip(configs, styles or [style] * len(configs), strict=True):
         check_sizes(member_config, final, [jnp.shape(member_styles)[:2]], content is not None, network=network)
     sizes = config.stage_sizes(max(final))
+    if dry_run and (len(sizes) > 1 or sizes[-1] != max(final)):  # the last stage is the largest program
+        return sweep(
+            content, style, config.replace(scales=(), num_scales=1, size=max(final)), axes, params=params,
+            product=product, batch_size=batch_size, devices=devices, shape=shape, memory_fraction=memory_fraction,
+            init=init, network=network, dry_run=True,
+        )  # fmt: skip
     if len(sizes) > 1 or sizes[-1] != max(final):
         return _coarse_to_fine(
             content, style, config, axes, final, sizes, init,
@@ -462,6 +488,12 @@ def sweep(
     total = len(configs)
     run = _BatchRunner(objectives, images, config, style_batched, optimizer, mesh)
     size = run.choose_batch_size(total, batch_size, memory_fraction)
+    if dry_run:
+        return SweepPlan(
+            shape=tuple(int(n) for n in final), members=total, batch_size=size, devices=len(devices),
+            bytes_per_device=run.bytes_per_device, limit_bytes=available_memory(devices[0]),
+            memory_fraction=memory_fraction,
+        )  # fmt: skip
 
     outputs = []
     iterations = 0
@@ -472,7 +504,7 @@ def sweep(
         outputs.append(state)
         iterations += count
     state = jax.tree.map(lambda *x: np.concatenate(x)[:total], *outputs)
-    mean_squares = {k: np.broadcast_to(np.asarray(v), (total,)) for k, v in target_mean_squares(objectives).items()}
+    mean_squares = {k: np.broadcast_to(optim.to_host(v), (total,)) for k, v in target_mean_squares(objectives).items()}
     weighted, raw = state["weighted"], state["raw"]
     axis_labels = {name: _label(list(v.keys()) if isinstance(v, Mapping) else list(v)) for name, v in axes.items()}
     return SweepResult(
@@ -601,8 +633,8 @@ class _BatchRunner:
                     batch,
                     num_batches,
                     chosen,
-                    np.asarray(member_steps)[: len(chosen)],
-                    np.asarray(state.value)[: len(chosen)],
+                    optim.to_host(member_steps)[: len(chosen)],
+                    optim.to_host(state.value)[: len(chosen)],
                     count,
                     time.perf_counter() - start,
                 )
@@ -618,7 +650,7 @@ class _BatchRunner:
             "weighted": weighted,
             "raw": raw,
         }
-        return jax.tree.map(lambda x: np.asarray(x)[: len(chosen)], out), count
+        return jax.tree.map(lambda x: optim.to_host(x)[: len(chosen)], out), count  # gathered from every process
 
 
 def _format(value) -> str:

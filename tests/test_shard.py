@@ -151,3 +151,79 @@ def test_dry_run_prints_one_json_line_and_writes_nothing(tmp_path, capsys, comma
     assert {"bytes_per_device", "limit_bytes", "fits"} <= set(plan)
     assert not any(out.parent.iterdir())
     assert np.isfinite(plan["bytes_per_device"])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(argv_of, tmp_path):
+    """Runs ``nst-jax`` in two processes on localhost (JAX's gloo CPU collectives); returns their results."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cluster = lambda i: ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "nst_jax", *argv_of(i), *cluster(i), "--coordinator-timeout", "120"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    return outs
+
+
+def test_two_processes_equal_one(tmp_path, real_params):
+    from PIL import Image
+
+    content, style = tmp_path / "c.png", tmp_path / "s.png"
+    save_image(content, samples.village(32, 32))
+    save_image(style, samples.swirls(32, 32))
+    # One image split by rows over the two processes' devices; process 0 alone writes.
+    common = ["stylize", str(content), str(style), "--size", "32", "--steps", "3", "-q"]
+    _two_processes(lambda i: [*common, "-o", str(tmp_path / f"two{i}.png"), "--shard-image"], tmp_path)
+    assert (tmp_path / "two0.png").is_file() and not (tmp_path / "two1.png").exists()
+    assert cli.main([*common, "-o", str(tmp_path / "one.png")]) == 0
+    two = np.asarray(Image.open(tmp_path / "two0.png"), np.int16)
+    one = np.asarray(Image.open(tmp_path / "one.png"), np.int16)
+    assert np.abs(two - one).max() <= 2  # 8-bit levels
+    # A sweep's members spread over the two processes.
+    common = ["sweep", str(content), str(style), "--size", "32", "--steps", "3", "-q"]
+    common += ["--vary", "style_weight=10,100,1e3"]
+    _two_processes(lambda i: [*common, "-o", str(tmp_path / f"sweep{i}")], tmp_path)
+    assert (tmp_path / "sweep0" / "sweep.json").is_file() and not (tmp_path / "sweep1").exists()
+    assert cli.main([*common, "-o", str(tmp_path / "sweep")]) == 0
+    losses = lambda folder: [m["loss"] for m in json.loads((tmp_path / folder / "sweep.json").read_text())["members"]]
+    np.testing.assert_allclose(losses("sweep0"), losses("sweep"), rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--coordinator", "127.0.0.1:{port}", "--num-processes", "2", "--process-id", "1",
+          "--coordinator-timeout", "2"], "--coordinator 127.0.0.1:{port} did not answer within 2 s"),
+        (["--num-processes", "2"], "--num-processes and --process-id need --coordinator HOST:PORT"),
+        (["--coordinator", "nowhere"], "--coordinator must look like HOST:PORT or be 'auto', got 'nowhere'"),
+        (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"], "--process-id must be in 0..1"),
+        (["--coordinator", "h:1", "--num-processes", "2", "--process-id", "0", "--checkpoint-every", "5"],
+         "checkpoints (--resume, --checkpoint-every) are for one process only"),
+    ],
+)  # fmt: skip
+def test_coordinator_mistakes_are_one_line(tmp_path, capsys, extra, match):
+    port = _free_port()
+    extra = [a.format(port=port) for a in extra]
+    out = tmp_path / "o.png"
+    assert cli.main(["demo", "-o", str(out), "--size", "32", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nst-jax: error: ") and err.count("\n") == 1 and match.format(port=port) in err
+    assert not out.exists()
