@@ -691,16 +691,17 @@ def _image_mesh(args: argparse.Namespace):
     return image_mesh()
 
 
-def _limit_per_device(mesh) -> int | None:
-    """Bytes free for each device of ``mesh`` (one device without): CPU devices share the host's memory."""
+def _limit_per_device(sharded: bool) -> int | None:
+    """Bytes free for one device: an accelerator's own; on CPU the host's, shared by this process's devices
+    when the image is split over them (forced host devices add no memory)."""
     import jax
 
     from nst_jax.sweep import available_memory
 
     device = jax.local_devices()[0]
     free = available_memory(device)
-    if free is not None and mesh is not None and device.platform == "cpu":
-        free //= mesh.size  # forced host devices (XLA_FLAGS) all live in this process's RAM
+    if free is not None and sharded and device.platform == "cpu":
+        free //= len(jax.local_devices())
     return free
 
 
@@ -716,7 +717,7 @@ def _plan(command, content, style, init, params, config: StyleConfig, shape, mas
     )  # fmt: skip
     start = time.perf_counter()
     per_device = needed(mesh)
-    free = _limit_per_device(mesh)
+    free = _limit_per_device(mesh is not None)
     plan = {
         "command": command,
         "shape": [h, w],
@@ -807,12 +808,10 @@ def _check_memory_roughly(config: StyleConfig, final: tuple[int, int], styles, d
 
     ``devices``: how many devices the image's rows are split over (--shard-image).
     """
-    import jax
 
     from nst_jax.image import fit_long_side
-    from nst_jax.sweep import available_memory
 
-    free = available_memory(jax.local_devices()[0])
+    free = _limit_per_device(devices > 1)
     if free is None:
         return
     h, w = final
@@ -823,7 +822,7 @@ def _check_memory_roughly(config: StyleConfig, final: tuple[int, int], styles, d
         raise ValueError(
             f"`size` {max(h, w)} ({h}x{w} output) needs about {needed / 2**30:.0f} GiB{where}, far more than the "
             f"{free / 2**30:.1f} GiB of memory available; the largest size that fits is about {fits}"
-            + _sharding_hint(needed * devices, free, devices)
+            + _sharding_hint(needed * devices, devices)
         )
     for style in styles:
         if config.style_scale != 1.0:
@@ -845,16 +844,20 @@ _ROUGH_BYTES_PER_PIXEL = 3200
 _RSS_OVER_ANALYSIS = 1.25
 
 
-def _sharding_hint(needed_on_one: float, free: int, devices: int) -> str:
-    """ ", fits with --shard-image over N devices" where splitting the rows would make it fit (a rough share)."""
+def _sharding_hint(needed_on_one: float, devices: int) -> str:
+    """ "; it would fit with --shard-image ..." where splitting the rows over every device would make it fit.
+
+    A rough share (the replicated weights and the halos come on top); nothing where the split adds no
+    memory (forced host devices of one CPU) or is already in use.
+    """
     import jax
 
     count = len(jax.devices())
-    if devices > 1 or count == 1:
+    budget = _limit_per_device(True)
+    if devices > 1 or count == 1 or budget is None or needed_on_one / count > budget:
         return ""
-    if needed_on_one / count < free:
-        return f"; it fits with --shard-image over the {count} devices"
-    return f"; even --shard-image over the {count} devices would not make it fit"
+    each = needed_on_one / count / 2**30
+    return f"; it would fit with --shard-image over the {count} devices (about {each:.1f} GiB each)"
 
 
 def _check_memory(content, style, init, params, config: StyleConfig, shape, masks, style_masks, mesh=None) -> None:
@@ -863,7 +866,7 @@ def _check_memory(content, style, init, params, config: StyleConfig, shape, mask
     from nst_jax.stylize import memory_needed
 
     h, w = shape if content is None else content.shape[:2]
-    free = _limit_per_device(mesh)
+    free = _limit_per_device(mesh is not None)
     devices = 1 if mesh is None else mesh.size
     if free is None or _RSS_OVER_ANALYSIS * _ROUGH_BYTES_PER_PIXEL * h * w / devices < free / 2:
         return
@@ -877,7 +880,7 @@ def _check_memory(content, style, init, params, config: StyleConfig, shape, mask
         raise ValueError(
             f"`size` {config.size} ({h}x{w} output) needs about {needed / 2**30:.1f} GiB{where}, more than the "
             f"{free / 2**30:.1f} GiB of memory available; the largest size that fits is about {fits}"
-            + _sharding_hint(needed, free, devices)
+            + _sharding_hint(needed, devices)
         )
 
 

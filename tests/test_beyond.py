@@ -120,10 +120,11 @@ def test_cli_texture_and_reconstruct(tmp_path, real_params):
 
     with Image.open(tmp_path / "t.png") as image:
         assert image.size == (40, 24)
+    # --size 32: the default 512 px would run 200-step coarse stages first (minutes)
     argv = ["reconstruct", str(photo), "-o", str(tmp_path / "r.png"), "--layers", "relu2_1", "--steps", "2", "-q"]
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--size", "32"]) == 0
     argv = ["reconstruct", str(photo), "-o", str(tmp_path / "g.png"), "--from", "style", "--layers", "relu1_1,relu2_1"]
-    assert cli.main([*argv, "--steps", "2", "-q"]) == 0
+    assert cli.main([*argv, "--steps", "2", "-q", "--size", "32"]) == 0
     assert (tmp_path / "r.png").exists() and (tmp_path / "g.png").exists()
 
 

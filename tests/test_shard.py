@@ -100,8 +100,8 @@ assert not any(out.iterdir())
 # Rows that do not divide: one line naming sizes that do.
 assert cli.main(["demo", "-o", str(out / "demo.png"), "--size", "66", "--shard-image", "--steps", "2", "-q"]) == 2
 
-# A size that fits only when split says so.
-sys.modules["nst_jax.sweep"].available_memory = lambda device: 5 * 2**20  # (nst_jax.sweep is the function)
+# A size that fits only when split says so: as on GPUs, each device with its own (here 5 MiB) memory.
+cli._limit_per_device = lambda sharded: 5 * 2**20
 assert cli.main(["demo", "-o", str(out / "demo.png"), "--size", "64", "--steps", "2", "-q"]) == 2
 print("ok")
 """
@@ -118,7 +118,7 @@ def test_cli_shard_image_and_dry_run(tmp_path):
         "nst-jax: error: --shard-image: the output's 50 rows do not split evenly over 4 devices; "
         "--size 64 or 69 gives 48 or 52 rows"
     )
-    assert "it fits with --shard-image over the 4 devices" in errors[1]
+    assert "it would fit with --shard-image over the 4 devices" in errors[1]
     assert not any(tmp_path.iterdir())
 
 
