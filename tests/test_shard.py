@@ -18,10 +18,12 @@ from nst_jax import cli, samples, save_image
 FOUR = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
 
 
-def _run_four(code: str, timeout: int = 900) -> str:
+def _run_four(code: str, cwd, timeout: int = 900) -> str:
+    # cwd: not the checkout, whose ./nst_jax (without nst_jax.converters) would shadow the installed package
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=FOUR, capture_output=True, text=True, timeout=timeout
-    )
+        [sys.executable, "-c", textwrap.dedent(code)], env=FOUR, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+    )  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-2000:] + done.stderr[-4000:]
     return done.stdout
 
@@ -76,8 +78,8 @@ print("ok")
 """
 
 
-def test_a_sharded_image_equals_the_one_device_run():
-    _run_four(_EQUAL)
+def test_a_sharded_image_equals_the_one_device_run(tmp_path):
+    _run_four(_EQUAL, tmp_path)
 
 
 _CLI = """
@@ -86,6 +88,7 @@ from pathlib import Path
 from nst_jax import cli
 
 out = Path(sys.argv[1])
+out.mkdir()
 argv = ["demo", "-o", str(out / "demo.png"), "--size", "64", "--steps", "2", "-q", "--shard-image"]
 
 # The plan: one JSON line on stdout, nothing written.
@@ -109,8 +112,8 @@ print("ok")
 
 def test_cli_shard_image_and_dry_run(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_CLI), str(tmp_path)], env=FOUR, capture_output=True, text=True,
-        timeout=900,
+        [sys.executable, "-c", textwrap.dedent(_CLI), str(tmp_path / "out")], env=FOUR, capture_output=True,
+        text=True, timeout=900, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-2000:] + done.stderr[-4000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("nst-jax: error:")]
@@ -119,7 +122,7 @@ def test_cli_shard_image_and_dry_run(tmp_path):
         "--size 64 or 69 gives 48 or 52 rows"
     )
     assert "it would fit with --shard-image over the 4 devices" in errors[1]
-    assert not any(tmp_path.iterdir())
+    assert not any((tmp_path / "out").iterdir())
 
 
 def test_shard_image_with_one_device_is_a_no_op_said_once(tmp_path, capsys, real_params):
