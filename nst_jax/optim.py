@@ -204,9 +204,23 @@ def shard_rows(tree, shape: tuple[int, ...], mesh: Mesh):
         sharding = NamedSharding(mesh, spec)
         if isinstance(x, jax.ShapeDtypeStruct):
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-        return jax.device_put(x, sharding)
+        return put(x, sharding)
 
     return jax.tree.map(place, tree)
+
+
+def put(x, sharding: NamedSharding) -> jax.Array:
+    """``jax.device_put(x, sharding)`` that also works when the mesh spans several processes.
+
+    Every process passes the same value; each places its own devices' shards of it. (Older
+    jax versions refuse ``device_put`` onto devices of other processes.)
+    """
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # already global: reshard in a program
+        return jax.jit(lambda a: a, out_shardings=sharding)(x)
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -577,12 +577,12 @@ class _BatchRunner:
         batched = NamedSharding(self.mesh, PartitionSpec("batch"))
         shared = NamedSharding(self.mesh, PartitionSpec())
         take = lambda ax, tree: jax.tree.map(
-            lambda x: jax.device_put(x if ax is None else x[index], shared if ax is None else batched), tree
+            lambda x: optim.put(x if ax is None else x[index], shared if ax is None else batched), tree
         )
         objectives = jax.tree.map(
             take, _objective_axes(self.objectives, self.style_batched), self.objectives, is_leaf=lambda x: x is None
         )
-        return objectives, jax.device_put(self.images[index], batched)
+        return objectives, optim.put(self.images[index], batched)
 
     def _compile(self, size: int):
         objectives, images = self._batch(range(min(size, self.images.shape[0])), size)
@@ -622,7 +622,8 @@ class _BatchRunner:
         objectives, images = self._batch(chosen, size)
         steps = jnp.asarray(self.config.num_steps, jnp.int32)
         # Pinned to the batch sharding the loop was compiled for (XLA may lay out small leaves otherwise).
-        state = jax.device_put(init(objectives, images, steps), NamedSharding(self.mesh, PartitionSpec("batch")))
+        batched = NamedSharding(self.mesh, PartitionSpec("batch"))
+        state = jax.tree.map(lambda x: optim.put(x, batched), init(objectives, images, steps))
         count = 0
         while not bool(jnp.all(_done(state, steps))):
             state, chunk = run(objectives, state, steps, jnp.asarray(self.config.chunk_size, jnp.int32))
