@@ -731,10 +731,11 @@ def _plan(command, content, style, init, params, config: StyleConfig, shape, mas
         "fits": free is None or _RSS_OVER_ANALYSIS * per_device <= free,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    if not plan["fits"] and mesh is None and len(jax.devices()) > 1 and h % len(jax.devices()) == 0:
-        from nst_jax.optim import image_mesh
+    from nst_jax.optim import image_mesh, rows_divide
 
-        sharded = needed(image_mesh())
+    every = image_mesh()
+    if not plan["fits"] and mesh is None and every.size > 1 and rows_divide(h, every):
+        sharded = needed(every)
         plan["bytes_per_device_sharded"] = sharded
         plan["fits_sharded"] = _RSS_OVER_ANALYSIS * sharded <= free
     return plan
@@ -772,7 +773,9 @@ def _check_shapes(args: argparse.Namespace, config: StyleConfig, mesh=None) -> N
                 f"--init must be one of {', '.join(INITS)} or an image file, got {config.init!r} (no such file)"
             )
         image_shape(config.init, "init")  # a folder or a bomb: now
-    if mesh is not None and final[0] % mesh.size:
+    from nst_jax.optim import rows_divide
+
+    if not rows_divide(final[0], mesh):
         raise _UsageError(_rows_message(args, config, final, mesh.size))
     if not getattr(args, "dry_run", False):  # a dry run reports what does not fit instead
         _check_memory_roughly(config, final, styles, 1 if mesh is None else mesh.size)

@@ -94,9 +94,7 @@ def _init_loop(loss_fn, optimizer, image, mesh=None):
     # a step: tracing one costs ~1.2 s at every start, which the compilation cache cannot save.)
     state = jax.tree.map(lambda x: jax.lax.convert_element_type(x, x.dtype), state)
     if mesh is not None:  # optax's zeros would otherwise be replicated: 2 x memory_size images on every device
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-        shardings = jax.tree.map(lambda a: a.sharding, shard_rows(abstract, image.shape, mesh))
-        state = jax.lax.with_sharding_constraint(state, shardings)
+        state = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, row_sharding(x, image.shape, mesh)), state)
     return state
 
 
@@ -193,20 +191,22 @@ def shard_rows(tree, shape: tuple[int, ...], mesh: Mesh):
 
     Leaves may be arrays or ``jax.ShapeDtypeStruct`` (then the result is abstract too, for a plan).
     """
-    shape = tuple(shape)
 
     def place(x):
-        ndim = len(jnp.shape(x))
-        if ndim >= len(shape) and tuple(jnp.shape(x)[ndim - len(shape) :]) == shape:
-            spec = PartitionSpec(*([None] * (ndim - len(shape))), ROWS, *([None] * (len(shape) - 1)))
-        else:
-            spec = PartitionSpec()
-        sharding = NamedSharding(mesh, spec)
+        sharding = row_sharding(x, shape, mesh)
         if isinstance(x, jax.ShapeDtypeStruct):
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
         return put(x, sharding)
 
     return jax.tree.map(place, tree)
+
+
+def row_sharding(x, shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
+    """Split by rows over ``mesh`` if ``x`` ends in ``shape`` (an image-shaped leaf), else replicated."""
+    shape, ndim = tuple(shape), len(jnp.shape(x))
+    if ndim >= len(shape) and tuple(jnp.shape(x)[ndim - len(shape) :]) == shape:
+        return NamedSharding(mesh, PartitionSpec(*([None] * (ndim - len(shape))), ROWS, *([None] * (len(shape) - 1))))
+    return NamedSharding(mesh, PartitionSpec())
 
 
 def put(x, sharding: NamedSharding) -> jax.Array:

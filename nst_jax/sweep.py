@@ -491,7 +491,7 @@ def sweep(
     if dry_run:
         return SweepPlan(
             shape=tuple(int(n) for n in final), members=total, batch_size=size, devices=len(devices),
-            bytes_per_device=run.bytes_per_device, limit_bytes=available_memory(devices[0]),
+            bytes_per_device=run.bytes_per_device, limit_bytes=run.limit_bytes,
             memory_fraction=memory_fraction,
         )  # fmt: skip
 
@@ -603,7 +603,7 @@ class _BatchRunner:
         num_devices = self.mesh.devices.size
         round_up = lambda n: num_devices * math.ceil(n / num_devices)
         size = round_up(min(total, batch_size) if batch_size else total)
-        limit = available_memory(self.mesh.devices.flat[0])
+        limit = self.limit_bytes = available_memory(self.mesh.devices.flat[0])
         while True:
             self.programs = self._compile(size)
             needed = max(optim.program_bytes(p) for p in self.programs)
