@@ -137,9 +137,13 @@ def _open(path: Path, what: str):
 
 def image_shape(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
     """``(height, width)`` of an image file as :func:`load_image` would return it, from its header alone."""
-    with _open(Path(path), what) as opened:
+    with _open(Path(path), what) as opened, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         w, h = opened.size
-        orientation = opened.getexif().get(0x0112, 1) if hasattr(opened, "getexif") else 1
+        try:  # a PNG's EXIF may follow its pixels: Pillow reads on, and a truncated file fails here
+            orientation = opened.getexif().get(0x0112, 1) if hasattr(opened, "getexif") else 1
+        except (OSError, SyntaxError, ValueError, struct.error) as e:
+            raise ValueError(f"`{what}`: {str(path)!r} is not a readable image ({e})") from None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 

@@ -238,6 +238,15 @@ def test_hostile_image_headers_are_one_line(tmp_path, capsys, images, width, hei
     assert not out.exists()
 
 
+def test_a_png_cut_inside_its_pixels_is_one_line(tmp_path, capsys, images):
+    # Found by the web page's upload test: reading a PNG's EXIF reads on through the pixels.
+    whole = images[0].read_bytes()
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole[: len(whole) // 3])
+    one_line_error(capsys, ["stylize", str(cut), str(images[1]), "-o", str(tmp_path / "o.png")], "cut.png")
+    assert not (tmp_path / "o.png").exists()
+
+
 def test_a_whole_png_is_read_whatever_its_layout(tmp_path):
     from PIL import Image
 
