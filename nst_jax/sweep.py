@@ -64,6 +64,11 @@ class SweepProgress(NamedTuple):
     losses: np.ndarray  # [batch] each member's current loss
     iterations: int  # batched evaluations of this batch so far
     seconds: float  # wall time since the sweep started
+    # The batch's current images, [len(members), h, w, 3], clipped to [0, 1] (np.asarray copies them to the host);
+    # None when the sweep spans several processes (no process holds the whole batch).
+    images: Any = None
+    stage: int = 0  # coarse-to-fine stage (0-based; the last is the output's size)
+    num_stages: int = 1
 
 
 KIND = "sweep"  # what our marker file in a sweep's folder says (nst_jax.files.MARKER)
@@ -106,6 +111,34 @@ class SweepResult(NamedTuple):
 
         images, rows, columns, row_title, column_title = _grid(self)
         return png_bytes(contact_sheet(images, rows, columns, row_title=row_title, column_title=column_title))
+
+
+def parse_axis(text: str, what: str = "--vary") -> tuple[str, list]:
+    """``NAME=V1,V2,...`` -> ``(name, values)`` for :func:`sweep` (the CLI's ``--vary`` and the web page's sweep).
+
+    ``style_layers`` sets are joined by ``+`` (``relu1_1+relu2_1``), ``layer_weights`` vectors by ``:``.
+    A swept style takes images, not text: it is not an axis here.
+    """
+    name, sep, values = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or not values.strip():
+        raise ValueError(f"{what} must look like NAME=V1,V2,..., got {text!r}")
+    if name not in SWEEP_AXES or name == "style":
+        valid = ", ".join(a for a in SWEEP_AXES if a != "style")
+        raise ValueError(
+            f"{what} has unknown axis {name!r}; valid axes are {valid} (give several style images to sweep styles)"
+        )
+    parts = [part.strip() for part in values.split(",") if part.strip()]
+    try:
+        if name == "seed":
+            return name, [int(p) for p in parts]
+        if name == "style_layers":
+            return name, [tuple(layer.strip() for layer in p.split("+")) for p in parts]
+        if name == "layer_weights":
+            return name, [tuple(float(w) for w in p.split(":")) for p in parts]
+        return name, [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{what} {name}: cannot read {values!r} as {name} values") from None
 
 
 def members(axes: Mapping[str, Sequence], product: bool = True) -> list[dict[str, Any]]:
@@ -546,6 +579,11 @@ def _coarse_to_fine(content, style, config: StyleConfig, axes, final, sizes, ini
             init_images = jnp.stack([resize(image, stage_shape) for image in previous])
         else:
             init_images = None
+        stage_options = dict(options)
+        if options.get("callback") is not None:
+            stage_options["callback"] = lambda p, stage=stage, callback=options["callback"]: callback(
+                p._replace(stage=stage, num_stages=len(sizes))
+            )
         result = sweep(
             None if content is None else resize(content, stage_shape),
             None if style is None else scaled(style),
@@ -555,7 +593,7 @@ def _coarse_to_fine(content, style, config: StyleConfig, axes, final, sizes, ini
             stage_axes,
             shape=stage_shape,
             init=init_images,
-            **options,
+            **stage_options,
         )
         stage_totals = (result.steps, result.evals, result.iterations, result.seconds)
         totals = stage_totals if totals is None else tuple(a + b for a, b in zip(totals, stage_totals, strict=True))
@@ -638,6 +676,7 @@ class _BatchRunner:
                     optim.to_host(state.value)[: len(chosen)],
                     count,
                     time.perf_counter() - start,
+                    jnp.clip(state.image[: len(chosen)], 0.0, 1.0) if jax.process_count() == 1 else None,
                 )
                 if callback(progress):
                     break

@@ -109,8 +109,15 @@ def test_coarse_to_fine_sweep_continues_each_member_from_its_own_result(real_par
     content, style_a, style_b = pictures
     config = SMALL.replace(scales=(20, 40), coarse_steps=5, num_steps=4)
     axes = {"style": {"a": style_a, "b": style_b}}
-    staged = sweep(content, None, config, axes, params=real_params)
+    seen = []
+    staged = sweep(content, None, config, axes, params=real_params, callback=seen.append)
     assert staged.images.shape == (2, 32, 40, 3) and list(staged.steps) == [9, 9]
+    # The callback sees each stage and the members' current images (the web page's grid fills from them).
+    assert [(p.stage, p.num_stages, np.shape(p.images)) for p in (seen[0], seen[-1])] == [
+        (0, 2, (2, 16, 20, 3)),
+        (1, 2, (2, 32, 40, 3)),
+    ]
+    np.testing.assert_array_equal(np.asarray(seen[-1].images), staged.images)
     small = lambda image: resize(image, fit_long_side(image.shape[:2], 20))
     single = config.replace(scales=(), num_scales=1)
     # the content is halved; styles under 64 px are kept as they are (their deepest maps would vanish)

@@ -1,0 +1,639 @@
+"""The web page's work (``nst-jax serve``): uploads, and a queue of runs in front of the library.
+
+No web framework here: :mod:`nst_jax.serve` turns requests into calls of :class:`Jobs`, and
+:class:`Jobs` calls the same code as the CLI (:func:`~nst_jax.io.load_image` with its checks
+of foreign files, :class:`~nst_jax.config.StyleConfig`, :func:`~nst_jax.stylize.stylize`,
+:func:`~nst_jax.sweep.sweep`, the CLI's memory checks). One run at a time on the device, in
+one worker thread; later runs wait in one queue, first come first served.
+
+Who sees what: every browser gets a session (a random cookie, :mod:`nst_jax.serve`). The
+queue is shared, because the device is: a session sees how many runs are ahead of its own,
+but never another session's uploads, pictures, settings or results (asking for one by its
+id answers "no such ..."). Tabs of one browser share the cookie, so they share their
+uploads, queue and results: they are one person's.
+
+Nothing a client sends becomes a path: uploads are stored under names made here, in a
+temporary folder of this server's, removed by :meth:`Jobs.close`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+import traceback
+import typing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nst_jax.config import INITS, StyleConfig
+
+log = logging.getLogger("nst_jax.serve")
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+KINDS = ("stylize", "sweep")
+# Shown first on the page, in this order; the rest go under "More options".
+COMMON_FIELDS = ("size", "num_steps", "style_weight", "preserve_colour", "style_scale", "padding", "init", "seed")
+# Settings the page may not set: they name files on the server's disk (the weights are the
+# server's --weights; init takes a name, never a path) or write beside an output it does not have.
+SERVER_ONLY_FIELDS = ("weights", "save_every", "checkpoint_every", "network")
+# Values a sweep may have on the page (each value is a whole run at the batch's size).
+MAX_SWEEP_MEMBERS = 8
+THUMBNAIL_SIDE = 192
+ID_LENGTH = 16  # bytes of randomness in every id (uploads, jobs, sessions)
+
+
+class JobError(ValueError):
+    """A request the page cannot have: its message is shown on the page as it is."""
+
+
+class NotFound(KeyError):
+    """No such upload or job in this session (also what another session's ids answer)."""
+
+
+def new_id() -> str:
+    return secrets.token_urlsafe(ID_LENGTH)
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What one server accepts; every cap is checked before anything is decoded or queued."""
+
+    max_size: int = 1024  # largest output long side (--size) a page may ask for
+    max_upload_bytes: int = 25 * 2**20  # bytes of one uploaded file
+    max_upload_pixels: int = 50_000_000  # pixels an uploaded image's header may declare
+    max_uploads: int = 200  # uploads kept per session
+    max_queued: int = 20  # runs a session may have queued or running at once
+    max_styles: int = 8  # style images of one run
+
+
+@dataclasses.dataclass
+class Upload:
+    id: str
+    session: str
+    name: str  # what the client called it: shown, never used as a path
+    path: Path  # our PNG of the decoded image
+    shape: tuple[int, int]  # (height, width) as decoded
+    thumbnail: bytes  # PNG, long side THUMBNAIL_SIDE at most
+
+    def public(self) -> dict:
+        return {"id": self.id, "name": self.name, "height": self.shape[0], "width": self.shape[1]}
+
+
+@dataclasses.dataclass
+class Job:
+    id: str
+    session: str
+    kind: str  # stylize or sweep
+    config: StyleConfig
+    content: Upload
+    styles: list[Upload]
+    axis: str | None = None  # sweep: the swept setting ("style": the uploaded styles)
+    values: list = dataclasses.field(default_factory=list)  # sweep: its values
+    state: str = "queued"
+    created: float = dataclasses.field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    progress: dict = dataclasses.field(default_factory=dict)  # the last Progress / SweepProgress, as JSON
+    # PNGs: in memory while the run goes, in the server's folder once it has ended (a long-lived
+    # server's memory does not grow with its runs); read them with `stored`.
+    preview: bytes | Path | None = None  # the image so far (stylize)
+    member_previews: list[bytes | Path | None] = dataclasses.field(default_factory=list)  # each member's (sweep)
+    labels: list[str] = dataclasses.field(default_factory=list)  # sweep: one per member
+    result: bytes | Path | None = None  # the finished image (stylize) or the labelled grid (sweep)
+    version: int = 0  # bumped whenever a preview changes (the page's image URLs carry it)
+    summary: dict = dataclasses.field(default_factory=dict)  # steps, evaluations, loss, seconds of a finished run
+    cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def public(self, position: int | None) -> dict:
+        """What the page sees of a job (``position``: runs ahead of it in the queue, when queued)."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "state": self.state,
+            "position": position,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "error": self.error,
+            "progress": self.progress,
+            "version": self.version,
+            "has_preview": self.preview is not None,
+            "has_result": self.result is not None,
+            "content": self.content.id,
+            "styles": [s.id for s in self.styles],
+            "settings": changed_settings(self.config),
+            "axis": self.axis,
+            "labels": self.labels,
+            "members": [p is not None for p in self.member_previews],
+            "summary": self.summary,
+        }
+
+
+def stored(value: bytes | Path | None) -> bytes | None:
+    """A job's PNG, wherever it is kept."""
+    return value.read_bytes() if isinstance(value, Path) else value
+
+
+def changed_settings(config: StyleConfig) -> dict:
+    """The fields of ``config`` that differ from the defaults, as JSON values (what a job card lists)."""
+    default = StyleConfig()
+    return {
+        f.name: _json(getattr(config, f.name))
+        for f in dataclasses.fields(StyleConfig)
+        if getattr(config, f.name) != getattr(default, f.name)
+    }
+
+
+def _json(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def options() -> list[dict]:
+    """Every setting the page may set, from :class:`StyleConfig` as the CLI's: name, kind, default, help, choices."""
+    hints = typing.get_type_hints(StyleConfig)
+    out = []
+    for f in dataclasses.fields(StyleConfig):
+        if f.name in SERVER_ONLY_FIELDS:
+            continue
+        kind, _, optional = _field_kind(hints[f.name])
+        choices = f.metadata.get("choices")
+        if f.name == "init":
+            choices = INITS
+        out.append(
+            {
+                "name": f.name,
+                "kind": kind,
+                "optional": optional,
+                "default": _json(f.default),
+                "choices": list(choices) if choices else None,
+                "help": f.metadata["help"].replace("a path to an image file", "(an image file: CLI only)"),
+                "common": f.name in COMMON_FIELDS,
+            }
+        )
+    out.sort(key=lambda o: COMMON_FIELDS.index(o["name"]) if o["common"] else len(COMMON_FIELDS))
+    return out
+
+
+def _field_kind(hint) -> tuple[str, type, bool]:
+    """(kind, item type, optional) of a StyleConfig annotation: int, float, str or list (of item type)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    if optional:
+        hint = args[0]
+    if typing.get_origin(hint) is tuple:
+        return "list", typing.get_args(hint)[0], optional
+    return hint.__name__, hint, optional
+
+
+def config_from_settings(settings: Any, limits: Limits) -> StyleConfig:
+    """A :class:`StyleConfig` from the page's settings (JSON), every value checked as the CLI checks it.
+
+    Raises:
+      JobError: an unknown or server-only setting, a value of the wrong type, or one
+        :class:`StyleConfig` refuses; the message names the setting and the valid values.
+    """
+    if not isinstance(settings, dict):
+        raise JobError(f"`settings` must be an object of setting -> value, got {type(settings).__name__}")
+    hints = typing.get_type_hints(StyleConfig)
+    names = [f.name for f in dataclasses.fields(StyleConfig)]
+    values = {}
+    for name, value in settings.items():
+        if name in SERVER_ONLY_FIELDS:
+            raise JobError(f"`{name}` cannot be set from the page (the server's command line sets it)")
+        if name not in names:
+            valid = ", ".join(n for n in names if n not in SERVER_ONLY_FIELDS)
+            raise JobError(f"unknown setting {str(name)[:40]!r}; valid settings are {valid}")
+        values[name] = _coerce(name, value, hints[name])
+    if values.get("init", "content") not in INITS:
+        raise JobError(f"`init` must be one of {', '.join(INITS)}, got {values['init']!r}")
+    try:
+        config = StyleConfig(**values)
+    except (ValueError, TypeError) as e:
+        raise JobError(str(e)) from None
+    if config.scales:  # as the CLI: the last scale is the output's long side
+        config = config.replace(size=config.scales[-1])
+    if config.size > limits.max_size:
+        raise JobError(f"`size` {config.size} is over this server's largest, {limits.max_size} (its --max-size)")
+    return config
+
+
+def _coerce(name: str, value, hint):
+    """One JSON value as the field's type (numbers as given or as text, lists as arrays or comma-separated text)."""
+    kind, item, optional = _field_kind(hint)
+    if optional and (value is None or value == ""):
+        return None
+    bad = JobError(f"`{name}` must be {'a list of ' + item.__name__ if kind == 'list' else 'a ' + kind}, got {value!r}")
+    if kind == "list":
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or len(value) > 64:
+            raise bad
+        return tuple(_scalar(v, item, bad) for v in value)
+    return _scalar(value, item, bad)
+
+
+def _scalar(value, kind: type, bad: JobError):
+    if isinstance(value, bool):
+        raise bad
+    if kind is str:
+        if not isinstance(value, str) or len(value) > 100:
+            raise bad
+        return value
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise bad from None
+    if not isinstance(value, int | float):
+        raise bad
+    if kind is int:
+        if float(value) != int(value):
+            raise bad
+        return int(value)
+    return float(value)
+
+
+class Jobs:
+    """Uploads and runs of one server; a worker thread runs the queue, one job at a time.
+
+    Args:
+      params: the network's parameters (loaded once, by the server, from its --weights).
+      limits: the caps (:class:`Limits`).
+      folder: where uploads and results go; default a new temporary folder, removed by :meth:`close`.
+    """
+
+    def __init__(self, params, limits: Limits = Limits(), folder: str | Path | None = None):
+        self.params, self.limits = params, limits
+        self.folder = Path(tempfile.mkdtemp(prefix="nst-jax-serve-", dir=folder))
+        self.uploads: dict[str, Upload] = {}
+        self.jobs: dict[str, Job] = {}
+        self.queue: collections.deque[Job] = collections.deque()
+        self.sessions: set[str] = set()
+        self.version = 0  # bumped on every change; the page's event stream sends a snapshot when it moves
+        self._lock = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._work, name="nst-jax-jobs", daemon=True)
+        self._worker.start()
+
+    # --- sessions -------------------------------------------------------------------------
+
+    def new_session(self) -> str:
+        session = new_id()
+        with self._lock:
+            self.sessions.add(session)
+        return session
+
+    def _changed(self) -> None:
+        with self._lock:
+            self.version += 1
+            self._lock.notify_all()
+
+    # --- uploads --------------------------------------------------------------------------
+
+    def add_upload(self, session: str, data: bytes, name: str = "") -> Upload:
+        """Checks, decodes and keeps an uploaded image (as our own PNG, under a name made here).
+
+        The checks are :func:`nst_jax.io.load_image`'s (the CLI's reader of foreign files),
+        after this server's caps on bytes and on the pixels the header declares.
+
+        Raises:
+          JobError: too large, not an image, truncated, or too many uploads.
+        """
+        from PIL import Image
+
+        from nst_jax.io import image_shape, load_image, png_bytes, save_image
+
+        name = _display_name(name)
+        if len(data) > self.limits.max_upload_bytes:
+            cap = _mb(self.limits.max_upload_bytes)
+            raise JobError(f"{name!r} is {_mb(len(data))}; this server takes images up to {cap}")
+        if not data:
+            raise JobError(f"{name!r} is empty")
+        with self._lock:
+            if sum(u.session == session for u in self.uploads.values()) >= self.limits.max_uploads:
+                raise JobError(f"this page has {self.limits.max_uploads} images already; reload to start over")
+        upload_id = new_id()
+        raw = self.folder / f"upload-{upload_id}.bin"
+        raw.write_bytes(data)
+        try:
+            try:
+                h, w = image_shape(raw, "upload")
+                if h * w > self.limits.max_upload_pixels:
+                    raise ValueError(
+                        f"{name!r} is {w} x {h} pixels; this server takes images up to "
+                        f"{self.limits.max_upload_pixels // 10**6} megapixels"
+                    )
+                image = load_image(raw, what="upload")
+            except ValueError as e:
+                message = str(e).replace(repr(str(raw)), repr(name)).removeprefix("`upload`: ")
+                raise JobError(message) from None
+        finally:
+            raw.unlink(missing_ok=True)
+        path = save_image(self.folder / f"image-{upload_id}.png", image)
+        thumbnail = Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
+        thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+        upload = Upload(upload_id, session, name, path, image.shape[:2], png_bytes(np.asarray(thumbnail) / 255.0))
+        with self._lock:
+            self.uploads[upload_id] = upload
+        return upload
+
+    def upload(self, session: str, upload_id: str) -> Upload:
+        with self._lock:
+            upload = self.uploads.get(upload_id)
+        if upload is None or upload.session != session:
+            raise NotFound(f"no image {upload_id[:40]!r} on this page")
+        return upload
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def submit(self, session: str, request: Any) -> Job:
+        """Queues a run from the page's request ``{kind, content, styles, settings, vary}``.
+
+        Everything that can be checked before the run is checked here, so a mistake is
+        answered at once: the settings, the images' ids, the sizes (the library's
+        :func:`~nst_jax.stylize.check_sizes`), a quick memory estimate and the sweep's axis.
+
+        Raises:
+          JobError: with the message the page shows.
+          NotFound: an image id that is not this session's.
+        """
+        from nst_jax.image import fit_long_side
+        from nst_jax.stylize import check_sizes
+
+        if not isinstance(request, dict):
+            raise JobError("the request must be a JSON object")
+        kind = request.get("kind", "stylize")
+        if kind not in KINDS:
+            raise JobError(f"`kind` must be one of {', '.join(KINDS)}, got {str(kind)[:40]!r}")
+        config = config_from_settings(request.get("settings", {}), self.limits)
+        if not isinstance(request.get("content"), str):
+            raise JobError("choose a content image first")
+        content = self.upload(session, request["content"])
+        style_ids = request.get("styles")
+        if not isinstance(style_ids, list) or not style_ids or not all(isinstance(s, str) for s in style_ids):
+            raise JobError("choose at least one style image")
+        if len(style_ids) > self.limits.max_styles:
+            raise JobError(f"{len(style_ids)} style images; a run takes up to {self.limits.max_styles}")
+        styles = [self.upload(session, s) for s in style_ids]
+        final = fit_long_side(content.shape, config.size)
+        loaded_styles = [fit_long_side(s.shape, config.size) for s in styles]
+        try:
+            if config.style_blend is not None and len(config.style_blend) != len(styles):
+                raise ValueError(f"`style_blend` has {len(config.style_blend)} weights for {len(styles)} style images")
+            check_sizes(config, final, loaded_styles, True)
+            from nst_jax.cli import _check_memory_roughly
+
+            _check_memory_roughly(config, final, loaded_styles)
+        except ValueError as e:
+            raise JobError(str(e)) from None
+        axis, values, labels = None, [], []
+        if kind == "sweep":
+            axis, values, labels = self._sweep_axis(request.get("vary"), config, styles)
+        job = Job(new_id(), session, kind, config, content, styles, axis, values, labels=labels)
+        job.member_previews = [None] * len(labels)
+        with self._lock:
+            if self._closed:
+                raise JobError("the server is stopping")
+            mine = sum(j.session == session and j.state in ("queued", "running") for j in self.jobs.values())
+            if mine >= self.limits.max_queued:
+                raise JobError(f"this page has {mine} runs waiting already; wait for some to finish")
+            self.jobs[job.id] = job
+            self.queue.append(job)
+            self.version += 1
+            self._lock.notify_all()
+        return job
+
+    def _sweep_axis(self, vary, config: StyleConfig, styles: list[Upload]) -> tuple[str, list, list[str]]:
+        from nst_jax.sweep import _format, parse_axis
+
+        if vary == "style":
+            if len(styles) < 2:
+                raise JobError("sweeping the style needs two style images or more")
+            names = [s.name for s in styles]
+            labels = [n if names.count(n) == 1 else f"{n} ({i + 1})" for i, n in enumerate(names)]
+            return "style", list(range(len(styles))), labels
+        if len(styles) > 1:
+            raise JobError("a sweep of a setting takes one style image (or sweep the style itself)")
+        if not isinstance(vary, str):
+            raise JobError("`vary` must be text like style_weight=10,36,100")
+        try:
+            name, values = parse_axis(vary, "`vary`")
+        except ValueError as e:
+            raise JobError(str(e)) from None
+        if not values:
+            raise JobError(f"`vary` gives no values for {name}")
+        if len(values) > MAX_SWEEP_MEMBERS:
+            raise JobError(f"`vary` has {len(values)} values; a sweep on the page takes up to {MAX_SWEEP_MEMBERS}")
+        from nst_jax.sweep import check_axes
+
+        try:
+            check_axes(config, {name: values})
+        except ValueError as e:
+            raise JobError(str(e)) from None
+        return name, values, [f"{name}={_format(v)}" for v in values]
+
+    def cancel(self, session: str, job_id: str) -> Job:
+        """Cancels a queued run (it leaves the queue) or a running one (it stops after its current chunk)."""
+        job = self.job(session, job_id)
+        with self._lock:
+            if job.state == "queued":
+                self.queue.remove(job)
+                job.state, job.finished = "cancelled", time.time()
+            job.cancel.set()
+            self.version += 1
+            self._lock.notify_all()
+        return job
+
+    def job(self, session: str, job_id: str) -> Job:
+        with self._lock:
+            job = self.jobs.get(job_id)
+        if job is None or job.session != session:
+            raise NotFound(f"no run {job_id[:40]!r} on this page")
+        return job
+
+    def snapshot(self, session: str) -> dict:
+        """What the page shows: this session's jobs (newest first), with queue positions counting everyone's."""
+        with self._lock:
+            positions = {job.id: i for i, job in enumerate(self.queue)}
+            running = [j for j in self.jobs.values() if j.state == "running"]
+            mine = [j for j in self.jobs.values() if j.session == session]
+            others_queued = sum(j.session != session for j in self.queue)
+            return {
+                "version": self.version,
+                "jobs": [j.public(positions.get(j.id)) for j in reversed(mine)],
+                "others_running": any(j.session != session for j in running),
+                "others_queued": others_queued,
+            }
+
+    # --- the worker -----------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self.queue and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                job = self.queue.popleft()
+                job.state, job.started = "running", time.time()
+                self.version += 1
+                self._lock.notify_all()
+            try:
+                self._run(job)
+            except (ValueError, FileNotFoundError, MemoryError) as e:  # what the CLI reports in one line
+                self._finish(job, "failed", error=" ".join(str(e).splitlines()))
+            except Exception as e:  # a bug: the page says so, the server's terminal keeps the traceback
+                log.error("nst-jax serve: run %s failed:\n%s", job.id, traceback.format_exc())
+                self._finish(job, "failed", error=f"internal error ({type(e).__name__}: {e}); see the server's log")
+
+    def _finish(self, job: Job, state: str, error: str | None = None, **summary) -> None:
+        same = job.result is not None and job.result is job.preview
+        job.preview = self._spill(job.preview, f"preview-{job.id}.png")
+        job.result = job.preview if same else self._spill(job.result, f"result-{job.id}.png")
+        job.member_previews = [self._spill(p, f"member-{job.id}-{k}.png") for k, p in enumerate(job.member_previews)]
+        with self._lock:
+            job.state, job.error, job.finished = state, error, time.time()
+            job.summary.update(summary)
+            self.version += 1
+            self._lock.notify_all()
+
+    def _spill(self, data: bytes | Path | None, name: str) -> bytes | Path | None:
+        """A finished run's PNG moves to the server's folder (kept in memory if the server is stopping)."""
+        if not isinstance(data, bytes) or self._closed:
+            return data
+        path = self.folder / name
+        path.write_bytes(data)
+        return path
+
+    def _inputs(self, job: Job):
+        from nst_jax.io import load_image
+
+        size = job.config.size
+        content = load_image(job.content.path, size, what="content")
+        styles = [load_image(s.path, size, what="style") for s in job.styles]
+        return content, styles
+
+    def _run(self, job: Job) -> None:
+        if job.kind == "sweep":
+            return self._run_sweep(job)
+        from nst_jax.cli import _check_memory
+        from nst_jax.io import png_bytes
+        from nst_jax.stylize import stylize
+
+        content, styles = self._inputs(job)
+        config = job.config
+        _check_memory(content, styles, config.init, self.params, config, None, None, None)
+
+        def callback(progress) -> bool:
+            job.preview = png_bytes(progress.image)
+            job.progress = {
+                "step": progress.step,
+                "num_steps": progress.num_steps,
+                "stage": progress.stage,
+                "num_stages": progress.num_stages,
+                "side": int(max(progress.image.shape[:2])),
+                "loss": float(progress.loss),
+                "steps_per_second": progress.steps_per_second,
+                "eta": progress.eta,
+                "seconds": progress.seconds,
+            }
+            job.version += 1
+            self._changed()
+            return job.cancel.is_set() or self._closed
+
+        result = stylize(content, styles, config, params=self.params, init=config.init, callback=callback)
+        summary = {"steps": result.num_steps, "evaluations": result.num_evals, "loss": result.loss}
+        summary["seconds"] = round(time.time() - job.started, 1)
+        job.preview = png_bytes(result.image)
+        job.version += 1
+        if job.cancel.is_set() or self._closed:
+            return self._finish(job, "cancelled", **summary)
+        if not result.finite:
+            error = (
+                "the loss was not finite at the first step"
+                if result.num_steps == 0
+                else f"the loss became non-finite after step {result.num_steps}; the preview is the last finite image"
+            )
+            return self._finish(job, "failed", error=error, **summary)
+        job.result = job.preview
+        self._finish(job, "done", **summary)
+
+    def _run_sweep(self, job: Job) -> None:
+        from nst_jax.io import png_bytes
+        from nst_jax.sweep import failed_members, sweep
+
+        content, styles = self._inputs(job)
+        config = job.config
+        if job.axis == "style":
+            axes, style = {"style": {label: s for label, s in zip(job.labels, styles, strict=True)}}, None
+        else:
+            axes, style = {job.axis: job.values}, styles[0]
+
+        def callback(progress) -> bool:
+            if progress.images is not None:
+                images = np.asarray(progress.images)
+                for member, image in zip(progress.members, images, strict=False):
+                    job.member_previews[member] = png_bytes(image)
+            job.progress = {
+                "batch": progress.batch,
+                "num_batches": progress.num_batches,
+                "stage": progress.stage,
+                "num_stages": progress.num_stages,
+                "side": None if progress.images is None else int(max(progress.images.shape[1:3])),
+                "steps": [int(s) for s in progress.steps],
+                "members": [progress.members.start, progress.members.stop],
+                "num_steps": config.num_steps if progress.stage == progress.num_stages - 1 else config.coarse_steps,
+                "loss": float(np.min(progress.losses)),
+                "seconds": progress.seconds,
+            }
+            job.version += 1
+            self._changed()
+            return job.cancel.is_set() or self._closed
+
+        result = sweep(content, style, config, axes, params=self.params, callback=callback)
+        job.member_previews = [png_bytes(image) for image in result.images]
+        job.version += 1
+        summary = {"seconds": round(time.time() - job.started, 1), "evaluations": int(result.iterations)}
+        if job.cancel.is_set() or self._closed:
+            return self._finish(job, "cancelled", **summary)
+        failed = failed_members(result)
+        job.result = result._repr_png_()  # the labelled contact sheet, as save_sweep's grid.png
+        if failed:
+            return self._finish(job, "failed", error=f"{len(failed)} of {len(job.labels)} failed: {', '.join(failed)}")
+        self._finish(job, "done", **summary)
+
+    # --- the end --------------------------------------------------------------------------
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Cancels every run, waits up to ``timeout`` seconds for the running one's chunk, removes the folder."""
+        with self._lock:
+            self._closed = True
+            for job in self.queue:
+                job.state, job.finished = "cancelled", time.time()
+            self.queue.clear()
+            self._lock.notify_all()
+        self._worker.join(timeout)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def _display_name(name: str) -> str:
+    """The client's file name, for messages and labels only: printable, at most 60 characters."""
+    name = "".join(ch for ch in str(name) if ch.isprintable()).strip() or "image"
+    return name if len(name) <= 60 else name[:57] + "..."
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"

@@ -1,0 +1,336 @@
+"""``nst-jax serve``: one local web page over :mod:`nst_jax.jobs` (Starlette + uvicorn, the ``ui`` extra).
+
+Why Starlette and plain HTML/JS rather than Gradio (README, "A web page"): measured here, the
+three packages this needs (starlette, uvicorn, their h11/anyio/idna/click) are 6 MB installed
+and import in 0.4 s; Gradio is 342 MB (59 packages) and imports in 6.5 s. The page is one
+HTML file, one script and one style sheet in ``nst_jax/ui/``, served from the package.
+
+The HTTP surface, all of it (every id is one made by :mod:`nst_jax.jobs`, looked up in a
+dictionary of this session's: nothing a client sends becomes a path):
+
+- ``GET /``, ``GET /static/{app.js,app.css}``: the page (sets the session cookie).
+- ``GET /api/options``: the settings (from :class:`~nst_jax.config.StyleConfig`), caps, device.
+- ``POST /api/uploads``: the body is one image file (``Content-Length`` needed and capped).
+- ``GET /api/uploads/{id}/thumbnail.png``
+- ``POST /api/jobs`` (JSON ``{kind, content, styles, settings, vary}``), ``POST /api/jobs/{id}/cancel``
+- ``GET /api/jobs``: this session's jobs; ``GET /api/events``: the same as server-sent events.
+- ``GET /api/jobs/{id}/preview.png``, ``/result.png`` (a download), ``/members/{k}.png`` (a sweep's).
+
+Cross-site requests: every ``POST`` needs the header ``X-NST-JAX: 1`` (a page on another site
+cannot send it without a CORS preflight, which this server never grants) and the session
+cookie (``SameSite=Strict``); the ``Host`` header must name this server (DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib.resources
+import json
+import re
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from nst_jax.jobs import MAX_SWEEP_MEMBERS, JobError, Jobs, Limits, NotFound, options, stored
+
+COOKIE = "nst_jax_session"
+_ID = re.compile(r"[A-Za-z0-9_-]{16,40}")
+_STATIC = {
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
+}
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+_EVENT_INTERVAL = 0.2  # seconds between the event stream's looks at the jobs' version
+_KEEPALIVE = 15.0  # seconds of quiet before the stream sends a comment line
+
+
+def _ui_file(name: str) -> bytes:
+    return importlib.resources.files("nst_jax").joinpath("ui", name).read_bytes()
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=_SECURITY_HEADERS)
+
+
+def _json(data, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status, headers=_SECURITY_HEADERS)
+
+
+def _png(data: bytes | Path | None, download: str | None = None) -> Response:
+    data = stored(data)
+    if data is None:
+        return _error(404, "no image yet")
+    headers = dict(_SECURITY_HEADERS)
+    if download:
+        headers["Content-Disposition"] = f'attachment; filename="{download}"'
+    return Response(data, media_type="image/png", headers=headers)
+
+
+def create_app(jobs: Jobs, device: str = "", allowed_hosts: tuple[str, ...] | None = None) -> Starlette:
+    """The ASGI app over ``jobs``. ``allowed_hosts``: ``Host`` names accepted (``None``: any, for 0.0.0.0)."""
+
+    def session_of(request: Request) -> str | None:
+        session = request.cookies.get(COOKIE)
+        return session if session in jobs.sessions else None
+
+    def guarded(handler, post: bool = False):
+        """Host check, session check, the POST header, ids checked, errors as JSON; the handler gets the session."""
+
+        async def endpoint(request: Request):
+            host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]").lower()
+            if allowed_hosts is not None and host not in allowed_hosts:
+                return _error(400, f"this server answers to {', '.join(allowed_hosts)}, not {host[:60]!r}")
+            if post and request.headers.get("x-nst-jax") != "1":
+                return _error(403, "missing header X-NST-JAX: 1 (requests come from the page)")
+            session = session_of(request)
+            if session is None:
+                return _error(403, "no session: reload the page")
+            for key, value in request.path_params.items():
+                if key.endswith("id") and not _ID.fullmatch(value):
+                    return _error(404, f"no such {key[:-3] or 'item'}")
+            try:
+                return await handler(request, session)
+            except NotFound as e:
+                return _error(404, e.args[0])
+            except JobError as e:
+                return _error(400, str(e))
+
+        return endpoint
+
+    async def index(request: Request) -> Response:
+        host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]").lower()
+        if allowed_hosts is not None and host not in allowed_hosts:
+            return _error(400, f"this server answers to {', '.join(allowed_hosts)}, not {host[:60]!r}")
+        response = Response(_ui_file("index.html"), media_type="text/html; charset=utf-8", headers=_SECURITY_HEADERS)
+        if session_of(request) is None:
+            response.set_cookie(COOKIE, jobs.new_session(), httponly=True, samesite="strict", path="/")
+        return response
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in _STATIC:
+            return _error(404, "no such file")
+        return Response(_ui_file(name), media_type=_STATIC[name], headers=_SECURITY_HEADERS)
+
+    async def get_options(request: Request, session: str) -> Response:
+        limits = jobs.limits
+        return _json({
+            "options": options(),
+            "limits": {
+                "max_size": limits.max_size,
+                "max_upload_bytes": limits.max_upload_bytes,
+                "max_upload_pixels": limits.max_upload_pixels,
+                "max_styles": limits.max_styles,
+                "max_sweep_members": MAX_SWEEP_MEMBERS,
+            },
+            "sweep_axes": ["style_weight", "content_weight", "ratio", "tv_weight", "seed", "style_layers", "style"],
+            "device": device,
+        })  # fmt: skip
+
+    async def upload(request: Request, session: str) -> Response:
+        length = request.headers.get("content-length")
+        cap = jobs.limits.max_upload_bytes
+        if length is None or not length.isdigit():
+            return _error(411, "the upload needs a Content-Length")
+        if int(length) > cap:
+            return _error(413, f"the file is {int(length) / 2**20:.1f} MB; this server takes images up to "
+                               f"{cap / 2**20:.1f} MB")  # fmt: skip
+        body = bytearray()
+        async for chunk in request.stream():  # counted as it comes: a Content-Length that lies is caught too
+            body += chunk
+            if len(body) > cap:
+                return _error(413, f"the file is over this server's {cap / 2**20:.1f} MB")
+        from urllib.parse import unquote
+
+        name = unquote(request.headers.get("x-filename", "image"))[:200]
+        result = await asyncio.to_thread(jobs.add_upload, session, bytes(body), name)
+        return _json(result.public(), 201)
+
+    async def thumbnail(request: Request, session: str) -> Response:
+        return _png(jobs.upload(session, request.path_params["upload_id"]).thumbnail)
+
+    async def submit(request: Request, session: str) -> Response:
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return _error(415, "a run is asked for as JSON (Content-Type: application/json)")
+        body = await request.body()
+        if len(body) > 64 * 1024:
+            return _error(413, "the request is over 64 kB")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return _error(400, "the request is not valid JSON")
+        job = await asyncio.to_thread(jobs.submit, session, data)
+        return _json(job.public(None), 201)
+
+    async def cancel(request: Request, session: str) -> Response:
+        return _json(jobs.cancel(session, request.path_params["job_id"]).public(None))
+
+    async def list_jobs(request: Request, session: str) -> Response:
+        return _json(jobs.snapshot(session))
+
+    async def events(request: Request, session: str) -> Response:
+        async def stream():
+            seen, quiet = -1, 0.0
+            while not jobs.closed:
+                if jobs.version != seen:
+                    snapshot = jobs.snapshot(session)
+                    seen = snapshot["version"]
+                    yield f"data: {json.dumps(snapshot)}\n\n"
+                    quiet = 0.0
+                elif quiet >= _KEEPALIVE:
+                    yield ": keep-alive\n\n"
+                    quiet = 0.0
+                await asyncio.sleep(_EVENT_INTERVAL)
+                quiet += _EVENT_INTERVAL
+
+        headers = {**_SECURITY_HEADERS, "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    async def preview(request: Request, session: str) -> Response:
+        return _png(jobs.job(session, request.path_params["job_id"]).preview)
+
+    async def result(request: Request, session: str) -> Response:
+        job = jobs.job(session, request.path_params["job_id"])
+        name = f"nst-jax-{'sweep' if job.kind == 'sweep' else 'stylize'}-{job.id[:8]}.png"
+        return _png(job.result, download=name)
+
+    async def member(request: Request, session: str) -> Response:
+        job = jobs.job(session, request.path_params["job_id"])
+        k = request.path_params["k"]
+        if not 0 <= k < len(job.member_previews):
+            return _error(404, f"no member {k}")
+        return _png(job.member_previews[k])
+
+    routes = [
+        Route("/", index),
+        Route("/static/{name}", static),
+        Route("/favicon.ico", lambda request: Response(_ui_file("icon.svg"), media_type="image/svg+xml")),
+        Route("/api/options", guarded(get_options)),
+        Route("/api/uploads", guarded(upload, post=True), methods=["POST"]),
+        Route("/api/uploads/{upload_id}/thumbnail.png", guarded(thumbnail)),
+        Route("/api/jobs", guarded(submit, post=True), methods=["POST"]),
+        Route("/api/jobs", guarded(list_jobs)),
+        Route("/api/events", guarded(events)),
+        Route("/api/jobs/{job_id}/cancel", guarded(cancel, post=True), methods=["POST"]),
+        Route("/api/jobs/{job_id}/preview.png", guarded(preview)),
+        Route("/api/jobs/{job_id}/result.png", guarded(result)),
+        Route("/api/jobs/{job_id}/members/{k:int}.png", guarded(member)),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await asyncio.to_thread(jobs.close)
+
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (checked now, so a port in use is one line, before the weights load)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        reason = e.strerror or str(e)
+        raise ValueError(f"--host {host} --port {port}: cannot listen there ({reason}); try another --port") from None
+    sock.listen(64)
+    sock.set_inheritable(True)
+    return sock
+
+
+def allowed_hosts_for(host: str) -> tuple[str, ...] | None:
+    """The ``Host`` names a server bound to ``host`` answers to (None: any, when bound to every interface)."""
+    if host in ("0.0.0.0", "::", ""):
+        return None
+    local = ("127.0.0.1", "localhost", "::1")
+    return tuple(dict.fromkeys((host.lower(), *local))) if host in local else (host.lower(),)
+
+
+def describe_devices() -> str:
+    """Where the runs go, in words: "CPU, 16 cores" or "GPU: 2 x NVIDIA H100 80GB HBM3"."""
+    import os
+
+    import jax
+
+    devices = jax.devices()
+    if devices[0].platform == "cpu":
+        return f"CPU, {os.cpu_count()} cores"
+    count = f"{len(devices)} x " if len(devices) > 1 else ""
+    return f"{devices[0].platform.upper()}: {count}{devices[0].device_kind}"
+
+
+@dataclasses.dataclass
+class Running:
+    """What ``serve``'s ``ready`` callback gets: the page's address, the jobs, and the server (``stop()`` ends it)."""
+
+    url: str
+    jobs: Jobs
+    server: Any  # uvicorn.Server
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+def serve(
+    params,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits | None = None,
+    sock: socket.socket | None = None,
+    ready: Callable[[Running], None] | None = None,
+) -> None:
+    """Runs the page until Ctrl-C (or :meth:`Running.stop`); then cancels the runs, removes uploads and results.
+
+    ``sock``: an already bound socket (:func:`bind`); ``ready`` is called once the server listens.
+    """
+    import uvicorn
+
+    sock = sock or bind(host, port)
+    jobs = Jobs(params, limits or Limits())
+    app = create_app(jobs, device=describe_devices(), allowed_hosts=allowed_hosts_for(host))
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="on")
+    server = uvicorn.Server(config)
+    bound_port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{bound_port}/"
+
+    async def main():
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started and ready is not None:
+            ready(Running(url, jobs, server))
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        jobs.close()  # again, in case the lifespan never ran (a failed start): the folder goes
+        sock.close()
+
+
+def print_ready(running: Running) -> None:
+    print(
+        f"nst-jax: serving {running.url} (Ctrl-C stops it; uploads and results are removed then)",
+        file=sys.stderr,
+        flush=True,
+    )
