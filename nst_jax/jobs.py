@@ -280,6 +280,9 @@ class Jobs:
         self.sessions: set[str] = set()
         self.version = 0  # bumped on every change; the page's event stream sends a snapshot when it moves
         self._lock = threading.Condition()
+        # Uploads decode one at a time: a 50-megapixel image is 600 MB as floats, and a page can
+        # send many at once (the run's own memory is checked against what is left, not this).
+        self._decoding = threading.Lock()
         self._closed = False
         self._worker = threading.Thread(target=self._work, name="nst-jax-jobs", daemon=True)
         self._worker.start()
@@ -308,10 +311,6 @@ class Jobs:
         Raises:
           JobError: too large, not an image, truncated, or too many uploads.
         """
-        from PIL import Image
-
-        from nst_jax.io import image_shape, load_image, png_bytes, save_image
-
         name = _display_name(name)
         if len(data) > self.limits.max_upload_bytes:
             cap = _mb(self.limits.max_upload_bytes)
@@ -323,6 +322,14 @@ class Jobs:
                 raise JobError(f"this page has {self.limits.max_uploads} images already; reload to start over")
         upload_id = new_id()
         raw = self.folder / f"upload-{upload_id}.bin"
+        with self._decoding:
+            return self._decode(session, upload_id, raw, data, name)
+
+    def _decode(self, session: str, upload_id: str, raw: Path, data: bytes, name: str) -> Upload:
+        from PIL import Image
+
+        from nst_jax.io import image_shape, load_image, png_bytes, save_image
+
         raw.write_bytes(data)
         try:
             try:

@@ -247,7 +247,25 @@ def test_cli_scales_set_the_output_size(tmp_path, real_params):
     save_image(photo, samples.village(48, 64))
     save_image(style, samples.swirls(48, 64))
     out = tmp_path / "o.png"
-    assert cli.main(["stylize", str(photo), str(style), "-o", str(out), "--scales", "24,40", "--steps", "2", "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "stylize",
+                str(photo),
+                str(style),
+                "-o",
+                str(out),
+                "--scales",
+                "24,40",
+                "--steps",
+                "2",
+                "--coarse-steps",
+                "2",
+                "-q",
+            ]
+        )
+        == 0
+    )
     from PIL import Image
 
     with Image.open(out) as image:
