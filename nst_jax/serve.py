@@ -89,13 +89,19 @@ def create_app(jobs: Jobs, device: str = "", allowed_hosts: tuple[str, ...] | No
         session = request.cookies.get(COOKIE)
         return session if session in jobs.sessions else None
 
+    def wrong_host(request: Request) -> Response | None:
+        """A refusal when the Host header names another server (a DNS-rebinding page), else None."""
+        host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]").lower()
+        if allowed_hosts is None or host in allowed_hosts:
+            return None
+        return _error(400, f"this server answers to {', '.join(allowed_hosts)}, not {host[:60]!r}")
+
     def guarded(handler, post: bool = False):
         """Host check, session check, the POST header, ids checked, errors as JSON; the handler gets the session."""
 
         async def endpoint(request: Request):
-            host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]").lower()
-            if allowed_hosts is not None and host not in allowed_hosts:
-                return _error(400, f"this server answers to {', '.join(allowed_hosts)}, not {host[:60]!r}")
+            if (refused := wrong_host(request)) is not None:
+                return refused
             if post and request.headers.get("x-nst-jax") != "1":
                 return _error(403, "missing header X-NST-JAX: 1 (requests come from the page)")
             session = session_of(request)
@@ -114,9 +120,8 @@ def create_app(jobs: Jobs, device: str = "", allowed_hosts: tuple[str, ...] | No
         return endpoint
 
     async def index(request: Request) -> Response:
-        host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]").lower()
-        if allowed_hosts is not None and host not in allowed_hosts:
-            return _error(400, f"this server answers to {', '.join(allowed_hosts)}, not {host[:60]!r}")
+        if (refused := wrong_host(request)) is not None:
+            return refused
         response = Response(_ui_file("index.html"), media_type="text/html; charset=utf-8", headers=_SECURITY_HEADERS)
         if session_of(request) is None:
             response.set_cookie(COOKIE, jobs.new_session(), httponly=True, samesite="strict", path="/")

@@ -110,6 +110,15 @@ def test_upload_watch_cancel_and_download_in_a_browser(page, tmp_path):
     assert "notes.txt" in by_id("upload-message").text and "not a readable image" in by_id("upload-message").text
     assert len(thumbs("style")) == 1
 
+    # A file name is text, never markup; the × takes an image back out.
+    hostile = _save(tmp_path / "<img src=x onerror=document.title='pwned'>.png", samples.swirls(40, 40))
+    by_id("style-file").send_keys(str(hostile))
+    _wait(lambda: len(thumbs("style")) == 2, what="the second style")
+    names = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#style-thumbs .name")]
+    assert names[1] == hostile.name and driver.title.startswith("nst-jax")
+    driver.find_elements(By.CSS_SELECTOR, "#style-thumbs .remove")[1].click()
+    _wait(lambda: len(thumbs("style")) == 1, what="the second style removed")
+
     def set_field(name, value):
         field = by_id(f"opt-{name}")
         field.clear()
