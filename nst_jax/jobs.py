@@ -143,6 +143,36 @@ def stored(value: bytes | Path | None) -> bytes | None:
     return value.read_bytes() if isinstance(value, Path) else value
 
 
+def stage_costs(config: StyleConfig, side: int) -> list[tuple[int, float]]:
+    """(steps, relative cost of a step) of each coarse-to-fine stage: a step costs as its pixels do."""
+    sizes = config.stage_sizes(side)
+    last = len(sizes) - 1
+    return [
+        (config.num_steps if i == last else config.coarse_steps, (size / sizes[-1]) ** 2)
+        for i, size in enumerate(sizes)
+    ]
+
+
+def run_estimate(
+    costs: list[tuple[int, float]], stage: int, within: float, steps_per_second: float | None = None, num_steps=None
+) -> tuple[float, float | None]:
+    """(share of the whole run done, seconds left in it) from the stage, the share of it done and its speed.
+
+    Every stage weighs its steps times its pixels, so the last stage, where most of the time
+    goes, fills most of the bar; the time left counts later stages at this stage's speed per
+    pixel (their compilation and an early L-BFGS stop are not foreseen: it is an estimate).
+    """
+    work = [steps * cost for steps, cost in costs]
+    total = sum(work) or 1.0
+    fraction = min(1.0, (sum(work[:stage]) + min(1.0, within) * work[stage]) / total)
+    if steps_per_second is None or not steps_per_second > 0:
+        return fraction, None
+    per_cost = 1.0 / steps_per_second / costs[stage][1]
+    here = max(0.0, (num_steps if num_steps is not None else costs[stage][0]) * (1 - min(1.0, within)))
+    later = sum(steps * cost for steps, cost in costs[stage + 1 :])
+    return fraction, (here * costs[stage][1] + later) * per_cost
+
+
 def changed_settings(config: StyleConfig) -> dict:
     """The fields of ``config`` that differ from the defaults, as JSON values (what a job card lists)."""
     default = StyleConfig()
@@ -539,10 +569,15 @@ class Jobs:
         content, styles = self._inputs(job)
         config = job.config
         _check_memory(content, styles, config.init, self.params, config, None, None, None)
+        costs = stage_costs(config, max(content.shape[:2]))
 
         def callback(progress) -> bool:
             job.preview = png_bytes(progress.image)
+            within = progress.step / progress.num_steps if progress.num_steps else 1.0
+            fraction, eta = run_estimate(costs, progress.stage, within, progress.steps_per_second, progress.num_steps)
             job.progress = {
+                "fraction": fraction,
+                "eta_total": eta,
                 "step": progress.step,
                 "num_steps": progress.num_steps,
                 "stage": progress.stage,
@@ -585,12 +620,19 @@ class Jobs:
         else:
             axes, style = {job.axis: job.values}, styles[0]
 
+        costs = stage_costs(config, max(content.shape[:2]))
+
         def callback(progress) -> bool:
             if progress.images is not None:
                 images = np.asarray(progress.images)
                 for member, image in zip(progress.members, images, strict=False):
                     job.member_previews[member] = png_bytes(image)
+            num_steps = config.num_steps if progress.stage == progress.num_stages - 1 else config.coarse_steps
+            within = (
+                progress.batch + min(1.0, float(np.min(progress.steps)) / max(num_steps, 1))
+            ) / progress.num_batches
             job.progress = {
+                "fraction": run_estimate(costs, progress.stage, within)[0],
                 "batch": progress.batch,
                 "num_batches": progress.num_batches,
                 "stage": progress.stage,
@@ -598,7 +640,7 @@ class Jobs:
                 "side": None if progress.images is None else int(max(progress.images.shape[1:3])),
                 "steps": [int(s) for s in progress.steps],
                 "members": [progress.members.start, progress.members.stop],
-                "num_steps": config.num_steps if progress.stage == progress.num_stages - 1 else config.coarse_steps,
+                "num_steps": num_steps,
                 "loss": float(np.min(progress.losses)),
                 "seconds": progress.seconds,
             }

@@ -398,3 +398,17 @@ def test_cli_serve_runs_until_ctrl_c_then_removes_its_folder(tmp_path):
         process.stderr.close()
     assert status == 0 and rest.strip().endswith("nst-jax: stopped; its uploads and results are removed"), rest
     assert not list(tmp_path.glob("nst-jax-serve-*"))  # uploads and results went with the server
+
+
+def test_the_whole_runs_share_and_time_left_weigh_each_stage_by_its_pixels():
+    from nst_jax.config import StyleConfig
+
+    costs = jobs_module.stage_costs(StyleConfig(num_steps=150, coarse_steps=200), 512)  # 128, 256, 512 px
+    assert costs == [(200, 1 / 16), (200, 1 / 4), (150, 1.0)]
+    total = 200 / 16 + 200 / 4 + 150
+    fraction, eta = jobs_module.run_estimate(costs, 1, 0.5, steps_per_second=2.0)
+    assert fraction == pytest.approx((200 / 16 + 100 / 4) / total)
+    # 100 steps left here at 0.5 s each, then 150 steps at 4x the pixels: 2 s each.
+    assert eta == pytest.approx(100 * 0.5 + 150 * 2.0)
+    assert jobs_module.run_estimate(costs, 2, 1.0, steps_per_second=1.0) == (1.0, 0.0)
+    assert jobs_module.run_estimate(costs, 0, 0.0) == (0.0, None)  # no speed yet: compiling

@@ -278,6 +278,7 @@ function stateText(job) {
 
 function fraction(job) {
   const p = job.progress;
+  if (p && typeof p.fraction === "number") return p.fraction;  // weighted by each stage's work (jobs.run_estimate)
   if (!p || p.num_stages === undefined || !p.num_steps) return null;
   const done = job.kind === "sweep" ? Math.min(...p.steps) : p.step;
   return Math.min(1, (p.stage + Math.min(1, done / p.num_steps)) / p.num_stages);
@@ -348,7 +349,7 @@ function renderStage() {
       stat("step", `${p.step}/${p.num_steps}`);
       stat("loss", p.loss.toExponential(3));
       stat("speed", p.steps_per_second ? `${p.steps_per_second.toFixed(2)} steps/s` : "compiling…");
-      if (job.state === "running") stat("ETA (stage)", fmtTime(p.eta));
+      if (job.state === "running") stat("ETA", p.eta_total === null ? "–" : `≈ ${fmtTime(p.eta_total)}`);
     }
   } else if (job.state === "running") {
     stat("", "loading images and compiling…");
