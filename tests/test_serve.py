@@ -412,3 +412,18 @@ def test_the_whole_runs_share_and_time_left_weigh_each_stage_by_its_pixels():
     assert eta == pytest.approx(100 * 0.5 + 150 * 2.0)
     assert jobs_module.run_estimate(costs, 2, 1.0, steps_per_second=1.0) == (1.0, 0.0)
     assert jobs_module.run_estimate(costs, 0, 0.0) == (0.0, None)  # no speed yet: compiling
+
+
+def test_cli_serve_without_the_ui_extra_says_how_to_get_it(capsys, monkeypatch):
+    import sys
+
+    from conftest import one_line_error
+
+    import nst_jax
+
+    for name in [n for n in sys.modules if n == "starlette" or n.startswith("starlette.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "nst_jax.serve")
+    monkeypatch.delattr(nst_jax, "serve")
+    # (a --port that is refused later: were the import to succeed, this would not start a server)
+    one_line_error(capsys, ["serve", "--port", "70000"], "): pip install 'nst-jax[ui]'")
