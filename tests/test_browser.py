@@ -135,7 +135,8 @@ def test_upload_watch_cancel_and_download_in_a_browser(page, tmp_path):
     _screenshot(driver, shots / "2-running.png")
     by_id("cancel").click()
     _wait(lambda: by_id("stage-badge").text == "cancelled", what="the run cancelled")
-    assert not by_id("download").is_displayed()
+    unfinished = by_id("download")  # offered, but said to be unfinished, and not the result
+    assert unfinished.text == "Download the unfinished image" and "preview.png" in unfinished.get_attribute("href")
 
     # A short run to the end, then its PNG downloaded.
     set_field("num_steps", 20)

@@ -360,10 +360,20 @@ function renderStage() {
   $("cancel").hidden = !(job.state === "queued" || job.state === "running");
   $("cancel").onclick = () => cancel(job.id);
   const download = $("download");
-  download.hidden = !job.has_result;
+  // A cancelled or failed picture's last image is offered too, said to be unfinished (as the CLI
+  // saves OUT.interrupted.png beside the output): never as the result.
+  const unfinished = !job.has_result && job.kind === "stylize" && job.has_preview
+    && (job.state === "cancelled" || job.state === "failed");
+  download.hidden = !(job.has_result || unfinished);
+  download.classList.toggle("primary", job.has_result);
   if (job.has_result) {
     download.href = `/api/jobs/${job.id}/result.png`;
+    download.setAttribute("download", "");
     download.textContent = job.kind === "sweep" ? "Download grid PNG" : "Download PNG";
+  } else if (unfinished) {
+    download.href = `/api/jobs/${job.id}/preview.png`;
+    download.setAttribute("download", `nst-jax-unfinished-${job.id.slice(0, 8)}.png`);
+    download.textContent = "Download the unfinished image";
   }
 }
 
