@@ -251,7 +251,8 @@ def test_the_event_stream_sends_snapshots_as_runs_move(server, client, images):
         assert stream.headers["content-type"].startswith("text/event-stream")
         first = json.loads(stream.readline().decode().removeprefix("data: "))
         assert "jobs" in first and "others_queued" in first
-        status, job = client.submit(images[0]["id"], [images[1]["id"]])
+        # long enough to be seen running between two looks of the stream (0.2 s apart)
+        status, job = client.submit(images[0]["id"], [images[1]["id"]], {**QUICK, "num_steps": 60})
         assert status == 201
         states = set()
         while "done" not in states:
