@@ -432,7 +432,9 @@ class Jobs:
             _check_memory_roughly(config, final, loaded_styles)
         except ValueError as e:
             raise JobError(str(e)) from None
-        axis, values, labels = None, [], []
+        axis: str | None = None
+        values: list = []
+        labels: list[str] = []
         if kind == "sweep":
             axis, values, labels = self._sweep_axis(request.get("vary"), config, styles)
         job = Job(new_id(), session, kind, config, content, styles, axis, values, labels=labels)
@@ -532,14 +534,14 @@ class Jobs:
                 log.error("nst-jax serve: run %s failed:\n%s", job.id, traceback.format_exc())
                 self._finish(job, "failed", error=f"internal error ({type(e).__name__}: {e}); see the server's log")
 
-    def _finish(self, job: Job, state: str, error: str | None = None, **summary) -> None:
+    def _finish(self, job: Job, state: str, error: str | None = None, summary: dict | None = None) -> None:
         same = job.result is not None and job.result is job.preview
         job.preview = self._spill(job.preview, f"preview-{job.id}.png")
         job.result = job.preview if same else self._spill(job.result, f"result-{job.id}.png")
         job.member_previews = [self._spill(p, f"member-{job.id}-{k}.png") for k, p in enumerate(job.member_previews)]
         with self._lock:
             job.state, job.error, job.finished = state, error, time.time()
-            job.summary.update(summary)
+            job.summary.update(summary or {})
             self.version += 1
             self._lock.notify_all()
 
@@ -594,31 +596,32 @@ class Jobs:
 
         result = stylize(content, styles, config, params=self.params, init=config.init, callback=callback)
         summary = {"steps": result.num_steps, "evaluations": result.num_evals, "loss": result.loss}
-        summary["seconds"] = round(time.time() - job.started, 1)
+        summary["seconds"] = round(time.time() - (job.started or time.time()), 1)
         job.preview = png_bytes(result.image)
         job.version += 1
         if job.cancel.is_set() or self._closed:
-            return self._finish(job, "cancelled", **summary)
+            return self._finish(job, "cancelled", summary=summary)
         if not result.finite:
             error = (
                 "the loss was not finite at the first step"
                 if result.num_steps == 0
                 else f"the loss became non-finite after step {result.num_steps}; the preview is the last finite image"
             )
-            return self._finish(job, "failed", error=error, **summary)
+            return self._finish(job, "failed", error=error, summary=summary)
         job.result = job.preview
-        self._finish(job, "done", **summary)
+        self._finish(job, "done", summary=summary)
 
     def _run_sweep(self, job: Job) -> None:
         from nst_jax.io import png_bytes
-        from nst_jax.sweep import failed_members, sweep
+        from nst_jax.sweep import SweepResult, failed_members, sweep
 
         content, styles = self._inputs(job)
         config = job.config
+        axes: dict[str, Any]
         if job.axis == "style":
             axes, style = {"style": {label: s for label, s in zip(job.labels, styles, strict=True)}}, None
         else:
-            axes, style = {job.axis: job.values}, styles[0]
+            axes, style = {str(job.axis): job.values}, styles[0]
 
         costs = stage_costs(config, max(content.shape[:2]))
 
@@ -649,16 +652,21 @@ class Jobs:
             return job.cancel.is_set() or self._closed
 
         result = sweep(content, style, config, axes, params=self.params, callback=callback)
+        assert isinstance(result, SweepResult)  # not a dry run
         job.member_previews = [png_bytes(image) for image in result.images]
         job.version += 1
-        summary = {"seconds": round(time.time() - job.started, 1), "evaluations": int(result.iterations)}
+        summary = {
+            "seconds": round(time.time() - (job.started or time.time()), 1),
+            "evaluations": int(result.iterations),
+        }
         if job.cancel.is_set() or self._closed:
-            return self._finish(job, "cancelled", **summary)
+            return self._finish(job, "cancelled", summary=summary)
         failed = failed_members(result)
         job.result = result._repr_png_()  # the labelled contact sheet, as save_sweep's grid.png
         if failed:
-            return self._finish(job, "failed", error=f"{len(failed)} of {len(job.labels)} failed: {', '.join(failed)}")
-        self._finish(job, "done", **summary)
+            error = f"{len(failed)} of {len(job.labels)} failed: {', '.join(failed)}"
+            return self._finish(job, "failed", error=error, summary=summary)
+        self._finish(job, "done", summary=summary)
 
     # --- the end --------------------------------------------------------------------------
 
