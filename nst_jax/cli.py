@@ -988,7 +988,7 @@ def _serve(args: argparse.Namespace) -> int:
     if serve.allowed_hosts_for(args.host) is None:
         print(
             f"nst-jax: warning: --host {args.host} makes the page reachable from other machines; anyone who reaches "
-            f"port {args.port} can upload images and use this machine's {_device_words()} (there is no login)",
+            f"port {args.port} can upload images and use this machine's {serve.describe_devices()} (there is no login)",
             file=sys.stderr,
         )
     sock = serve.bind(args.host, args.port)
@@ -1012,12 +1012,6 @@ def _serve(args: argparse.Namespace) -> int:
         sock.close()
     print("nst-jax: stopped; its uploads and results are removed", file=sys.stderr)
     return 0
-
-
-def _device_words() -> str:
-    import jax
-
-    return f"{jax.devices()[0].platform.upper()} ({len(jax.devices())} device(s))"
 
 
 def _checkpoint_path(output: Path) -> Path:

@@ -154,7 +154,7 @@ def stage_costs(config: StyleConfig, side: int) -> list[tuple[int, float]]:
 
 
 def run_estimate(
-    costs: list[tuple[int, float]], stage: int, within: float, steps_per_second: float | None = None, num_steps=None
+    costs: list[tuple[int, float]], stage: int, within: float, steps_per_second: float | None = None
 ) -> tuple[float, float | None]:
     """(share of the whole run done, seconds left in it) from the stage, the share of it done and its speed.
 
@@ -168,7 +168,7 @@ def run_estimate(
     if steps_per_second is None or not steps_per_second > 0:
         return fraction, None
     per_cost = 1.0 / steps_per_second / costs[stage][1]
-    here = max(0.0, (num_steps if num_steps is not None else costs[stage][0]) * (1 - min(1.0, within)))
+    here = max(0.0, costs[stage][0] * (1 - min(1.0, within)))
     later = sum(steps * cost for steps, cost in costs[stage + 1 :])
     return fraction, (here * costs[stage][1] + later) * per_cost
 
@@ -358,7 +358,7 @@ class Jobs:
     def _decode(self, session: str, upload_id: str, raw: Path, data: bytes, name: str) -> Upload:
         from PIL import Image
 
-        from nst_jax.io import image_shape, load_image, png_bytes, save_image
+        from nst_jax.io import image_shape, load_image, png_bytes, save_image, to_uint8
 
         raw.write_bytes(data)
         try:
@@ -376,7 +376,7 @@ class Jobs:
         finally:
             raw.unlink(missing_ok=True)
         path = save_image(self.folder / f"image-{upload_id}.png", image)
-        thumbnail = Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
+        thumbnail = Image.fromarray(to_uint8(image))
         thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
         upload = Upload(upload_id, session, name, path, image.shape[:2], png_bytes(np.asarray(thumbnail) / 255.0))
         with self._lock:
@@ -576,7 +576,7 @@ class Jobs:
         def callback(progress) -> bool:
             job.preview = png_bytes(progress.image)
             within = progress.step / progress.num_steps if progress.num_steps else 1.0
-            fraction, eta = run_estimate(costs, progress.stage, within, progress.steps_per_second, progress.num_steps)
+            fraction, eta = run_estimate(costs, progress.stage, within, progress.steps_per_second)
             job.progress = {
                 "fraction": fraction,
                 "eta_total": eta,
