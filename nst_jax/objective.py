@@ -59,17 +59,19 @@ class Objective:
     # None: VGG-19/VGG-16 (vgg.features, with pooling, padding and precision); else any
     # nst_jax.network.FeatureNetwork (those three options are then the network's own business).
     network: Any = flax.struct.field(pytree_node=False, default=None)
-    # True: plain-JAX convolutions, so forward mode (jax.jvp, jacfwd, forward-over-reverse
-    # hyper-gradients) goes through; False: the convolutions' custom VJP (reverse mode only, fast).
-    forward_mode: bool = flax.struct.field(pytree_node=False, default=False)
 
     def __call__(self, image: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         order = vgg.LAYERS if self.network is None else self.network.layers
         layers = tuple(name for name in order if name in self.content_targets or name in self.style_targets)
         feats = network_features(
-            self.params, image, layers, self.network, pooling=self.pooling, padding=self.padding,
-            precision=self.precision, forward_mode=self.forward_mode,
-        )  # fmt: skip
+            self.params,
+            image,
+            layers,
+            self.network,
+            pooling=self.pooling,
+            padding=self.padding,
+            precision=self.precision,
+        )
         # Departure (see StyleConfig.loss_scale): by default each term is a squared relative
         # distance, ||F - P||^2 / ||P||^2 and ||G - A||^2 / ||A||^2, instead of the paper's
         # plain sums, so the weights mean the same for every layer and every image.
@@ -137,14 +139,11 @@ def _channels(layer: str) -> int:
 
 
 def network_features(
-    params, image, layers, network: FeatureNetwork | None, *, pooling: str, padding: str, precision: str,
-    forward_mode: bool = False,
-) -> dict[str, jax.Array]:  # fmt: skip
+    params, image, layers, network: FeatureNetwork | None, *, pooling: str, padding: str, precision: str
+) -> dict[str, jax.Array]:
     """``vgg.features`` (``network`` None) or ``network.features``."""
     if network is None:
-        return vgg.features(
-            params, image, layers, pooling=pooling, padding=padding, precision=precision, forward_mode=forward_mode
-        )
+        return vgg.features(params, image, layers, pooling=pooling, padding=padding, precision=precision)
     return network.features(params, image, layers)
 
 

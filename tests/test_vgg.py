@@ -89,8 +89,7 @@ def test_conv2d_gradient(rng, padding):
     k = jnp.asarray(rng.standard_normal((3, 3, 3, 4)))
     with jax.enable_x64(True):
         x, k = x.astype(jnp.float64), k.astype(jnp.float64)
-        check_grads(lambda x, k: vgg.conv2d(x, k, padding), (x, k), order=1, modes=["rev"])
-        check_grads(lambda x, k: vgg.forward_conv2d(x, k, padding), (x, k), order=2, modes=["rev", "fwd"])
+        check_grads(lambda x, k: vgg.conv2d(x, k, padding), (x, k), order=2, modes=["rev", "fwd"])
         reference = jax.grad(lambda x: jnp.sum(jnp.sin(vgg._conv(x, k, padding))))(x)
         ours = jax.grad(lambda x: jnp.sum(jnp.sin(vgg.conv2d(x, k, padding))))(x)
         np.testing.assert_allclose(ours, reference, rtol=1e-10)
@@ -174,12 +173,49 @@ def test_a_single_string_is_one_layer(tiny_params, rng):
     assert list(vgg.features(tiny_params, image, "relu2_1")) == ["relu2_1"]
 
 
+def test_conv2d_input_gradient_is_labelled_hwio(rng):
+    """The reason conv2d has a custom JVP: its input gradient's convolution keeps the kernel
+    labelled HWIO (XLA:CPU's fast path in a while_loop), where plain JAX's is labelled HWOI."""
+    x = jnp.asarray(rng.standard_normal((1, 8, 8, 3)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
+    same = ((1, 1), (1, 1))
+
+    def gradient_text(conv):
+        step = lambda x: x - jax.grad(lambda x: jnp.sum(jnp.sin(conv(x, k, same))))(x)
+        return jax.jit(lambda x: jax.lax.fori_loop(0, 2, lambda i, x: step(x), x)).lower(x).as_text()
+
+    assert gradient_text(vgg._conv).count("[0, 1, o, i]") == 1  # plain JAX: the HWOI one
+    ours = gradient_text(vgg.conv2d)
+    assert ours.count("convolution") == 2 and ours.count("[0, 1, i, o]") == 2 and "[0, 1, o, i]" not in ours
+
+
+@pytest.mark.parametrize("precision", vgg.PRECISIONS)
+def test_conv2d_derivatives_in_each_precision(rng, precision):
+    """Forward and reverse derivatives of conv2d equal plain JAX's, in every arithmetic, under jit."""
+    x = jnp.asarray(rng.standard_normal((2, 7, 6, 3)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
+    t = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+    same = ((1, 1), (1, 1))
+    loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k, same, precision)))
+    ours, plain = loss(vgg.conv2d), loss(vgg._conv)
+    for got, want in (
+        (jax.jit(jax.grad(ours, (0, 1)))(x, k), jax.grad(plain, (0, 1))(x, k)),
+        (
+            jax.jit(lambda x, t: jax.jvp(lambda x: ours(x, k), (x,), (t,)))(x, t),
+            jax.jvp(lambda x: plain(x, k), (x,), (t,)),
+        ),
+        (jax.vmap(jax.grad(ours), (0, None))(x[:, None], k)[:, 0], jax.grad(plain)(x, k)),
+    ):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_forward_mode_through_features(tiny_params, rng):
-    """With forward_mode=True, jvp, linearize and jacfwd agree with reverse mode, under jit too."""
+    """jvp, linearize and jacfwd go through the features and agree with reverse mode, under jit too."""
     with jax.enable_x64(True):
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tiny_params)
         x = jnp.asarray(random_image(rng, 8, 8), jnp.float64)
-        f = lambda x: vgg.features(params, x, ("relu2_1",), forward_mode=True)["relu2_1"]
+        f = lambda x: vgg.features(params, x, ("relu2_1",))["relu2_1"]
         check_grads(f, (x,), order=1, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5, eps=1e-6)
         tangent = jnp.asarray(rng.standard_normal(x.shape))
         _, jvp_out = jax.jvp(f, (x,), (tangent,))
@@ -188,9 +224,9 @@ def test_forward_mode_through_features(tiny_params, rng):
         scalar = lambda x: jnp.sum(jnp.sin(f(x)))
         np.testing.assert_allclose(jax.jacfwd(scalar)(x), jax.grad(scalar)(x), rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(jax.jit(jax.jacfwd(scalar))(x), jax.grad(scalar)(x), rtol=1e-8, atol=1e-10)
-        # The default (the custom VJP, for speed in reverse mode) says what to do instead.
-        with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
-            jax.jvp(lambda x: vgg.features(params, x, ("relu2_1",))["relu2_1"], (x,), (tangent,))
+        # Second order, forward over reverse: a Hessian-vector product against reverse over reverse.
+        hvp = jax.jvp(jax.grad(scalar), (x,), (tangent,))[1]
+        np.testing.assert_allclose(hvp, jax.grad(lambda x: jnp.vdot(jax.grad(scalar)(x), tangent))(x), rtol=1e-8)
 
 
 def test_circular_padding_is_exactly_translation_equivariant(tiny_params, rng):
