@@ -146,17 +146,33 @@ def conv2d(
     return _conv(x, kernel, padding, precision)
 
 
+def _tangent_conv(x, kernel, padding, precision, kernel_layout="HWIO"):
+    """A convolution inside the JVP, linear in either operand, whose transposition JAX can do.
+
+    For ``"bf16"`` it takes bfloat16 operands to a bfloat16 result, cast to float32 after:
+    JAX transposes a convolution with a ``preferred_element_type`` by mixing a float32
+    cotangent with bfloat16 operands (an error in jax 0.4.30; in later versions the backward
+    convolution is done in float32). Departure from the forward pass's arithmetic: the
+    derivatives' convolutions round their outputs to bfloat16 (relative 2^-9; the inputs'
+    rounding is of the same size).
+    """
+    dims = ("NHWC", kernel_layout, "NHWC")
+    if precision != "bf16":
+        keywords, _ = _arithmetic(precision)
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=dims, **keywords)
+    x, kernel = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=dims).astype(jnp.float32)
+
+
 def _conv2d_jvp(padding, precision, primals, tangents):
     x, kernel = primals
     dx, dkernel = tangents
     out = _conv(x, kernel, padding, precision)
     tangent = jnp.zeros_like(out)
     if not isinstance(dx, SymbolicZero):
-        keywords, (dx, swapped) = _arithmetic(precision, dx, kernel.transpose(0, 1, 3, 2))
-        dims = ("NHWC", "HWOI", "NHWC")
-        tangent = jax.lax.conv_general_dilated(dx, swapped, (1, 1), padding, dimension_numbers=dims, **keywords)
+        tangent = _tangent_conv(dx, kernel.transpose(0, 1, 3, 2), padding, precision, kernel_layout="HWOI")
     if not isinstance(dkernel, SymbolicZero):
-        tangent = tangent + _conv(x, dkernel, padding, precision)
+        tangent = tangent + _tangent_conv(x, dkernel, padding, precision)
     return out, tangent
 
 

@@ -191,13 +191,15 @@ def test_conv2d_input_gradient_is_labelled_hwio(rng):
 
 @pytest.mark.parametrize("precision", vgg.PRECISIONS)
 def test_conv2d_derivatives_in_each_precision(rng, precision):
-    """Forward and reverse derivatives of conv2d equal plain JAX's, in every arithmetic, under jit."""
+    """Forward and reverse derivatives of conv2d, under jit and vmap, against float32 plain JAX's:
+    equal for float32 and tf32 (float32 on a CPU); for bf16 within bfloat16's rounding."""
     x = jnp.asarray(rng.standard_normal((2, 7, 6, 3)), jnp.float32)
-    k = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((3, 3, 3, 4)), jnp.float32) * 0.3
     t = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
     same = ((1, 1), (1, 1))
-    loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k, same, precision)))
-    ours, plain = loss(vgg.conv2d), loss(vgg._conv)
+    ours = lambda x, k: jnp.sum(jnp.sin(vgg.conv2d(x, k, same, precision)))
+    plain = lambda x, k: jnp.sum(jnp.sin(vgg._conv(x, k, same)))
+    tolerance = 2e-2 if precision == "bf16" else 1e-5
     for got, want in (
         (jax.jit(jax.grad(ours, (0, 1)))(x, k), jax.grad(plain, (0, 1))(x, k)),
         (
@@ -207,7 +209,8 @@ def test_conv2d_derivatives_in_each_precision(rng, precision):
         (jax.vmap(jax.grad(ours), (0, None))(x[:, None], k)[:, 0], jax.grad(plain)(x, k)),
     ):
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+            assert a.dtype == jnp.float32
+            assert np.linalg.norm(a - b) <= tolerance * np.linalg.norm(b)
 
 
 def test_forward_mode_through_features(tiny_params, rng):
