@@ -19,7 +19,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -57,6 +57,7 @@ def _varint(buf, pos: int, end: int) -> tuple[int, int]:
 def _fields(buf, start: int, end: int):
     """Yields ``(field number, wire type, value)``; length-delimited values are ``(start, end)`` spans."""
     pos = start
+    value: Any  # an int (varint), bytes (fixed 64/32 bits) or a (start, end) span
     while pos < end:
         key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
@@ -86,7 +87,9 @@ def _packed_varints(buf, span) -> list[int]:
 
 def _blob(buf, span) -> np.ndarray:
     legacy = {1: 0, 2: 0, 3: 0, 4: 0}
-    shape, chunks, doubles = None, [], []
+    shape: list[int] | None = None
+    chunks: list[np.ndarray] = []
+    doubles: list[np.ndarray] = []
     for number, wire, value in _fields(buf, *span):
         if number in legacy and wire == 0:
             legacy[number] = value

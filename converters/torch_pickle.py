@@ -176,12 +176,14 @@ def _scan(buf: BinaryIO, limit: int) -> None:
 def _walk(buf: BinaryIO, start: int, limit: int) -> None:
     count = 0
     for opcode, arg, pos in pickletools.genops(buf):
+        if pos is None:  # genops gives positions only for a stream with tell(); ours always has one
+            raise pickle.UnpicklingError("the pickle's stream cannot tell its position")
         count += 1
         if count > _MAX_OPCODES or pos - start > limit:
             raise pickle.UnpicklingError(f"the pickle is larger than {limit} bytes or {_MAX_OPCODES} opcodes")
         if ("PUT" in opcode.name or "GET" in opcode.name) and isinstance(arg, int) and arg > count:
             raise pickle.UnpicklingError(f"memo index {arg} at byte {pos} (only {count} opcodes so far)")
-        if opcode.name == "FRAME" and arg > limit:
+        if opcode.name == "FRAME" and isinstance(arg, int) and arg > limit:
             raise pickle.UnpicklingError(f"pickle frame of {arg} bytes at byte {pos}")
 
 

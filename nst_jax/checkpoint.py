@@ -12,11 +12,20 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import jax
 import numpy as np
 
 from nst_jax.files import write_folder
+
+
+class _State(Protocol):  # what a checkpoint restores into: an optim.LoopState
+    @property
+    def image(self) -> Any: ...
+
+
+T = TypeVar("T", bound=_State)
 
 _STATE = "state"
 _RUN = "run.json"
@@ -50,7 +59,7 @@ def _digest(tree) -> str:
     for leaf in jax.tree.leaves(tree):
         array = np.ascontiguousarray(np.asarray(leaf))
         digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array.data.cast("B"))
     return digest.hexdigest()
 
 
@@ -130,7 +139,7 @@ def _check_fingerprint(directory: Path, saved, ours) -> None:
             )
 
 
-def restore_checkpoint(directory: str | os.PathLike, like, fingerprint=None) -> tuple[object, list[tuple[int, float]]]:
+def restore_checkpoint(directory: str | os.PathLike, like: T, fingerprint=None) -> tuple[T, list[tuple[int, float]]]:
     """Reads a checkpoint into the structure and types of ``like`` (a fresh state of the same run).
 
     With ``fingerprint`` (:func:`fingerprint` of this run), a checkpoint of other inputs or

@@ -439,7 +439,7 @@ def _prepare_sweep(args: argparse.Namespace):
     _check_shapes(args, config)  # from the headers, before anything is decoded
     from nst_jax.sweep import parse_axis
 
-    axes = dict(parse_axis(text) for text in args.vary)
+    axes: dict[str, typing.Any] = dict(parse_axis(text) for text in args.vary)
     if len(axes) != len(args.vary):
         raise _UsageError("--vary names an axis twice")
     content = load_image(args.content, config.size, what="content")
@@ -616,6 +616,8 @@ def _prepare(args: argparse.Namespace):
         config = config.replace(**{which: layers})
     mesh = _image_mesh(args)
     _check_shapes(args, config, mesh)  # from the files' headers: nothing large is decoded or resized before this
+    content: typing.Any  # an image; for --dry-run's demo, only its shape (jax.ShapeDtypeStruct)
+    style: list[typing.Any] | None
     if args.command == "stylize":
         content = load_image(args.content, config.size, what="content")
         masked = args.masks is not None
@@ -661,7 +663,7 @@ def _prepare(args: argparse.Namespace):
         print(json.dumps(_plan(args.command, content, style, init, params, config, shape, masks, style_masks, mesh)))
         return None
     _check_memory(content, style, init, params, config, shape, masks, style_masks, mesh)
-    if side_outputs and _writes():  # last: a later check must not leave them behind
+    if side_outputs and style and _writes():  # last: a later check must not leave them behind
         from nst_jax.io import save_image
 
         for side, image in zip(side_outputs, (content, style[0]), strict=True):
@@ -730,7 +732,7 @@ def _plan(command, content, style, init, params, config: StyleConfig, shape, mas
     if not plan["fits"] and mesh is None and every.size > 1 and rows_divide(h, every):
         sharded = needed(every)
         plan["bytes_per_device_sharded"] = sharded
-        plan["fits_sharded"] = _RSS_OVER_ANALYSIS * sharded <= free
+        plan["fits_sharded"] = free is None or _RSS_OVER_ANALYSIS * sharded <= free
     return plan
 
 
@@ -909,8 +911,8 @@ def _side_file(output: Path, what: str) -> Path:
 
 
 def _run(
-    content, style, init, params, config: StyleConfig, output: Path, shape, resume, masks, style_masks, mesh,
-    quiet: bool,
+    quiet: bool, content, style, init, params, config: StyleConfig, output: Path, shape, resume, masks, style_masks,
+    mesh,
 ) -> int:  # fmt: skip
     import jax
 
@@ -1047,7 +1049,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(describe(info))
                 return 0
             _join_processes(args)
-            prepared = _prepare_sweep(args) if args.command == "sweep" else _prepare(args)
+            prepared: tuple | None = _prepare_sweep(args) if args.command == "sweep" else _prepare(args)
         except _USER_ERRORS as e:
             print(f"nst-jax: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # always one line
             return 2
@@ -1055,7 +1057,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "sweep":
             return _run_sweep(args, *prepared)
-        return _run(*prepared, quiet=args.quiet)
+        return _run(args.quiet, *prepared)
     except KeyboardInterrupt:
         print("\nnst-jax: interrupted; no output written", file=sys.stderr)
         return 130

@@ -57,7 +57,9 @@ def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
     Path(name).unlink(missing_ok=True)  # gone already if another writer swapped the folder out meanwhile
 
 
-def check_output_file(path: str | os.PathLike, what: str = "output", encode: Callable[[], None] | None = None) -> Path:
+def check_output_file(
+    path: str | os.PathLike, what: str = "output", encode: Callable[[], object] | None = None
+) -> Path:
     """Checks, before any long computation, that ``path`` can be written as a file.
 
     ``path`` must not be a folder, its folder must accept new files, and ``encode``

@@ -49,14 +49,14 @@ def as_images(images) -> list:
     return [images] if getattr(images, "ndim", None) == 3 else list(images)
 
 
-def fit_long_side(shape: tuple[int, int], size: int) -> tuple[int, int]:
+def fit_long_side(shape: tuple[int, ...], size: int) -> tuple[int, int]:
     """``(height, width)`` with the long side ``size`` and the aspect ratio of ``shape``."""
     h, w = shape
     scale = size / max(h, w)
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def scaled_shape(shape: tuple[int, int], ratio: float, floor: int = 64) -> tuple[int, int]:
+def scaled_shape(shape: tuple[int, ...], ratio: float, floor: int = 64) -> tuple[int, int]:
     """``shape`` scaled by ``ratio``, its long side kept at ``floor`` or more (or as it is, if smaller).
 
     A coarse-to-fine stage scales the style images with it; the floor keeps a small style
@@ -65,7 +65,7 @@ def scaled_shape(shape: tuple[int, int], ratio: float, floor: int = 64) -> tuple
     return fit_long_side(shape, max(min(max(shape), floor), round(max(shape) * ratio)))
 
 
-def resize(image: jax.Array, shape: tuple[int, int]) -> jax.Array:
+def resize(image: jax.Array | np.ndarray, shape: tuple[int, ...]) -> jax.Array:
     """Antialiased Lanczos resize of an ``[h, w, 3]`` image to ``shape = (height, width)``, clipped to [0, 1]."""
     if tuple(image.shape[:2]) == tuple(shape):
         return jnp.asarray(image, jnp.float32)
@@ -94,8 +94,8 @@ def initial_image(init: str | np.ndarray, content: jax.Array, style: jax.Array |
             return jax.random.uniform(jax.random.key(seed), (*shape, 3), jnp.float32)
         if style is None:
             raise ValueError("`init` is 'style' but there is no style image")
-        init = style
-    return resize(jnp.asarray(init, jnp.float32), shape)
+        return resize(style, shape)
+    return resize(init, shape)
 
 
 # Colour preservation (Gatys, Bethge, Hertzmann, Shechtman, "Preserving Color in Neural Artistic
@@ -137,10 +137,10 @@ def match_luminance(style: jax.Array, content: jax.Array) -> jax.Array:
     return jnp.repeat(matched[..., None], 3, axis=-1)
 
 
-def with_content_colour(result: jax.Array, content: jax.Array) -> jax.Array:
+def with_content_colour(result: jax.Array | np.ndarray, content: jax.Array | np.ndarray) -> jax.Array:
     """The result's luminance with the content's I and Q channels, back in RGB, clipped to [0, 1]."""
-    y = rgb_to_yiq(result)[..., :1]
-    iq = rgb_to_yiq(content)[..., 1:]
+    y = rgb_to_yiq(jnp.asarray(result))[..., :1]
+    iq = rgb_to_yiq(jnp.asarray(content))[..., 1:]
     return jnp.clip(yiq_to_rgb(jnp.concatenate([y, iq], axis=-1)), 0.0, 1.0)
 
 

@@ -262,10 +262,11 @@ def contact_sheet(
         raise ValueError(f"`images` has {len(images)} images for {len(rows)} rows x {len(columns)} columns")
     cell_h = max(np.shape(im)[0] for im in images)
     cell_w = max(np.shape(im)[1] for im in images)
-    font = ImageFont.load_default(size=max(10, min(16, cell_h // 8)))
+    size = max(10, min(16, cell_h // 8))  # pixels; a Pillow without FreeType gives a bitmap font without .size
+    font = ImageFont.load_default(size=size)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = lambda text: measure.textbbox((0, 0), text, font=font)[2] if text else 0
-    line = int(font.size * 1.5)
+    line = int(size * 1.5)
     gap = 4
     left = max([text_w(r) for r in rows] + [text_w(row_title)]) + 2 * gap
     top = line * (1 + bool(column_title) + bool(title))
@@ -282,7 +283,7 @@ def contact_sheet(
         draw.text((left + c * (cell_w + gap), top - line), label, fill="black", font=font)
     for r, label in enumerate(rows):
         y = top + r * (cell_h + gap)
-        draw.text((gap, y + cell_h // 2 - font.size // 2), label, fill="black", font=font)
+        draw.text((gap, y + cell_h // 2 - size // 2), label, fill="black", font=font)
         for c in range(len(columns)):
             image = Image.fromarray(to_uint8(images[r * len(columns) + c]), "RGB")
             x = left + c * (cell_w + gap) + (cell_w - image.width) // 2

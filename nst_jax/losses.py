@@ -64,7 +64,8 @@ def style_loss(
     layer_weights: Mapping[str, jax.Array],
 ) -> jax.Array:
     """Weighted sum of :func:`style_layer_loss` over the layers of ``target_grams`` (the paper's eq. 5)."""
-    return sum(layer_weights[k] * style_layer_loss(features[k], target_grams[k]) for k in target_grams)
+    terms = [layer_weights[k] * style_layer_loss(features[k], target_grams[k]) for k in target_grams]
+    return sum(terms[1:], terms[0]) if terms else jnp.zeros(())
 
 
 def inverse_mean_square(target: jax.Array) -> jax.Array:

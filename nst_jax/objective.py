@@ -31,8 +31,7 @@ def _check_image(argument: str, image) -> jax.Array:
     return image
 
 
-@flax.struct.dataclass
-class Objective:
+class Objective(flax.struct.PyTreeNode):
     """The style-transfer loss of one image; call it as ``objective(image) -> (loss, aux)``.
 
     ``aux`` maps each term (``"content/relu4_2"``, ``"style/relu1_1"``, ...,
@@ -76,7 +75,7 @@ class Objective:
         # distance, ||F - P||^2 / ||P||^2 and ||G - A||^2 / ||A||^2, instead of the paper's
         # plain sums, so the weights mean the same for every layer and every image.
         scale = losses.inverse_mean_square if self.loss_scale == "relative" else lambda target: 1.0
-        aux = {}
+        aux: dict[str, jax.Array] = {}
         for layer, target in self.content_targets.items():
             aux[f"content/{layer}"] = self.content_weight * losses.content_loss(feats[layer], target) * scale(target)
         for layer, target in self.style_targets.items():
@@ -92,7 +91,8 @@ class Objective:
             aux[f"style/{layer}"] = weight * loss
         aux["tv"] = self.tv_weight * losses.total_variation(image, circular=self.padding == "circular")
         aux["box"] = self.box_weight * losses.box_penalty(image)
-        return sum(aux.values()), aux
+        terms = list(aux.values())
+        return sum(terms[1:], terms[0]), aux
 
     def value(self, image: jax.Array) -> jax.Array:
         """The scalar loss alone (what optimisers and line searches need)."""
@@ -184,7 +184,7 @@ def check_network(config: StyleConfig, network: FeatureNetwork | None) -> None:
 def make_objective(
     params: Mapping,
     content: jax.Array | None,
-    style: jax.Array | None,
+    style: jax.Array | Sequence[jax.Array | None] | None,
     config: StyleConfig = StyleConfig(),
     *,
     masks: jax.Array | None = None,
@@ -220,7 +220,8 @@ def make_objective(
     style_layers = config.style_layers if style is not None else ()
     if not content_layers and not style_layers:
         raise ValueError("`content` and `style` are both None (or have no layers): there is nothing to match")
-    content_targets, style_targets = {}, {}
+    content_targets: dict[str, jax.Array] = {}
+    style_targets: dict[str, jax.Array] = {}
     if content_layers:
         image = _check_image("content", content)
         content_targets = dict(_jit_features(params, image, content_layers, config, network=network))
@@ -277,7 +278,7 @@ def _with_masks(params, content_targets, style, masks, style_masks, shape, style
         jax.ShapeDtypeStruct((*shape, 3), jnp.float32),
     )
     output_masks = {layer: jnp.stack([layer_mask(m, probe[layer].shape[:2]) for m in masks]) for layer in style_layers}
-    targets = {layer: [] for layer in style_layers}
+    targets: dict[str, list[jax.Array]] = {layer: [] for layer in style_layers}
     for i, (image, mask) in enumerate(zip(styles, style_masks, strict=True)):
         if image is None:
             for layer in style_layers:
@@ -316,7 +317,7 @@ def _spatial_size(layer: str, height: int, width: int) -> int:
     return height * width
 
 
-def target_mean_squares(objective: Objective) -> dict[str, float]:
+def target_mean_squares(objective: Objective) -> dict[str, jax.Array]:
     """Each target's mean square, keyed like the loss terms (``"content/relu4_2"``, ``"style/relu1_1"``, ...).
 
     With ``loss_scale="relative"`` each term is divided by these (see :func:`paper_weights`).
@@ -328,7 +329,7 @@ def target_mean_squares(objective: Objective) -> dict[str, float]:
 
 
 def paper_weights(
-    config: StyleConfig, height: int, width: int, mean_squares: Mapping[str, float] | None = None
+    config: StyleConfig, height: int, width: int, mean_squares: Mapping[str, float | jax.Array] | None = None
 ) -> tuple[dict[str, float], dict[str, float]]:
     """The paper's alpha and beta * w_l that give exactly this config's loss at this image size.
 
@@ -344,7 +345,8 @@ def paper_weights(
     """
     if config.loss_scale == "relative" and mean_squares is None:
         raise ValueError("`mean_squares` is needed with loss_scale 'relative' (see target_mean_squares)")
-    divide = lambda term: float(mean_squares[term]) if config.loss_scale == "relative" else 1.0
+    relative = config.loss_scale == "relative" and mean_squares is not None
+    divide = lambda term: float(mean_squares[term]) if relative and mean_squares is not None else 1.0
     layer_weights = config.layer_weights or default_layer_weights(config.style_layers, config.loss_scale)
     alpha = {
         layer: 2.0

@@ -25,8 +25,7 @@ from nst_jax.network import FeatureNetwork
 from nst_jax.objective import Objective, make_objective, network_features
 
 
-@flax.struct.dataclass
-class PerceptualLoss:
+class PerceptualLoss(flax.struct.PyTreeNode):
     """``loss(images, contents) -> (losses [B], aux)``: Gatys et al.'s loss of each item of a batch.
 
     ``images`` and ``contents`` are ``[B, h, w, 3]`` in [0, 1] (``contents[i]`` is item i's

@@ -136,10 +136,13 @@ def stylize(
         from nst_jax.weights import load_params
 
         params, _ = load_params(config.weights)
-    if content is None and shape is None:
+    if content is not None:
+        final = tuple(jnp.shape(content)[:2])
+    elif shape is not None:
+        final = tuple(shape)
+    else:
         raise ValueError("`shape` is needed when `content` is None")
     _check_inputs(content, style, init, checkpoint, resume)
-    final = tuple(shape) if content is None else tuple(jnp.shape(content)[:2])
     style_shapes = [] if style is None else [jnp.shape(s)[:2] for s in as_images(style) if s is not None]
     check_sizes(config, final, style_shapes, content is not None, network=network)
     check_rows(final[0], mesh, "output")
@@ -183,8 +186,8 @@ def _single_scale(
 
 def check_sizes(
     config: StyleConfig,
-    final: tuple[int, int],
-    style_shapes: Sequence[tuple[int, int]],
+    final: tuple[int, ...],
+    style_shapes: Sequence[tuple[int, ...]],
     content: bool = True,
     network: FeatureNetwork | None = None,
 ) -> None:
@@ -342,7 +345,7 @@ def _coarse_to_fine(
       Style Transfer", CVPR 2017, section 5 (coarse-to-fine).
     """
     styles = None if style is None else as_images(style)
-    scaled = lambda image, ratio: None if image is None else resize(image, scaled_shape(jnp.shape(image)[:2], ratio))
+    scaled = lambda image, ratio: resize(image, scaled_shape(jnp.shape(image)[:2], ratio))
     history, steps, evals, seconds, image, result = [], 0, 0, 0.0, None, None
     for stage, size in enumerate(sizes):
         last = stage == len(sizes) - 1
@@ -363,7 +366,7 @@ def _coarse_to_fine(
             ]
         result = _single_scale(
             None if content is None else resize(content, stage_shape),
-            None if styles is None else [scaled(s, ratio) for s in styles],
+            None if styles is None else [None if s is None else scaled(s, ratio) for s in styles],
             config.replace(
                 scales=(), num_scales=1, size=size, num_steps=config.num_steps if last else config.coarse_steps
             ),
@@ -385,6 +388,7 @@ def _coarse_to_fine(
         steps, evals, seconds = steps + result.num_steps, evals + result.num_evals, seconds + result.seconds
         if not result.finite or (stage_callback is not None and stage_callback.stopped):
             break  # a callback's stop ends the whole run, not just its stage
+    assert result is not None  # sizes is never empty
     return result._replace(history=history, num_steps=steps, num_evals=evals, seconds=seconds)
 
 
@@ -399,7 +403,7 @@ class _StageCallback:
         return self.stopped
 
 
-def prepare_styles(style, output_shape: tuple[int, int], config: StyleConfig, content=None) -> list[jax.Array]:
+def prepare_styles(style, output_shape: tuple[int, ...], config: StyleConfig, content=None) -> list[jax.Array | None]:
     """The style images as the network sees them: scaled by ``style_scale``, recoloured per ``preserve_colour``.
 
     ``style_scale`` s != 1 resizes each style image so its long side is ``s`` times the
@@ -410,7 +414,7 @@ def prepare_styles(style, output_shape: tuple[int, int], config: StyleConfig, co
     if style is None:
         return []
     styles = as_images(style)
-    out = []
+    out: list[jax.Array | None] = []
     for image in styles:
         if image is None:  # a region without style (spatial control)
             out.append(None)
@@ -571,7 +575,7 @@ def optimize(
 
 def check_rows(rows: int, mesh: Mesh | None, what: str = "image") -> None:
     """Refuses an image whose rows do not split evenly over ``mesh``'s devices, naming sizes that do."""
-    if optim.rows_divide(rows, mesh):
+    if mesh is None or optim.rows_divide(rows, mesh):
         return
     n = mesh.size
     below, above = rows - rows % n, rows + n - rows % n

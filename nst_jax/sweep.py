@@ -18,9 +18,9 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -141,7 +141,7 @@ def parse_axis(text: str, what: str = "--vary") -> tuple[str, list]:
         raise ValueError(f"{what} {name}: cannot read {values!r} as {name} values") from None
 
 
-def members(axes: Mapping[str, Sequence], product: bool = True) -> list[dict[str, Any]]:
+def members(axes: Mapping[str, Sequence | Mapping], product: bool = True) -> list[dict[str, Any]]:
     """The list of member settings: the Cartesian product of the axes (first axis slowest), or zipped."""
     if not axes:
         raise ValueError("`axes` is empty: give at least one setting to sweep, e.g. {'style_weight': [1e2, 1e3]}")
@@ -153,7 +153,8 @@ def members(axes: Mapping[str, Sequence], product: bool = True) -> list[dict[str
         if len(values) == 0:
             raise ValueError(f"`axes[{name!r}]` is empty: give at least one value")
     names = list(axes)
-    values = [list(axes[name].items()) if isinstance(axes[name], Mapping) else list(axes[name]) for name in names]
+    values = [list(v.items()) if isinstance(v, Mapping) else list(v) for v in (axes[name] for name in names)]
+    combos: Iterable[tuple]
     if product:
         combos = itertools.product(*values)
     else:
@@ -363,6 +364,69 @@ def available_memory(device: jax.Device) -> int | None:
         return None
 
 
+@overload
+def sweep(
+    content: jax.Array | None,
+    style: jax.Array | None,
+    config: StyleConfig = StyleConfig(),
+    axes: Mapping[str, Sequence] | None = None,
+    *,
+    params: Mapping | None = None,
+    product: bool = True,
+    batch_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    shape: tuple[int, int] | None = None,
+    callback: Callable[[SweepProgress], bool | None] | None = None,
+    memory_fraction: float = 0.8,
+    init: jax.Array | None = None,
+    progress: bool = False,
+    network: FeatureNetwork | None = None,
+    dry_run: Literal[False] = False,
+) -> SweepResult: ...
+
+
+@overload
+def sweep(
+    content: jax.Array | None,
+    style: jax.Array | None,
+    config: StyleConfig = StyleConfig(),
+    axes: Mapping[str, Sequence] | None = None,
+    *,
+    params: Mapping | None = None,
+    product: bool = True,
+    batch_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    shape: tuple[int, int] | None = None,
+    callback: Callable[[SweepProgress], bool | None] | None = None,
+    memory_fraction: float = 0.8,
+    init: jax.Array | None = None,
+    progress: bool = False,
+    network: FeatureNetwork | None = None,
+    dry_run: Literal[True],
+) -> SweepPlan: ...
+
+
+@overload
+def sweep(
+    content: jax.Array | None,
+    style: jax.Array | None,
+    config: StyleConfig = StyleConfig(),
+    axes: Mapping[str, Sequence] | None = None,
+    *,
+    params: Mapping | None = None,
+    product: bool = True,
+    batch_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    shape: tuple[int, int] | None = None,
+    callback: Callable[[SweepProgress], bool | None] | None = None,
+    memory_fraction: float = 0.8,
+    init: jax.Array | None = None,
+    progress: bool = False,
+    network: FeatureNetwork | None = None,
+    dry_run: bool = False,
+) -> SweepResult | SweepPlan: ...
+
+
 def sweep(
     content: jax.Array | None,
     style: jax.Array | None,
@@ -453,7 +517,7 @@ def sweep(
         from nst_jax.weights import load_params
 
         params, _ = load_params(config.weights)
-    final = tuple(shape) if content is None else tuple(jnp.shape(content)[:2])
+    final = tuple(jnp.shape(content)[:2]) if content is not None else tuple(shape or ())  # shape: checked above
     from nst_jax.stylize import check_sizes
 
     for member_config, member_styles in zip(configs, styles or [style] * len(configs), strict=True):
@@ -482,7 +546,7 @@ def sweep(
     shared = config.replace(style_layers=union, layer_weights=None)
     base = make_objective(params, content, styles[0] if styles else style, shared, network=network)
     style_batched = styles is not None
-    if style_batched:
+    if styles is not None:
         targets = [make_objective(params, None, s, shared, network=network).style_targets for s in styles]
         style_targets = jax.tree.map(lambda *t: jnp.stack(t), *targets)
     else:
@@ -498,7 +562,7 @@ def sweep(
             for i, layer in enumerate(union)
         },
     )
-    reference = jnp.zeros((*shape, 3), jnp.float32) if content is None else jnp.asarray(content, jnp.float32)
+    reference = jnp.zeros((*final, 3), jnp.float32) if content is None else jnp.asarray(content, jnp.float32)
     start_from = config.init if content is not None or config.init != "content" else "noise"
     style_images = styles or [style] * len(configs)
     if init is None:
@@ -523,7 +587,7 @@ def sweep(
     size = run.choose_batch_size(total, batch_size, memory_fraction)
     if dry_run:
         return SweepPlan(
-            shape=tuple(int(n) for n in final), members=total, batch_size=size, devices=len(devices),
+            shape=(int(final[0]), int(final[1])), members=total, batch_size=size, devices=len(devices),
             bytes_per_device=run.bytes_per_device, limit_bytes=run.limit_bytes,
             memory_fraction=memory_fraction,
         )  # fmt: skip
@@ -539,7 +603,9 @@ def sweep(
     state = jax.tree.map(lambda *x: np.concatenate(x)[:total], *outputs)
     mean_squares = {k: np.broadcast_to(optim.to_host(v), (total,)) for k, v in target_mean_squares(objectives).items()}
     weighted, raw = state["weighted"], state["raw"]
-    axis_labels = {name: _label(list(v.keys()) if isinstance(v, Mapping) else list(v)) for name, v in axes.items()}
+    axis_labels = {
+        name: _label(list(v.keys()) if isinstance(v, Mapping) else list(v)) for name, v in (axes or {}).items()
+    }
     return SweepResult(
         images=np.clip(state["image"], 0.0, 1.0),
         settings=[{k: _label(v) for k, v in member.items()} for member in settings],
@@ -564,7 +630,8 @@ def sweep(
 
 def _coarse_to_fine(content, style, config: StyleConfig, axes, final, sizes, init, options) -> SweepResult:
     """The sweep at each of ``sizes`` in turn, every member continuing from its own upsampled result."""
-    result, totals = None, None
+    result: SweepResult | None = None
+    totals: tuple | None = None
     for stage, size in enumerate(sizes):
         last = stage == len(sizes) - 1
         ratio, stage_shape = size / max(final), fit_long_side(final, size)
@@ -597,6 +664,7 @@ def _coarse_to_fine(content, style, config: StyleConfig, axes, final, sizes, ini
         )
         stage_totals = (result.steps, result.evals, result.iterations, result.seconds)
         totals = stage_totals if totals is None else tuple(a + b for a, b in zip(totals, stage_totals, strict=True))
+    assert result is not None and totals is not None  # sizes is never empty
     steps, evals, iterations, seconds = totals
     return result._replace(steps=steps, evals=evals, iterations=iterations, seconds=seconds, config=config)
 

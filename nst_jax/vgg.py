@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 
-def check_choice(argument: str, value, choices: Sequence[str]) -> None:
+def check_choice(argument: str, value: object, choices: Sequence[object]) -> None:
     """Raises naming ``argument``, showing ``value`` and listing ``choices`` if it is not one of them."""
     if value not in choices:
         raise ValueError(f"`{argument}` must be one of {tuple(choices)}, got {value!r}")
@@ -315,7 +315,8 @@ def features(
     if isinstance(layers, str):  # one layer, not its letters
         layers = (layers,)
     model = VGG19(pooling=pooling, padding=padding, precision=precision, depth=depth_of(params))
-    return model.apply({"params": params}, image, tuple(layers))
+    out: dict[str, jax.Array] = model.apply({"params": params}, image, tuple(layers))  # type: ignore[assignment]
+    return out
 
 
 def param_shapes(depth: int = 19) -> dict[str, dict[str, tuple[int, ...]]]:

@@ -159,7 +159,7 @@ def params_digest(params) -> str:
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         array = np.ascontiguousarray(np.asarray(leaf, np.float32))
         digest.update(f"{jax.tree_util.keystr(path)}{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array.data.cast("B"))
     return digest.hexdigest()
 
 
