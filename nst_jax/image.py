@@ -94,8 +94,8 @@ def initial_image(init: str | np.ndarray, content: jax.Array, style: jax.Array |
             return jax.random.uniform(jax.random.key(seed), (*shape, 3), jnp.float32)
         if style is None:
             raise ValueError("`init` is 'style' but there is no style image")
-        return resize(style, shape)
-    return resize(init, shape)
+        return resize(jnp.asarray(style, jnp.float32), shape)
+    return resize(jnp.asarray(init, jnp.float32), shape)
 
 
 # Colour preservation (Gatys, Bethge, Hertzmann, Shechtman, "Preserving Color in Neural Artistic
