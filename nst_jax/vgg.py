@@ -109,9 +109,6 @@ def check_layers(argument: str, layers: Sequence[str]) -> tuple[str, ...]:
     return layers
 
 
-_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-
-
 def _arithmetic(precision: str, *operands: jax.Array) -> tuple[dict, tuple[jax.Array, ...]]:
     """``precision``/``preferred_element_type`` keywords of a conv or matmul, and its operands cast for it."""
     if precision == "bf16":
@@ -120,9 +117,10 @@ def _arithmetic(precision: str, *operands: jax.Array) -> tuple[dict, tuple[jax.A
     return {"precision": level}, operands
 
 
-def _conv(x: jax.Array, kernel: jax.Array, padding, precision: str = "highest") -> jax.Array:
+def _conv(x: jax.Array, kernel: jax.Array, padding, precision: str = "highest", kernel_layout="HWIO") -> jax.Array:
     keywords, (x, kernel) = _arithmetic(precision, x, kernel)
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMENSIONS, **keywords)
+    dims = ("NHWC", kernel_layout, "NHWC")
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=dims, **keywords)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -156,10 +154,9 @@ def _tangent_conv(x, kernel, padding, precision, kernel_layout="HWIO"):
     derivatives' convolutions round their outputs to bfloat16 (relative 2^-9; the inputs'
     rounding is of the same size).
     """
-    dims = ("NHWC", kernel_layout, "NHWC")
     if precision != "bf16":
-        keywords, _ = _arithmetic(precision)
-        return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=dims, **keywords)
+        return _conv(x, kernel, padding, precision, kernel_layout)
+    dims = ("NHWC", kernel_layout, "NHWC")
     x, kernel = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=dims).astype(jnp.float32)
 
