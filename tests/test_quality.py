@@ -78,3 +78,39 @@ def test_judge_resizes_content_and_style(tiny_params, rng):
     output = random_image(rng, 30, 40)
     report = quality.judge(tiny_params, output, random_image(rng, 60, 80), random_image(rng, 50, 50))
     assert report["shape"] == [30, 40] and np.isfinite(report["content"])
+
+
+def _smooth_image(rng, h, w, cell=8):
+    """A smooth random picture: random colours at every ``cell`` pixels, interpolated."""
+    from nst_jax.image import resize
+
+    coarse = rng.random((h // cell + 1, w // cell + 1, 3)).astype(np.float32)
+    return np.asarray(resize(coarse, (h, w)))
+
+
+def test_composition_distance_known_answers(tiny_params, rng):
+    """0 for a picture against itself, at any size; grows as the picture shifts."""
+    from nst_jax.image import resize
+
+    image = _smooth_image(rng, 64, 96)
+    assert quality.composition_distance(tiny_params, image, image) < 1e-6
+    larger = np.asarray(resize(image, (192, 288)))  # the same picture, 3x: compared at the smaller size
+    same = quality.composition_distance(tiny_params, image, larger)
+    shifts = [quality.composition_distance(tiny_params, np.roll(image, s, axis=1), image) for s in (2, 8, 24)]
+    assert same < 0.5 * shifts[0], (same, shifts)
+    assert 0 < shifts[0] < shifts[1] < shifts[2], shifts
+    assert quality.composition_distance(tiny_params, image, larger) == pytest.approx(
+        quality.composition_distance(tiny_params, larger, image), rel=0.2
+    )
+
+
+def test_composition_distance_matches_numpy_at_a_given_size(tiny_params, rng):
+    from nst_jax.image import resize
+
+    image, reference = _smooth_image(rng, 96, 128), _smooth_image(rng, 192, 256)
+    got = quality.composition_distance(tiny_params, image, reference, size=64, layer="relu3_1")
+    a, b = (
+        np.asarray(vgg.features(tiny_params, resize(x, (48, 64)), ("relu3_1",))["relu3_1"], np.float64)
+        for x in (image, reference)
+    )
+    np.testing.assert_allclose(got, np.linalg.norm(a - b) / np.linalg.norm(b), rtol=1e-4)
