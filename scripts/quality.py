@@ -2,6 +2,7 @@
 
     python scripts/quality.py judge OUTPUT --content CONTENT --style STYLE
     python scripts/quality.py gallery --images ../shared/images --reference ../shared/reference -o gallery/
+    python scripts/quality.py sizes --images ../shared/images --reference ../shared/reference -o sizes/
 
 ``judge`` prints one JSON object: per-layer Gram distances to the style, the content
 distance at relu4_2, the high-frequency share of the luma spectrum and the speckle in the
@@ -17,6 +18,18 @@ ours and the reference output, and writes ``tubingen_<style>.png``, ``gallery.js
 name=value`` changes a setting of :class:`nst_jax.StyleConfig` for every pair;
 ``--judge-only`` judges the images already in ``-o`` (rendered by another version, say);
 ``--keep`` renders only the pairs an earlier gallery in ``-o`` has not.
+
+``sizes`` renders pairs at several sizes with the same settings (``--sizes``, default 192,
+256, 384, 512, 768): the four reference pairs and two the defaults were not chosen on (the
+built-in village x swirls, drawn once at 768 px and resized like a photograph, and
+hoovertowernight x the_scream). Each picture is judged at its own size; each size below the
+largest is compared with the largest rendering (:func:`nst_jax.quality.composition_distance`
+at the smaller size: ``preview_print``) beside the content's distance to that rendering
+(``content_print``); where a reference output exists, its high-frequency share downsampled to
+each size is given beside ours. It writes ``<pair>_<size>.png``, ``sizes.json`` and
+``sizes.png`` (a column per pair, a row per size, every picture at one display size, the
+figures under each). ``--keep`` reuses pictures an earlier run left in ``-o``, so 768 px
+can be added for some pairs only (``--pairs starry_night village --sizes 768 --keep``).
 The images are not part of the project: pass their folders.
 """
 
@@ -44,6 +57,12 @@ PAIRS = {  # style image -> the reference output's name
     "seated-nude": "tubingen_seated_nude",
 }
 CONTENT = "tubingen"
+# Pairs of the sizes command: name -> (content, style); "village" and "swirls" are nst_jax.samples'.
+SIZE_PAIRS = {
+    **{style: (CONTENT, style) for style in PAIRS},
+    "village": ("village", "swirls"),
+    "hoovertowernight": ("hoovertowernight", "the_scream"),
+}
 
 
 def _rounded(report: dict) -> dict:
@@ -170,6 +189,81 @@ def gallery_command(args) -> None:
     print(f"wrote {out / 'gallery.png'} and {out / 'gallery.json'}", file=sys.stderr)
 
 
+def _pair_images(images: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The content and style of a sizes pair at their own sizes (the samples drawn at 768 x 576)."""
+    from nst_jax import samples
+
+    content, style = SIZE_PAIRS[name]
+    if content == "village":
+        return samples.village(576, 768), samples.swirls(576, 768)
+    return nst_jax.load_image(images / f"{content}.jpg"), nst_jax.load_image(images / f"{style}.jpg")
+
+
+def sizes_command(args) -> None:
+    from nst_jax.image import fit_long_side, resize
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    images, reference = Path(args.images), Path(args.reference) if args.reference else None
+    settings = _parse_settings(args.set)
+    params, _ = nst_jax.load_params(settings.get("weights"))
+    sizes = sorted(int(x) for x in args.sizes.split(","))
+    earlier = {}
+    if args.keep and (out / "sizes.json").is_file():
+        earlier = json.loads((out / "sizes.json").read_text())["pairs"]
+    report = {"settings": settings, "pairs": {}}
+    columns = []
+    for name in args.pairs or SIZE_PAIRS:
+        content0, style0 = _pair_images(images, name)
+        entry = {size: run for size, run in earlier.get(name, {}).items() if size.isdigit()}
+        for size in sizes:
+            target = out / f"{name}_{size}.png"
+            if args.keep and target.is_file() and str(size) in entry:
+                continue
+            config = nst_jax.StyleConfig(size=size, **settings)
+            shape = fit_long_side(content0.shape[:2], size)
+            content = np.asarray(resize(content0, shape))
+            style = np.asarray(resize(style0, fit_long_side(style0.shape[:2], size)))  # as the CLI loads it
+            image, run = render(content, style, config, params)
+            save_image(target, image)
+            entry[str(size)] = {"run": run, "stages": list(config.stage_sizes(size))}
+            print(json.dumps({name: {size: run}}), file=sys.stderr, flush=True)
+        rendered = {int(k): nst_jax.load_image(out / f"{name}_{k}.png") for k in entry}
+        largest = max(rendered)
+        reference_image = None
+        if reference is not None and name in PAIRS and (reference / f"{PAIRS[name]}.png").is_file():
+            reference_image = nst_jax.load_image(reference / f"{PAIRS[name]}.png")
+        cells = []
+        for size in sorted(rendered):
+            image = rendered[size]
+            figures = _rounded(quality.judge(params, image, content0, style0))
+            if size < largest:
+                figures["preview_print"] = quality.composition_distance(params, image, rendered[largest])
+                figures["content_print"] = quality.composition_distance(params, content0, rendered[largest], size=size)
+                figures["print_size"] = largest
+            if reference_image is not None and size <= max(reference_image.shape[:2]):
+                shrunk = resize(reference_image, image.shape[:2])
+                figures["reference_high_frequency"] = quality.high_frequency_share(shrunk)
+            entry[str(size)].update(_rounded(figures))
+            run = entry[str(size)]["run"]
+            lines = _caption(
+                figures, f"{size} px: {run['full_size_evaluations']:.0f} evaluations, {run['seconds']:.0f} s"
+            )
+            if "preview_print" in figures:
+                ratio = figures["preview_print"] / figures["content_print"]
+                lines.append(
+                    f"to {largest} px: {figures['preview_print']:.3f} (content {figures['content_print']:.3f}, "
+                    f"{ratio:.2f}x)"
+                )
+            display = np.asarray(resize(image, fit_long_side(image.shape[:2], args.display)))
+            cells.append((display, lines))
+        report["pairs"][name] = entry
+        columns.append((f"{SIZE_PAIRS[name][0]} x {SIZE_PAIRS[name][1]}", cells))
+    save_json(out / "sizes.json", report)
+    save_image(out / "sizes.png", gallery_sheet(columns))
+    print(f"wrote {out / 'sizes.png'} and {out / 'sizes.json'}", file=sys.stderr)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -189,8 +283,19 @@ def main(argv=None) -> None:
     gallery.add_argument(
         "--keep", action="store_true", help="reuse the images (and their timings) an earlier gallery left in -o"
     )
+    sizes = commands.add_parser(
+        "sizes", help="render pairs at several sizes: does the balance hold, does a preview predict the print"
+    )
+    sizes.add_argument("--images", required=True, help="folder with the content and style images")
+    sizes.add_argument("--reference", help="folder with the reference outputs (their high-frequency shares)")
+    sizes.add_argument("-o", "--output", required=True, help="output folder")
+    sizes.add_argument("--sizes", default="192,256,384,512,768", help="long sides, comma-separated")
+    sizes.add_argument("--pairs", nargs="+", choices=tuple(SIZE_PAIRS), help="only these pairs")
+    sizes.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a StyleConfig setting")
+    sizes.add_argument("--display", type=int, default=256, help="long side of every picture on the sheet")
+    sizes.add_argument("--keep", action="store_true", help="reuse the pictures an earlier run left in -o")
     args = parser.parse_args(argv)
-    (judge_command if args.command == "judge" else gallery_command)(args)
+    {"judge": judge_command, "gallery": gallery_command, "sizes": sizes_command}[args.command](args)
 
 
 if __name__ == "__main__":
