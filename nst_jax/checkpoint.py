@@ -68,6 +68,7 @@ _PARTS = {
     "weights": "network weights",
     "content": "content image (or content layers, size or colour setting)",
     "style": "style images (or style layers, style scale, colour setting or masks)",
+    "anchor": "first coarse-to-fine stage (the composition the later stages keep)",
     "objective": "objective",
 }
 
@@ -95,11 +96,17 @@ def fingerprint(objective, config) -> dict:
             precision=objective.precision,
             network=None if objective.network is None else objective.network.name,
         )
-        parts = {
+        parts: dict[str, Any] = {
             "weights": objective.params,
             "content": objective.content_targets,
             "style": (objective.style_targets, objective.style_masks, objective.region_weights),
         }
+        if objective.anchor is not None:
+            settings["anchor_weight"] = scalar(objective.anchor_weight)
+            parts["anchor"] = objective.anchor
+            # A resumed last stage skips the first one: it reads the anchor back (read_anchor).
+            anchor = np.asarray(objective.anchor, np.float32).tolist()
+            return {"settings": settings, "arrays": {k: _digest(v) for k, v in parts.items()}, "anchor": anchor}
     else:  # any callable: its array leaves (none for a plain function) and its name
         settings["objective"] = getattr(objective, "__qualname__", type(objective).__qualname__)
         parts = {"objective": [leaf for leaf in jax.tree.leaves(objective) if hasattr(leaf, "shape")]}
@@ -137,6 +144,39 @@ def _check_fingerprint(directory: Path, saved, ours) -> None:
                 f"`resume`: the checkpoint was made with a different {_PARTS.get(name, name)}; "
                 "use the same inputs or start afresh"
             )
+
+
+def read_anchor(directory: str | os.PathLike) -> np.ndarray | None:
+    """The coarse-to-fine anchor (the first stage's thumbnail) a checkpoint was made with, or ``None``.
+
+    Trusts nothing in the file: a thumbnail that is not ``[h, w, 3]`` finite numbers with
+    sides of 1 to ``ANCHOR_SIZE`` is refused.
+
+    Raises:
+      CheckpointError: no readable ``run.json``, or an anchor that is not such a thumbnail.
+    """
+    from nst_jax.config import ANCHOR_SIZE
+
+    path = Path(directory).absolute() / _RUN
+    try:
+        fingerprint = json.loads(path.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"`resume`: {str(path)!r} cannot be read ({type(e).__name__}: {e})") from None
+    anchor = fingerprint.get("anchor") if isinstance(fingerprint, dict) else None
+    if anchor is None:
+        return None
+    try:
+        array = np.asarray(anchor, np.float64)
+    except (ValueError, TypeError):
+        array = np.zeros((0,))
+    if (
+        array.ndim != 3
+        or array.shape[2] != 3
+        or not all(1 <= n <= ANCHOR_SIZE for n in array.shape[:2])
+        or not np.isfinite(array).all()
+    ):
+        raise CheckpointError(f"`resume`: {str(path)!r} has a damaged anchor (the first stage's thumbnail)")
+    return array.astype(np.float32)
 
 
 def restore_checkpoint(directory: str | os.PathLike, like: T, fingerprint=None) -> tuple[T, list[tuple[int, float]]]:

@@ -146,11 +146,7 @@ def stored(value: bytes | Path | None) -> bytes | None:
 def stage_costs(config: StyleConfig, side: int) -> list[tuple[int, float]]:
     """(steps, relative cost of a step) of each coarse-to-fine stage: a step costs as its pixels do."""
     sizes = config.stage_sizes(side)
-    last = len(sizes) - 1
-    return [
-        (config.num_steps if i == last else config.coarse_steps, (size / sizes[-1]) ** 2)
-        for i, size in enumerate(sizes)
-    ]
+    return [(config.stage_steps(i, len(sizes)), (size / sizes[-1]) ** 2) for i, size in enumerate(sizes)]
 
 
 def run_estimate(
@@ -630,7 +626,7 @@ class Jobs:
                 images = np.asarray(progress.images)
                 for member, image in zip(progress.members, images, strict=False):
                     job.member_previews[member] = png_bytes(image)
-            num_steps = config.num_steps if progress.stage == progress.num_stages - 1 else config.coarse_steps
+            num_steps = config.stage_steps(progress.stage, progress.num_stages)
             within = (
                 progress.batch + min(1.0, float(np.min(progress.steps)) / max(num_steps, 1))
             ) / progress.num_batches

@@ -93,6 +93,20 @@ def total_variation(image: jax.Array, circular: bool = False) -> jax.Array:
     return jnp.mean(dy) + jnp.mean(dx)
 
 
+def anchor_loss(image: jax.Array, target: jax.Array) -> jax.Array:
+    """Squared relative distance of ``image``'s thumbnail from ``target``, a ``[h', w', 3]`` thumbnail.
+
+    ``mean((T(x) - t)^2) / mean((t - mean(t))^2)``: ``T`` is an antialiased Lanczos resize to
+    ``target``'s size (linear, so the term is a smooth quadratic in the pixels); the
+    denominator is the target's variance (1 for a flat target).
+
+    Not in the paper: it keeps a coarse-to-fine stage's composition (see ``StyleConfig.anchor_weight``).
+    """
+    thumbnail = jax.image.resize(image, jnp.shape(target), "lanczos3", antialias=True)
+    variance = jnp.mean(jnp.square(target - jnp.mean(target, axis=(0, 1))))
+    return jnp.mean(jnp.square(thumbnail - target)) / jnp.where(variance > 0, variance, 1.0)
+
+
 def box_penalty(image: jax.Array) -> jax.Array:
     """Mean squared distance of the pixels from the box [0, 1] (zero inside it).
 

@@ -9,16 +9,18 @@ program as constants, and the weights can carry a batch axis for sweeps.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nst_jax import losses, vgg
-from nst_jax.config import StyleConfig
-from nst_jax.image import as_images, layer_mask
+from nst_jax.config import ANCHOR_SIZE, StyleConfig
+from nst_jax.image import as_images, fit_long_side, layer_mask, resize
 from nst_jax.network import FeatureNetwork
 
 
@@ -35,7 +37,8 @@ class Objective(flax.struct.PyTreeNode):
     """The style-transfer loss of one image; call it as ``objective(image) -> (loss, aux)``.
 
     ``aux`` maps each term (``"content/relu4_2"``, ``"style/relu1_1"``, ...,
-    ``"tv"``, ``"box"``) to its weighted contribution, so the terms add up to ``loss``.
+    ``"tv"``, ``"box"``, and ``"anchor"`` with an anchor) to its weighted contribution, so the
+    terms add up to ``loss``.
     """
 
     params: dict
@@ -50,6 +53,10 @@ class Objective(flax.struct.PyTreeNode):
     # (one guided Gram matrix per region) and style_masks[layer] is [R, h_l, w_l].
     style_masks: dict | None = None
     region_weights: jax.Array | None = None  # [R]: each region's share of the image (0: no style there)
+    # Coarse to fine: the first stage's picture as a thumbnail [h', w', 3] that later stages keep
+    # (losses.anchor_loss, weighted by anchor_weight); None: no such term.
+    anchor: jax.Array | None = None
+    anchor_weight: jax.Array | None = None
     # "relative": every content and style term is divided by its target's mean square.
     loss_scale: str = flax.struct.field(pytree_node=False, default="relative")
     pooling: str = flax.struct.field(pytree_node=False, default="avg")
@@ -91,6 +98,8 @@ class Objective(flax.struct.PyTreeNode):
             aux[f"style/{layer}"] = weight * loss
         aux["tv"] = self.tv_weight * losses.total_variation(image, circular=self.padding == "circular")
         aux["box"] = self.box_weight * losses.box_penalty(image)
+        if self.anchor is not None and self.anchor_weight is not None:
+            aux["anchor"] = self.anchor_weight * losses.anchor_loss(image, self.anchor)
         terms = list(aux.values())
         return sum(terms[1:], terms[0]), aux
 
@@ -113,21 +122,51 @@ def _value(objective: Objective, image: jax.Array) -> jax.Array:
 # moon in Tubingen's sky) and pulls the content distance up by 0.1-0.15 (measured at 256 px);
 # at a fifth of the others' weight it is fitted about as closely as the classic tool fits it.
 DEEPEST_BLOCK_SHARE = 0.2
+# Departure: the long side at which the weights above hold as written (the gallery's size,
+# where they were chosen). A layer's receptive field is fixed in pixels, so at half that size
+# each layer sees what the next deeper one sees at full size: at 256 px relu4_1 reads the
+# picture's layout as relu5_1 does at 512 px, and fitting it at full weight repaints the
+# layout (measured: Tubingen's buildings and the demo's tower gone at 256 px, kept at 512 px).
+# So a layer's weight follows the share of the picture it sees: its block index plus
+# log2(WEIGHTS_SIZE / size), full weight up to the fourth block's share, divided by
+# 1 / DEEPEST_BLOCK_SHARE for every pooling level beyond it (README, "Loss and weights").
+WEIGHTS_SIZE = 512
+
+
+def _block(layer: str) -> int:
+    """0-based VGG block of a layer (``relu3_1`` -> 2; a pooling layer ``pool3`` -> 2)."""
+    name = layer.split("_")[0]
+    return int(name[-1]) - 1
+
+
+def _scale_weight(level: float) -> float:
+    """The weight of a style layer that sees the share of the picture block ``level`` sees at ``WEIGHTS_SIZE``."""
+    return DEEPEST_BLOCK_SHARE ** max(0.0, level - 3.0)
 
 
 def default_layer_weights(
-    style_layers: Sequence[str], loss_scale: str = "relative", network: FeatureNetwork | None = None
+    style_layers: Sequence[str],
+    loss_scale: str = "relative",
+    network: FeatureNetwork | None = None,
+    size: int | None = None,
 ) -> tuple[float, ...]:
-    """The default per-layer weights (see ``StyleConfig.layer_weights``).
+    """The default per-layer weights (see ``StyleConfig.layer_weights``) for a picture of long side ``size``.
 
-    With relative terms, equal weights (the paper's) except VGG's fifth block's, which get
-    :data:`DEEPEST_BLOCK_SHARE` of the others'; normalised to sum to 1 (any other ``network``:
-    equal). With absolute terms, 1/N_l, N_l the layer's channel count.
+    With relative terms and VGG, at ``WEIGHTS_SIZE`` (512 px) equal weights (the paper's)
+    except the fifth block's, which get :data:`DEEPEST_BLOCK_SHARE` of the others',
+    normalised to sum to 1. At another ``size`` each layer takes the weight of the block that
+    sees the same share of the picture at 512 px (block index + log2(512 / size), each level
+    beyond the fourth block's dividing the weight by 5), over the same normalisation: at
+    256 px relu4_1 gets 0.2 and relu5_1 0.04 of relu1_1's weight; at 1024 px every layer the
+    same. ``size=None``: as at 512 px. Any other ``network``: equal weights at every size.
+    With absolute terms, 1/N_l, N_l the layer's channel count, at every size.
     """
     if loss_scale == "relative":
-        fifth = lambda layer: network is None and layer.split("_")[0].endswith("5")
-        raw = [DEEPEST_BLOCK_SHARE if fifth(layer) else 1.0 for layer in style_layers]
-        return tuple(w / sum(raw) for w in raw)
+        if network is not None:
+            return tuple(1.0 / len(style_layers) for _ in style_layers)
+        shift = 0.0 if size is None else math.log2(WEIGHTS_SIZE / size)
+        total = sum(_scale_weight(_block(layer)) for layer in style_layers)
+        return tuple(_scale_weight(_block(layer) + shift) / total for layer in style_layers)
     channels = _channels if network is None else network.channels.__getitem__
     return tuple(1.0 / channels(layer) for layer in style_layers)
 
@@ -190,6 +229,7 @@ def make_objective(
     masks: jax.Array | None = None,
     style_masks: Sequence[jax.Array | None] | None = None,
     network: FeatureNetwork | None = None,
+    size: int | None = None,
 ) -> Objective:
     """Computes the targets once and returns the pure objective.
 
@@ -207,6 +247,9 @@ def make_objective(
         image its Gram matrices come from (``None``: the whole image).
       network: a :class:`~nst_jax.network.FeatureNetwork` (e.g. ``network.from_flax(module)``)
         whose parameters ``params`` are, with ``config.network == "custom"``; ``None``: VGG.
+      size: the long side of the picture to be optimised, which the default per-layer weights
+        follow (:func:`default_layer_weights`); default: the content's (or the masks'); with
+        neither, the weights as at 512 px.
 
     Returns:
       An :class:`Objective`; ``objective(image)`` is pure, jit-compatible,
@@ -222,12 +265,18 @@ def make_objective(
         raise ValueError("`content` and `style` are both None (or have no layers): there is nothing to match")
     content_targets: dict[str, jax.Array] = {}
     style_targets: dict[str, jax.Array] = {}
+    if size is None and content is not None:
+        size = max(jnp.shape(content)[:2])
+    elif size is None and masks is not None:
+        size = max(jnp.shape(masks)[1:])
     if content_layers:
         image = _check_image("content", content)
         content_targets = dict(_jit_features(params, image, content_layers, config, network=network))
     if style_layers and masks is not None:
         shape = content.shape[:2] if content is not None else masks.shape[1:]
-        return _with_masks(params, content_targets, style, masks, style_masks, shape, style_layers, config, network)
+        return _with_masks(
+            params, content_targets, style, masks, style_masks, shape, style_layers, config, network, size
+        )
     if style_layers:
         styles = as_images(style)
         blend = _blend_weights(config.style_blend, len(styles))
@@ -237,11 +286,11 @@ def make_objective(
             for layer in style_layers:
                 gram = grams[layer] if len(styles) == 1 else weight * grams[layer]
                 style_targets[layer] = gram if i == 0 else style_targets[layer] + gram
-    return _assemble(params, content_targets, style_targets, style_layers, config, network)
+    return _assemble(params, content_targets, style_targets, style_layers, config, network, size)
 
 
-def _assemble(params, content_targets, style_targets, style_layers, config, network=None) -> Objective:
-    layer_weights = config.layer_weights or default_layer_weights(style_layers, config.loss_scale, network)
+def _assemble(params, content_targets, style_targets, style_layers, config, network=None, size=None) -> Objective:
+    layer_weights = config.layer_weights or default_layer_weights(style_layers, config.loss_scale, network, size)
     scalar = lambda x: jnp.asarray(x, jnp.float32)
     return Objective(
         params=params,
@@ -260,7 +309,9 @@ def _assemble(params, content_targets, style_targets, style_layers, config, netw
     )
 
 
-def _with_masks(params, content_targets, style, masks, style_masks, shape, style_layers, config, network) -> Objective:
+def _with_masks(
+    params, content_targets, style, masks, style_masks, shape, style_layers, config, network, size
+) -> Objective:
     """The objective with one guided Gram target per region (Gatys et al. CVPR 2017, section 4)."""
     masks = jnp.asarray(masks, jnp.float32)
     styles = as_images(style)
@@ -293,8 +344,27 @@ def _with_masks(params, content_targets, style, masks, style_masks, shape, style
     area = masks.reshape(masks.shape[0], -1).mean(axis=1)
     styled = jnp.asarray([image is not None for image in styles], jnp.float32)
     stacked = {k: jnp.stack(v) for k, v in targets.items()}
-    base = _assemble(params, content_targets, stacked, style_layers, config, network)
+    base = _assemble(params, content_targets, stacked, style_layers, config, network, size)
     return base.replace(style_masks=output_masks, region_weights=area * styled)
+
+
+def anchor_thumbnail(picture: jax.Array | np.ndarray) -> jax.Array:
+    """The thumbnail of ``picture`` (long side ``ANCHOR_SIZE``, its aspect ratio) that an anchor keeps.
+
+    ``picture`` is ``[h, w, 3]`` or a batch ``[B, h, w, 3]`` (one per sweep member).
+    """
+    picture = jnp.asarray(picture, jnp.float32)
+    shape = fit_long_side(picture.shape[-3:-1], ANCHOR_SIZE)
+    return resize(picture, shape) if picture.ndim == 3 else jnp.stack([resize(p, shape) for p in picture])
+
+
+def with_anchor(objective: Objective, thumbnail: jax.Array, weight: float) -> Objective:
+    """``objective`` plus ``weight`` times :func:`~nst_jax.losses.anchor_loss` from ``thumbnail``.
+
+    With :func:`anchor_thumbnail` of a picture, the optimised image keeps that picture's
+    composition and is free in its finer detail.
+    """
+    return objective.replace(anchor=jnp.asarray(thumbnail, jnp.float32), anchor_weight=jnp.asarray(weight, jnp.float32))
 
 
 def _blend_weights(blend, count: int) -> list[float]:
@@ -347,7 +417,9 @@ def paper_weights(
         raise ValueError("`mean_squares` is needed with loss_scale 'relative' (see target_mean_squares)")
     relative = config.loss_scale == "relative" and mean_squares is not None
     divide = lambda term: float(mean_squares[term]) if relative and mean_squares is not None else 1.0
-    layer_weights = config.layer_weights or default_layer_weights(config.style_layers, config.loss_scale)
+    layer_weights = config.layer_weights or default_layer_weights(
+        config.style_layers, config.loss_scale, size=max(height, width)
+    )
     alpha = {
         layer: 2.0
         * config.content_weight

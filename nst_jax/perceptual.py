@@ -61,6 +61,7 @@ def perceptual_loss(
     config: StyleConfig = StyleConfig(),
     *,
     network: FeatureNetwork | None = None,
+    size: int | None = None,
 ) -> PerceptualLoss:
     """The training loss for a style (or several, blended by ``config.style_blend``).
 
@@ -72,6 +73,8 @@ def perceptual_loss(
         :func:`~nst_jax.objective.make_objective` (``config.box`` "penalty" keeps the
         penalty on pixels outside [0, 1]; "none" drops it).
       network: any feature network (``config.network == "custom"``); ``None``: VGG.
+      size: the long side of the training images, which the default per-layer weights follow
+        (:func:`~nst_jax.objective.default_layer_weights`); ``None``: the weights as at 512 px.
 
     Returns:
       A :class:`PerceptualLoss`; its style targets are computed here, once.
@@ -82,5 +85,5 @@ def perceptual_loss(
         # Content terms only: an objective with no style layers; content targets come per item.
         objective = make_objective(params, jnp.zeros((32, 32, 3), jnp.float32), None, config, network=network)
     else:
-        objective = make_objective(params, None, style, config, network=network)
+        objective = make_objective(params, None, style, config, network=network, size=size)
     return PerceptualLoss(objective.replace(content_targets={}), tuple(config.content_layers))

@@ -15,10 +15,12 @@ settings (and other tools' outputs) fairly:
   the quarter of the pixels where the *content* is flattest (sky, water, walls): speckle
   and ripples show there first.
 - :func:`composition_distance`: how far apart two pictures are in what the eye reads first
-  (where the objects and the large strokes are): both brought to the smaller one's size,
-  the relative relu4_2 feature distance. Between a 256 px preview and a 768 px print of the
-  same settings it says whether the preview predicts the print; between the content and
-  the print, how far styling moves the picture.
+  (where the objects, the masses of light and dark and the large strokes are): both brought
+  to a thumbnail of ``COMPOSITION_SIZE`` (128) px, the relative relu4_2 feature distance.
+  Between a 256 px preview and a 768 px print of the same settings it says whether the
+  preview predicts the print; between the content and the print, how far styling moves the
+  picture. At the preview's own size (``size=256``) the same distance also counts where each
+  stroke lies, which a larger print redraws finer by design.
 
 Images are ``[h, w, 3]`` RGB in [0, 1]. The content is compared at the output's size, the
 style at the output's long side (as the CLI loads it).
@@ -37,6 +39,9 @@ from nst_jax.image import fit_long_side, resize
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYER = "relu4_2"
+# Long side at which composition_distance compares by default: at 128 px a brush stroke is a
+# pixel or two while a building or a swirl is still ten or more; relu4_2 is then a 16 x 12 map.
+COMPOSITION_SIZE = 128
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -65,9 +70,11 @@ def content_distance(params, image, content, layer: str = CONTENT_LAYER) -> floa
     return _relative(mine[layer], theirs[layer])
 
 
-def composition_distance(params, image, reference, size: int | None = None, layer: str = CONTENT_LAYER) -> float:
+def composition_distance(
+    params, image, reference, size: int | None = COMPOSITION_SIZE, layer: str = CONTENT_LAYER
+) -> float:
     """``||F(a) - F(b)|| / ||F(b)||`` at ``layer``, ``a`` and ``b`` being ``image`` and ``reference``
-    brought to the smaller one's size, or to a long side of ``size`` (downsampled, antialiased).
+    brought to a long side of ``size`` (resized, antialiased), or to the smaller one's size.
 
     At the smaller size the fine texture that only the larger picture can show is filtered
     out, so what is compared is the composition: 0 for a picture against itself (at any
@@ -77,8 +84,8 @@ def composition_distance(params, image, reference, size: int | None = None, laye
       params: VGG-19 parameters (:func:`nst_jax.load_params`).
       image, reference: ``[h, w, 3]`` RGB in [0, 1], any sizes (the same aspect ratio give or
         take rounding: both are resized to one ``(height, width)``).
-      size: the long side they are compared at; ``None``: the smaller one's shape. Give it
-        to compare several distances on one scale (a preview's and the content's to a print).
+      size: the long side they are compared at (default ``COMPOSITION_SIZE``, a thumbnail);
+        ``None``: the smaller one's shape.
       layer: the VGG layer compared (default relu4_2, the paper's content layer).
     """
     image, reference = (np.clip(np.asarray(x, np.float32), 0.0, 1.0) for x in (image, reference))

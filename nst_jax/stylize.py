@@ -28,7 +28,7 @@ from nst_jax.image import (
     with_content_colour,
 )
 from nst_jax.network import FeatureNetwork
-from nst_jax.objective import Objective, check_network, make_objective
+from nst_jax.objective import Objective, anchor_thumbnail, check_network, make_objective, with_anchor
 
 
 class Progress(NamedTuple):
@@ -168,11 +168,18 @@ def stylize(
 
 def _single_scale(
     content, style, config: StyleConfig, params, init, callback, shape, checkpoint, resume, masks, style_masks,
-    network=None, mesh=None,
+    network=None, mesh=None, anchor=None,
 ) -> Result:  # fmt: skip
-    """One optimisation at the content's (or ``shape``'s) size; the inputs are checked already."""
+    """One optimisation at the content's (or ``shape``'s) size; the inputs are checked already.
+
+    ``anchor``: the thumbnail of a coarse-to-fine run's first stage
+    (:func:`~nst_jax.objective.anchor_thumbnail`), whose composition this stage keeps
+    (``config.anchor_weight``).
+    """
     objective, image, reference = _setup(content, style, config, params, init, shape, masks, style_masks, network)
     recolour = content is not None and config.preserve_colour == "luminance"
+    if anchor is not None and config.anchor_weight > 0:
+        objective = with_anchor(objective, anchor, config.anchor_weight)
     try:
         result = optimize(objective, image, config, callback=callback, checkpoint=checkpoint, resume=resume, mesh=mesh)
     except Interrupted as e:
@@ -336,21 +343,27 @@ def _coarse_to_fine(
 
     The content (or ``final``, the output's shape) gives the aspect ratio; every stage sees
     the content, the styles and the masks scaled by its size over the output's, so the
-    style's strokes keep their size relative to the image. Coarser stages take
-    ``config.coarse_steps`` steps, the last ``config.num_steps``. Checkpoints are of the
+    style's strokes keep their size relative to the image; every stage after the first keeps
+    the first one's composition (``config.anchor_weight``). Coarser stages take
+    ``config.coarse_steps`` steps (default ``num_steps``), the last ``config.num_steps``. Checkpoints are of the
     last stage: ``resume`` skips the coarser ones (the checkpoint holds the image).
 
     References:
       Gatys, Ecker, Bethge, Hertzmann, Shechtman, "Controlling Perceptual Factors in Neural
       Style Transfer", CVPR 2017, section 5 (coarse-to-fine).
     """
+    from nst_jax.checkpoint import read_anchor
+
     styles = None if style is None else as_images(style)
     scaled = lambda image, ratio: resize(image, scaled_shape(jnp.shape(image)[:2], ratio))
     history, steps, evals, seconds, image, result = [], 0, 0, 0.0, None, None
+    anchor: jax.Array | np.ndarray | None = None  # the first stage's thumbnail, kept by the later stages
     for stage, size in enumerate(sizes):
         last = stage == len(sizes) - 1
         if resume is not None and not last:
             continue
+        if resume is not None:  # the coarser stages are skipped: their anchor is in the checkpoint
+            anchor = read_anchor(resume)
         ratio = size / max(final)
         stage_shape = fit_long_side(final, size)
         stage_callback = None if callback is None else _StageCallback(callback, stage, len(sizes))
@@ -367,9 +380,7 @@ def _coarse_to_fine(
         result = _single_scale(
             None if content is None else resize(content, stage_shape),
             None if styles is None else [None if s is None else scaled(s, ratio) for s in styles],
-            config.replace(
-                scales=(), num_scales=1, size=size, num_steps=config.num_steps if last else config.coarse_steps
-            ),
+            config.replace(scales=(), num_scales=1, size=size, num_steps=config.stage_steps(stage, len(sizes))),
             params=params,
             init=init if image is None else resize(image, stage_shape),
             callback=None if callback is None else stage_callback,
@@ -382,8 +393,12 @@ def _coarse_to_fine(
             # A coarser stage whose rows do not divide runs on one device (it is small); the
             # last stage's rows were checked to divide before anything ran.
             mesh=mesh if optim.rows_divide(stage_shape[0], mesh) else None,
+            anchor=anchor,
         )
         image = result.image
+        if stage == 0:  # in the network's colours, as the next stage's init (luminance: grey)
+            recolour = content is not None and config.preserve_colour == "luminance"
+            anchor = anchor_thumbnail(luminance_image(jnp.asarray(image)) if recolour else image)
         history += [(steps + s, loss) for s, loss in result.history]
         steps, evals, seconds = steps + result.num_steps, evals + result.num_evals, seconds + result.seconds
         if not result.finite or (stage_callback is not None and stage_callback.stopped):

@@ -33,11 +33,13 @@ from nst_jax.image import fit_long_side, initial_image, resize, scaled_shape
 from nst_jax.network import FeatureNetwork
 from nst_jax.objective import (
     Objective,
+    anchor_thumbnail,
     check_network,
     default_layer_weights,
     make_objective,
     paper_weights,
     target_mean_squares,
+    with_anchor,
 )
 from nst_jax.stylize import prepare_styles
 
@@ -227,10 +229,12 @@ def _member_configs(
                 raise ValueError("`style_layers` has an empty layer set; each set needs at least one layer")
             # As the paper's Figure 3: equal total weight for every set (the relative default's
             # weights over the set sum to 1), on the absolute scale 1/N_l per layer times L/|set|.
-            scale = 1.0 if config.loss_scale == "relative" else len(config.style_layers) / len(layers)
+            # With relative terms the defaults themselves (None), which follow each stage's size.
             changes["style_layers"] = layers
-            defaults = default_layer_weights(layers, config.loss_scale, network)
-            changes["layer_weights"] = tuple(w * scale for w in defaults)
+            changes["layer_weights"] = None
+            if config.loss_scale != "relative":
+                scale = len(config.style_layers) / len(layers)
+                changes["layer_weights"] = tuple(w * scale for w in default_layer_weights(layers, "absolute", network))
         if "layer_weights" in member:
             changes["layer_weights"] = tuple(member["layer_weights"])
         for name in ("content_weight", "style_weight", "tv_weight"):
@@ -244,8 +248,9 @@ def _member_configs(
     return configs, union
 
 
-def _weights_over(config: StyleConfig, union: tuple[str, ...], network=None) -> list[float]:
-    layer_weights = config.layer_weights or default_layer_weights(config.style_layers, config.loss_scale, network)
+def _weights_over(config: StyleConfig, union: tuple[str, ...], network=None, size=None) -> list[float]:
+    """A member's per-layer weights over the sweep's union of style layers, at long side ``size``."""
+    layer_weights = config.layer_weights or default_layer_weights(config.style_layers, config.loss_scale, network, size)
     weights = dict(zip(config.style_layers, layer_weights, strict=True))
     return [weights.get(layer, 0.0) for layer in union]
 
@@ -266,6 +271,8 @@ def _objective_axes(objectives: Objective, style_batched: bool) -> Objective:
         box_weight=None,
         style_masks=None,
         region_weights=None,
+        anchor=None if objectives.anchor is None else 0,
+        anchor_weight=None,
     )
 
 
@@ -479,14 +486,43 @@ def sweep(
       A :class:`SweepResult`; member i of the product is ``result.settings[i]`` (in Jupyter,
       it displays as its labelled contact sheet).
     """
+    return _sweep(
+        content, style, config, axes, params=params, product=product, batch_size=batch_size, devices=devices,
+        shape=shape, callback=callback, memory_fraction=memory_fraction, init=init, progress=progress,
+        network=network, dry_run=dry_run,
+    )  # fmt: skip
+
+
+def _sweep(
+    content: jax.Array | None,
+    style: jax.Array | None,
+    config: StyleConfig = StyleConfig(),
+    axes: Mapping[str, Sequence] | None = None,
+    *,
+    params: Mapping | None = None,
+    product: bool = True,
+    batch_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    shape: tuple[int, int] | None = None,
+    callback: Callable[[SweepProgress], bool | None] | None = None,
+    memory_fraction: float = 0.8,
+    init: jax.Array | None = None,
+    progress: bool = False,
+    network: FeatureNetwork | None = None,
+    dry_run: bool = False,
+    anchor: jax.Array | None = None,
+) -> SweepResult | SweepPlan:
+    """:func:`sweep`; ``anchor``: ``[B, h', w', 3]`` thumbnails (:func:`~nst_jax.objective.anchor_thumbnail`)
+    of each member's first coarse-to-fine stage, whose composition this stage keeps."""
     if progress:
         from nst_jax.progress import ProgressBar
 
         bar = ProgressBar(callback)
         try:
-            return sweep(
+            return _sweep(
                 content, style, config, axes, params=params, product=product, batch_size=batch_size, devices=devices,
                 shape=shape, callback=bar, memory_fraction=memory_fraction, init=init, network=network, dry_run=dry_run,
+                anchor=anchor,
             )  # fmt: skip
         finally:
             bar.close()
@@ -558,10 +594,12 @@ def sweep(
         style_weight=column([c.style_weight for c in configs]),
         tv_weight=column([c.tv_weight for c in configs]),
         layer_weights={
-            layer: column([w[i] for w in (_weights_over(c, union, network) for c in configs)])
+            layer: column([w[i] for w in (_weights_over(c, union, network, max(final)) for c in configs)])
             for i, layer in enumerate(union)
         },
     )
+    if anchor is not None and config.anchor_weight > 0:  # each member keeps its own first stage's composition
+        objectives = with_anchor(objectives, anchor, config.anchor_weight)
     reference = jnp.zeros((*final, 3), jnp.float32) if content is None else jnp.asarray(content, jnp.float32)
     start_from = config.init if content is not None or config.init != "content" else "noise"
     style_images = styles or [style] * len(configs)
@@ -632,8 +670,8 @@ def _coarse_to_fine(content, style, config: StyleConfig, axes, final, sizes, ini
     """The sweep at each of ``sizes`` in turn, every member continuing from its own upsampled result."""
     result: SweepResult | None = None
     totals: tuple | None = None
+    anchor = None  # each member's first-stage thumbnail, whose composition the later stages keep
     for stage, size in enumerate(sizes):
-        last = stage == len(sizes) - 1
         ratio, stage_shape = size / max(final), fit_long_side(final, size)
         scaled = lambda image, ratio=ratio: resize(image, scaled_shape(jnp.shape(image)[:2], ratio))
         stage_axes = dict(axes or {})
@@ -651,17 +689,20 @@ def _coarse_to_fine(content, style, config: StyleConfig, axes, final, sizes, ini
             stage_options["callback"] = lambda p, stage=stage, callback=options["callback"]: callback(
                 p._replace(stage=stage, num_stages=len(sizes))
             )
-        result = sweep(
+        stage_result = _sweep(
             None if content is None else resize(content, stage_shape),
             None if style is None else scaled(style),
-            config.replace(
-                scales=(), num_scales=1, size=size, num_steps=config.num_steps if last else config.coarse_steps
-            ),
+            config.replace(scales=(), num_scales=1, size=size, num_steps=config.stage_steps(stage, len(sizes))),
             stage_axes,
             shape=stage_shape,
             init=init_images,
+            anchor=anchor,
             **stage_options,
         )
+        assert isinstance(stage_result, SweepResult)  # not a dry run
+        result = stage_result
+        if stage == 0:
+            anchor = anchor_thumbnail(result.images)
         stage_totals = (result.steps, result.evals, result.iterations, result.seconds)
         totals = stage_totals if totals is None else tuple(a + b for a, b in zip(totals, stage_totals, strict=True))
     assert result is not None and totals is not None  # sizes is never empty
@@ -867,7 +908,12 @@ def save_sweep(
                     "style_layers": list(member_config.style_layers),
                     "layer_weights": list(
                         member_config.layer_weights
-                        or default_layer_weights(member_config.style_layers, member_config.loss_scale, result.network)
+                        or default_layer_weights(
+                            member_config.style_layers,
+                            member_config.loss_scale,
+                            result.network,
+                            max(result.images.shape[1:3]),
+                        )
                     ),
                     "tv_weight": member_config.tv_weight,
                 },

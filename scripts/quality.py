@@ -23,10 +23,11 @@ name=value`` changes a setting of :class:`nst_jax.StyleConfig` for every pair;
 256, 384, 512, 768): the four reference pairs and two the defaults were not chosen on (the
 built-in village x swirls, drawn once at 768 px and resized like a photograph, and
 hoovertowernight x the_scream). Each picture is judged at its own size; each size below the
-largest is compared with the largest rendering (:func:`nst_jax.quality.composition_distance`
-at the smaller size: ``preview_print``) beside the content's distance to that rendering
-(``content_print``); where a reference output exists, its high-frequency share downsampled to
-each size is given beside ours. It writes ``<pair>_<size>.png``, ``sizes.json`` and
+largest is compared with the largest rendering (:func:`nst_jax.quality.composition_distance`,
+both as 128 px thumbnails: ``preview_print``) beside the content's distance to that rendering
+(``content_print``), and the same two at the smaller picture's own size (``*_own_size``,
+where each stroke's place counts too); where a reference output exists, its high-frequency
+share downsampled to each size is given beside ours. It writes ``<pair>_<size>.png``, ``sizes.json`` and
 ``sizes.png`` (a column per pair, a row per size, every picture at one display size, the
 figures under each). ``--keep`` reuses pictures an earlier run left in ``-o``, so 768 px
 can be added for some pairs only (``--pairs starry_night village --sizes 768 --keep``).
@@ -237,9 +238,13 @@ def sizes_command(args) -> None:
         for size in sorted(rendered):
             image = rendered[size]
             figures = _rounded(quality.judge(params, image, content0, style0))
-            if size < largest:
-                figures["preview_print"] = quality.composition_distance(params, image, rendered[largest])
-                figures["content_print"] = quality.composition_distance(params, content0, rendered[largest], size=size)
+            if size < largest:  # as thumbnails (the goal's measure), and at the preview's own size
+                print_ = rendered[largest]
+                distance = lambda a, size, print_=print_: quality.composition_distance(params, a, print_, size=size)
+                figures["preview_print"] = distance(image, quality.COMPOSITION_SIZE)
+                figures["content_print"] = distance(content0, quality.COMPOSITION_SIZE)
+                figures["preview_print_own_size"] = distance(image, size)
+                figures["content_print_own_size"] = distance(content0, size)
                 figures["print_size"] = largest
             if reference_image is not None and size <= max(reference_image.shape[:2]):
                 shrunk = resize(reference_image, image.shape[:2])

@@ -1,12 +1,22 @@
 """Textures, reconstructions, colour preservation, style blends and style scale (the follow-up papers)."""
 
+import itertools
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import one_line_error, random_image
 
 from nst_jax import StyleConfig, cli, make_objective, samples, save_image, stylize
-from nst_jax.image import match_colour, match_luminance, rgb_to_yiq, with_content_colour, yiq_to_rgb
+from nst_jax.image import (
+    match_colour,
+    match_luminance,
+    resize,
+    rgb_to_yiq,
+    scaled_shape,
+    with_content_colour,
+    yiq_to_rgb,
+)
 from nst_jax.losses import gram
 from nst_jax.stylize import prepare_styles
 from nst_jax.vgg import features
@@ -200,17 +210,47 @@ def test_coarse_to_fine_runs_every_scale_and_ends_at_the_last(real_params):
         StyleConfig(scales=(64, 32))
 
 
-def test_stage_sizes_halve_down_to_the_coarsest_scale():
-    assert StyleConfig(size=512).stage_sizes() == (128, 256, 512)
-    assert StyleConfig(size=1024).stage_sizes() == (256, 512, 1024)
-    assert StyleConfig(size=300).stage_sizes() == (150, 300)
-    assert StyleConfig(size=255).stage_sizes() == (255,)
-    assert StyleConfig(size=512, num_scales=2).stage_sizes() == (256, 512)
+def test_stage_sizes_climb_from_the_base_size_in_steps_of_at_most_sqrt2():
+    assert StyleConfig(size=512).stage_sizes() == (256, 362, 512)
+    assert StyleConfig(size=768).stage_sizes() == (256, 337, 443, 584, 768)
+    assert StyleConfig(size=1024).stage_sizes() == (256, 362, 512, 724, 1024)
+    assert StyleConfig(size=300).stage_sizes() == (256, 300)
+    assert StyleConfig(size=256).stage_sizes() == (256,)
+    assert StyleConfig().stage_sizes(192) == (192,)  # at or below the base: one stage
+    for size in (300, 384, 512, 640, 768, 1024, 2048, 4096):  # every ratio at most sqrt(2), the first at the base
+        sizes = StyleConfig(size=size).stage_sizes()
+        assert sizes[0] == 256 and sizes[-1] == size
+        assert all(b / a <= 2**0.5 * 1.002 for a, b in itertools.pairwise(sizes)), sizes  # rounding
+    assert StyleConfig(size=1024, num_scales=3).stage_sizes() == (256, 512, 1024)
     assert StyleConfig(size=512, num_scales=1).stage_sizes() == (512,)
+    assert StyleConfig(size=512, base_size=128).stage_sizes() == (128, 181, 256, 362, 512)
     assert StyleConfig(scales=(100, 200)).stage_sizes() == (100, 200)
-    assert StyleConfig().stage_sizes(384) == (192, 384)
-    with pytest.raises(ValueError, match="`num_scales` must be an integer >= 1, got 0"):
-        StyleConfig(num_scales=0)
+    with pytest.raises(ValueError, match="`num_scales` must be an integer >= 0, got -1"):
+        StyleConfig(num_scales=-1)
+    with pytest.raises(ValueError, match="`base_size` must be an integer >= 16, got 8"):
+        StyleConfig(base_size=8)
+
+
+def test_stage_steps_default_to_num_steps():
+    assert [StyleConfig(num_steps=7).stage_steps(i, 3) for i in range(3)] == [7, 7, 7]
+    assert [StyleConfig(num_steps=7, coarse_steps=2).stage_steps(i, 3) for i in range(3)] == [2, 2, 7]
+
+
+def test_a_preview_is_the_first_stage_of_its_print(real_params):
+    """The 32 px run (base 32) equals, bit for bit, the first stage of the 64 px run with the same settings."""
+    content, style = samples.village(48, 64), samples.swirls(48, 64)
+    config = TINY.replace(base_size=32, coarse_steps=None)
+    stages = []
+    printed = stylize(content, style, config, params=real_params, callback=stages.append)
+    assert {p.image.shape[:2] for p in stages} == {(24, 32), (34, 45), (48, 64)}  # 32, 45, 64 px
+    # As each stage sees them: the content at the stage's shape, the style scaled by its ratio
+    # (a style under 64 px is kept as it is: its deepest maps would vanish).
+    preview = stylize(resize(content, (24, 32)), resize(style, scaled_shape((48, 64), 0.5)), config, params=real_params)
+    first = [p for p in stages if p.stage == 0][-1]
+    np.testing.assert_array_equal(np.asarray(first.image), preview.image)
+    assert "anchor" in printed.terms and "anchor" not in preview.terms  # the later stages keep its composition
+    free = stylize(content, style, config.replace(anchor_weight=0.0), params=real_params)
+    assert "anchor" not in free.terms
 
 
 def test_coarse_to_fine_with_masks_checkpoints_and_resume(real_params, tmp_path):

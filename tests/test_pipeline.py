@@ -17,11 +17,11 @@ def test_perceptual_loss_is_the_objective_per_item(tiny_params, rng):
     style = random_image(rng, 40, 36)
     images = np.stack([random_image(rng, 24, 20) for _ in range(3)])
     contents = np.stack([random_image(rng, 24, 20) for _ in range(3)])
-    loss = perceptual_loss(tiny_params, style, CONFIG)
+    loss = perceptual_loss(tiny_params, style, CONFIG, size=24)  # the layer weights of 24 px pictures
     values, aux = jax.jit(lambda loss, x, c: loss(x, c))(loss, images, contents)
     assert values.shape == (3,) and all(v.shape == (3,) for v in aux.values())
     for i in range(3):
-        value, terms = make_objective(tiny_params, contents[i], style, CONFIG)(images[i])
+        value, terms = make_objective(tiny_params, contents[i], style, CONFIG)(images[i])  # 24 px: its size
         np.testing.assert_allclose(values[i], value, rtol=1e-5)
         for name, term in terms.items():
             np.testing.assert_allclose(aux[name][i], term, rtol=1e-5, atol=1e-7)

@@ -93,14 +93,18 @@ def test_composition_distance_known_answers(tiny_params, rng):
     from nst_jax.image import resize
 
     image = _smooth_image(rng, 64, 96)
-    assert quality.composition_distance(tiny_params, image, image) < 1e-6
+    distance = lambda a, b: quality.composition_distance(tiny_params, a, b, size=None)  # at the smaller size
+    assert distance(image, image) < 1e-6
     larger = np.asarray(resize(image, (192, 288)))  # the same picture, 3x: compared at the smaller size
-    same = quality.composition_distance(tiny_params, image, larger)
-    shifts = [quality.composition_distance(tiny_params, np.roll(image, s, axis=1), image) for s in (2, 8, 24)]
+    same = distance(image, larger)
+    shifts = [distance(np.roll(image, s, axis=1), image) for s in (2, 8, 24)]
     assert same < 0.5 * shifts[0], (same, shifts)
     assert 0 < shifts[0] < shifts[1] < shifts[2], shifts
-    assert quality.composition_distance(tiny_params, image, larger) == pytest.approx(
-        quality.composition_distance(tiny_params, larger, image), rel=0.2
+    assert distance(image, larger) == pytest.approx(distance(larger, image), rel=0.2)
+    # By default both are compared as 128 px thumbnails.
+    thumbnails = [np.asarray(resize(x, (85, 128))) for x in (np.roll(image, 8, axis=1), larger)]
+    assert quality.composition_distance(tiny_params, np.roll(image, 8, axis=1), larger) == pytest.approx(
+        distance(*thumbnails), rel=1e-4
     )
 
 

@@ -404,7 +404,8 @@ def test_cli_serve_runs_until_ctrl_c_then_removes_its_folder(tmp_path):
 def test_the_whole_runs_share_and_time_left_weigh_each_stage_by_its_pixels():
     from nst_jax.config import StyleConfig
 
-    costs = jobs_module.stage_costs(StyleConfig(num_steps=150, coarse_steps=200), 512)  # 128, 256, 512 px
+    config = StyleConfig(num_steps=150, coarse_steps=200, base_size=128, num_scales=3)
+    costs = jobs_module.stage_costs(config, 512)  # 128, 256, 512 px
     assert costs == [(200, 1 / 16), (200, 1 / 4), (150, 1.0)]
     total = 200 / 16 + 200 / 4 + 150
     fraction, eta = jobs_module.run_estimate(costs, 1, 0.5, steps_per_second=2.0)
@@ -413,6 +414,8 @@ def test_the_whole_runs_share_and_time_left_weigh_each_stage_by_its_pixels():
     assert eta == pytest.approx(100 * 0.5 + 150 * 2.0)
     assert jobs_module.run_estimate(costs, 2, 1.0, steps_per_second=1.0) == (1.0, 0.0)
     assert jobs_module.run_estimate(costs, 0, 0.0) == (0.0, None)  # no speed yet: compiling
+    ladder = [(120, 0.25), (120, (362 / 512) ** 2), (120, 1.0)]  # the defaults: 256, 362, 512 px
+    assert jobs_module.stage_costs(StyleConfig(num_steps=120), 512) == ladder
 
 
 def test_cli_serve_without_the_ui_extra_says_how_to_get_it(capsys, monkeypatch):

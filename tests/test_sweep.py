@@ -15,6 +15,7 @@ from nst_jax import StyleConfig, optim, samples
 from nst_jax.files import MARKER
 from nst_jax.image import fit_long_side, resize
 from nst_jax.io import contact_sheet
+from nst_jax.objective import anchor_thumbnail
 from nst_jax.sweep import MemoryLimitError, check_axes, members, save_sweep, sweep
 
 sweep_module = importlib.import_module("nst_jax.sweep")  # the module (nst_jax.sweep is the function)
@@ -123,8 +124,13 @@ def test_coarse_to_fine_sweep_continues_each_member_from_its_own_result(real_par
     # the content is halved; styles under 64 px are kept as they are (their deepest maps would vanish)
     first = sweep(small(content), None, single.replace(num_steps=5), axes, params=real_params)
     init = np.stack([np.asarray(resize(image, (32, 40))) for image in first.images])
-    second = sweep(content, None, single, axes, params=real_params, init=init)
+    # The second stage keeps each member's own first-stage composition (its anchor).
+    anchor = anchor_thumbnail(first.images)
+    second = sweep_module._sweep(content, None, single, axes, params=real_params, init=init, anchor=anchor)
     np.testing.assert_array_equal(staged.images, second.images)
+    assert all("anchor" in terms for terms in staged.terms) and not any("anchor" in t for t in first.terms)
+    free = sweep_module._sweep(content, None, single, axes, params=real_params, init=init)
+    assert not np.array_equal(free.images, second.images)
     assert staged.iterations == first.iterations + second.iterations
     with pytest.raises(ValueError, match=r"`init` must be \[2, 32, 40, 3\], got \(1, 32, 40, 3\)"):
         sweep(content, None, single, axes, params=real_params, init=init[:1])
