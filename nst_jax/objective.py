@@ -248,8 +248,8 @@ def make_objective(
       network: a :class:`~nst_jax.network.FeatureNetwork` (e.g. ``network.from_flax(module)``)
         whose parameters ``params`` are, with ``config.network == "custom"``; ``None``: VGG.
       size: the long side of the picture to be optimised, which the default per-layer weights
-        follow (:func:`default_layer_weights`); default: the content's (or the masks'); with
-        neither, the weights as at 512 px.
+        follow (:func:`default_layer_weights`) when there is a content loss; default: the
+        content's. Without content (a texture), the weights as at 512 px at every size.
 
     Returns:
       An :class:`Objective`; ``objective(image)`` is pure, jit-compatible,
@@ -269,6 +269,11 @@ def make_objective(
         size = max(jnp.shape(content)[:2])
     elif size is None and masks is not None:
         size = max(jnp.shape(masks)[1:])
+    if not content_layers:
+        # The weights follow the size to keep the deep layers from repainting the content's
+        # layout; without content (textures) there is none to keep, and the weights stay as at
+        # 512 px at every size, as they were before the rule (not measured with shifted weights).
+        size = None
     if content_layers:
         image = _check_image("content", content)
         content_targets = dict(_jit_features(params, image, content_layers, config, network=network))
@@ -417,8 +422,9 @@ def paper_weights(
         raise ValueError("`mean_squares` is needed with loss_scale 'relative' (see target_mean_squares)")
     relative = config.loss_scale == "relative" and mean_squares is not None
     divide = lambda term: float(mean_squares[term]) if relative and mean_squares is not None else 1.0
+    with_content = mean_squares is None or any(k.startswith("content/") for k in mean_squares)  # textures: 512 px
     layer_weights = config.layer_weights or default_layer_weights(
-        config.style_layers, config.loss_scale, size=max(height, width)
+        config.style_layers, config.loss_scale, size=max(height, width) if with_content else None
     )
     alpha = {
         layer: 2.0

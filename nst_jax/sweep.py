@@ -588,13 +588,14 @@ def _sweep(
     else:
         style_targets = base.style_targets
     column = lambda values: jnp.asarray(values, jnp.float32)
+    weights_size = max(final) if base.content_targets else None  # as make_objective's: textures at 512 px
     objectives = base.replace(
         style_targets=style_targets,
         content_weight=column([c.content_weight for c in configs]),
         style_weight=column([c.style_weight for c in configs]),
         tv_weight=column([c.tv_weight for c in configs]),
         layer_weights={
-            layer: column([w[i] for w in (_weights_over(c, union, network, max(final)) for c in configs)])
+            layer: column([w[i] for w in (_weights_over(c, union, network, weights_size) for c in configs)])
             for i, layer in enumerate(union)
         },
     )
@@ -892,6 +893,8 @@ def save_sweep(
         if result.network is None:
             alpha, beta = paper_weights(member_config, height, width, result.target_mean_squares[i])
         save_image(directory / name, result.images[i])
+        with_content = any(k.startswith("content/") for k in result.layer_losses[i])  # else a texture: 512 px
+        weights_size = max(result.images.shape[1:3]) if with_content else None
         records.append(
             {
                 "index": i,
@@ -912,7 +915,7 @@ def save_sweep(
                             member_config.style_layers,
                             member_config.loss_scale,
                             result.network,
-                            max(result.images.shape[1:3]),
+                            weights_size,
                         )
                     ),
                     "tv_weight": member_config.tv_weight,

@@ -135,9 +135,10 @@ def test_default_layer_weights_follow_the_share_of_the_picture_each_layer_sees(t
     content = np.full((64, 48, 3), 0.5, np.float32)
     weights = lambda o: tuple(float(o.layer_weights[layer]) for layer in layers)
     np.testing.assert_allclose(weights(make_objective(tiny_params, content, content)), at(64) / 4.2, rtol=1e-6)
-    styled = make_objective(tiny_params, None, content, size=256)
+    styled = make_objective(tiny_params, content, content, size=256)
     np.testing.assert_allclose(weights(styled), at(256) / 4.2, rtol=1e-6)
-    np.testing.assert_allclose(weights(make_objective(tiny_params, None, content)), at(512) / 4.2, rtol=1e-6)
+    texture = make_objective(tiny_params, None, content, size=64)  # no content: the 512 px weights at any size
+    np.testing.assert_allclose(weights(texture), at(512) / 4.2, rtol=1e-6)
 
 
 @pytest.mark.parametrize("loss_scale", ["relative", "absolute"])
