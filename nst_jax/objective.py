@@ -248,8 +248,8 @@ def make_objective(
       network: a :class:`~nst_jax.network.FeatureNetwork` (e.g. ``network.from_flax(module)``)
         whose parameters ``params`` are, with ``config.network == "custom"``; ``None``: VGG.
       size: the long side of the picture to be optimised, which the default per-layer weights
-        follow (:func:`default_layer_weights`) when there is a content loss; default: the
-        content's. Without content (a texture), the weights as at 512 px at every size.
+        follow (:func:`default_layer_weights`); default: the content's. Without content and
+        without ``size`` (a texture), the weights as at 512 px at every size.
 
     Returns:
       An :class:`Objective`; ``objective(image)`` is pure, jit-compatible,
@@ -265,15 +265,12 @@ def make_objective(
         raise ValueError("`content` and `style` are both None (or have no layers): there is nothing to match")
     content_targets: dict[str, jax.Array] = {}
     style_targets: dict[str, jax.Array] = {}
-    if size is None and content is not None:
+    if size is None and content_layers:
         size = max(jnp.shape(content)[:2])
-    elif size is None and masks is not None:
-        size = max(jnp.shape(masks)[1:])
-    if not content_layers:
-        # The weights follow the size to keep the deep layers from repainting the content's
-        # layout; without content (textures) there is none to keep, and the weights stay as at
-        # 512 px at every size, as they were before the rule (not measured with shifted weights).
-        size = None
+    # Without content and without ``size`` (a texture) the weights stay as at 512 px: the
+    # weights follow the size to keep the deep layers from repainting the content's layout, and
+    # a texture has none to keep (not measured with shifted weights). A caller whose content
+    # comes later (perceptual_loss) passes ``size``.
     if content_layers:
         image = _check_image("content", content)
         content_targets = dict(_jit_features(params, image, content_layers, config, network=network))

@@ -137,8 +137,10 @@ def test_default_layer_weights_follow_the_share_of_the_picture_each_layer_sees(t
     np.testing.assert_allclose(weights(make_objective(tiny_params, content, content)), at(64) / 4.2, rtol=1e-6)
     styled = make_objective(tiny_params, content, content, size=256)
     np.testing.assert_allclose(weights(styled), at(256) / 4.2, rtol=1e-6)
-    texture = make_objective(tiny_params, None, content, size=64)  # no content: the 512 px weights at any size
+    texture = make_objective(tiny_params, None, content)  # no content, no size: the 512 px weights
     np.testing.assert_allclose(weights(texture), at(512) / 4.2, rtol=1e-6)
+    given = make_objective(tiny_params, None, content, size=64)  # content that comes later (perceptual_loss)
+    np.testing.assert_allclose(weights(given), at(64) / 4.2, rtol=1e-6)
 
 
 @pytest.mark.parametrize("loss_scale", ["relative", "absolute"])
