@@ -212,11 +212,14 @@ def sizes_command(args) -> None:
     earlier = {}
     if args.keep and (out / "sizes.json").is_file():
         earlier = json.loads((out / "sizes.json").read_text())["pairs"]
-    report = {"settings": settings, "pairs": {}}
+    # Pairs not named this time stay in the JSON as they were; each render is recorded as soon
+    # as it is written, so an interrupted run can be carried on with --keep.
+    report = {"settings": settings, "pairs": dict(earlier)}
     columns = []
     for name in args.pairs or SIZE_PAIRS:
         content0, style0 = _pair_images(images, name)
         entry = {size: run for size, run in earlier.get(name, {}).items() if size.isdigit()}
+        report["pairs"][name] = entry
         for size in sizes:
             target = out / f"{name}_{size}.png"
             if args.keep and target.is_file() and str(size) in entry:
@@ -229,6 +232,7 @@ def sizes_command(args) -> None:
             save_image(target, image)
             entry[str(size)] = {"run": run, "stages": list(config.stage_sizes(size))}
             print(json.dumps({name: {size: run}}), file=sys.stderr, flush=True)
+            save_json(out / "sizes.json", report)
         rendered = {int(k): nst_jax.load_image(out / f"{name}_{k}.png") for k in entry}
         largest = max(rendered)
         reference_image = None
