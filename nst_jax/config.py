@@ -26,6 +26,20 @@ STAGE_RATIO = 2**0.5
 # Long side of the thumbnail whose likeness to the first stage's keeps a print's composition
 # (anchor_weight): detail finer than 1/64 of the picture (strokes, texture) is left free.
 ANCHOR_SIZE = 64
+# Upper bounds of the settings, checked when a config is made (before anything compiles), so
+# that no setting can ask for what no machine has or a counter cannot hold. The memory plan
+# decides what fits below them.
+MAX_SIDE = 16384  # long side of an output or a stage: 268 M pixels, far past any device's memory
+MAX_STEPS = 1_000_000  # steps of a run or a stage: the step counters are int32 (2**31 would wrap)
+# L-BFGS history: 2 x memory_size copies of the image live in the optimiser state (a 50000
+# history at 32 px took 2.9 GB, and 2**31 hung the run in its allocation); 100 is torch.optim
+# LBFGS's default history, the largest in common use.
+MAX_MEMORY_SIZE = 100
+MAX_CHUNK = 10_000  # steps per jitted chunk (a chunk is one program call; progress comes between)
+MAX_SCALES = 32  # coarse-to-fine stages (each has its own programs); sqrt(2) apart, 16 -> 16384 px takes 21
+MAX_WEIGHT = 1e12  # any loss weight: the loss is float32 (3.4e38), relative terms are O(1) to O(1e3)
+MAX_LR = 1e6  # a fixed step size (L-BFGS or Adam)
+MAX_STYLES = 256  # entries of style_blend
 
 
 def _f(default, help: str, **extra):
@@ -178,36 +192,41 @@ class StyleConfig:
                 object.__setattr__(self, f.name, tuple(_plain(v) for v in value))
             else:
                 object.__setattr__(self, f.name, _plain(value))
-        _positive_int("size", self.size, minimum=16)
-        _positive_int("num_steps", self.num_steps, minimum=0)
-        _positive_int("num_scales", self.num_scales, minimum=0)
-        _positive_int("base_size", self.base_size, minimum=16)
+        _positive_int("size", self.size, minimum=16, maximum=MAX_SIDE)
+        _positive_int("num_steps", self.num_steps, minimum=0, maximum=MAX_STEPS)
+        _positive_int("num_scales", self.num_scales, minimum=0, maximum=MAX_SCALES)
+        _positive_int("base_size", self.base_size, minimum=16, maximum=MAX_SIDE)
         if self.coarse_steps is not None:
-            _positive_int("coarse_steps", self.coarse_steps, minimum=0)
-        _positive_int("memory_size", self.memory_size)
-        _positive_int("chunk_size", self.chunk_size)
-        _positive_int("save_every", self.save_every, minimum=0)
-        _positive_int("checkpoint_every", self.checkpoint_every, minimum=0)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"`seed` must be an integer in [0, 2**32), got {self.seed!r}")
+            _positive_int("coarse_steps", self.coarse_steps, minimum=0, maximum=MAX_STEPS)
+        _positive_int("memory_size", self.memory_size, maximum=MAX_MEMORY_SIZE)
+        _positive_int("chunk_size", self.chunk_size, maximum=MAX_CHUNK)
+        _positive_int("save_every", self.save_every, minimum=0, maximum=MAX_STEPS)
+        _positive_int("checkpoint_every", self.checkpoint_every, minimum=0, maximum=MAX_STEPS)
+        _positive_int("seed", self.seed, minimum=0, maximum=2**32 - 1)
         for name in ("content_weight", "style_weight", "tv_weight", "box_weight", "anchor_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
-                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
-            raise ValueError(f"`lr` must be a positive number or None, got {self.lr!r}")
+            _number(name, getattr(self, name), MAX_WEIGHT)
+        if self.lr is not None:
+            _number("lr", self.lr, MAX_LR, positive=True, none="or None (a line search)")
         scales = tuple(self.scales)
-        if any(isinstance(x, bool) or not isinstance(x, int) or x < 16 for x in scales) or list(scales) != sorted(
-            set(scales)
+        if (
+            len(scales) > MAX_SCALES
+            or any(isinstance(x, bool) or not isinstance(x, int) or not 16 <= x <= MAX_SIDE for x in scales)
+            or list(scales) != sorted(set(scales))
         ):
-            raise ValueError(f"`scales` must be increasing integers >= 16, got {self.scales!r}")
+            raise ValueError(
+                f"`scales` must be at most {MAX_SCALES} increasing integers in [16, {MAX_SIDE}], "
+                f"got {short_repr(self.scales)}"
+            )
         object.__setattr__(self, "scales", scales)
         if not (isinstance(self.style_scale, (int, float)) and 0 < self.style_scale <= 16):
             raise ValueError(f"`style_scale` must be a number in (0, 16], got {self.style_scale!r}")
         if self.style_blend is not None:
-            blend = tuple(float(w) for w in self.style_blend)
-            if not blend or any(not (0 <= w < float("inf")) for w in blend) or sum(blend) <= 0:
-                raise ValueError(f"`style_blend` must be weights >= 0 with a positive sum, got {self.style_blend!r}")
+            blend = tuple(_number("style_blend", w, MAX_WEIGHT) for w in self.style_blend)
+            if not blend or len(blend) > MAX_STYLES or sum(blend) <= 0:
+                raise ValueError(
+                    f"`style_blend` must be 1 to {MAX_STYLES} weights >= 0 with a positive sum, got "
+                    f"{short_repr(self.style_blend)}"
+                )
             object.__setattr__(self, "style_blend", blend)
         choices_of = (
             ("pooling", POOLINGS), ("padding", PADDINGS), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS),
@@ -229,14 +248,12 @@ class StyleConfig:
         if not self.style_layers and not self.content_layers:
             raise ValueError("`style_layers` and `content_layers` are both empty: there is nothing to optimise")
         if self.layer_weights is not None:
-            weights = tuple(float(w) for w in self.layer_weights)
+            weights = tuple(_number("layer_weights", w, MAX_WEIGHT) for w in self.layer_weights)
             if len(weights) != len(self.style_layers):
                 raise ValueError(
                     f"`layer_weights` has {len(weights)} values for {len(self.style_layers)} style layers "
                     f"{self.style_layers}: give one per layer"
                 )
-            if any(not (0 <= w < float("inf")) for w in weights):
-                raise ValueError(f"`layer_weights` must all be finite numbers >= 0, got {weights}")
             object.__setattr__(self, "layer_weights", weights)
 
     def replace(self, **changes) -> StyleConfig:
@@ -273,6 +290,31 @@ def _plain(value):
     return value
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+def _positive_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"`{name}` must be an integer {bound}, got {short_repr(value)}")
+
+
+def _number(name: str, value, maximum: float, positive: bool = False, none: str = "") -> float:
+    """``value`` as a float in [0, maximum] ((0, maximum] if ``positive``), or a ValueError naming ``name``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    try:
+        number = float(value) if ok else math.nan
+    except OverflowError:  # an int past float's range
+        number = math.inf
+    if not (0 < number <= maximum if positive else 0 <= number <= maximum):
+        bound = f"in (0, {maximum:g}]" if positive else f"in [0, {maximum:g}]"
+        raise ValueError(
+            f"`{name}` must be a finite number {bound}{' ' + none if none else ''}, got {short_repr(value)}"
+        )
+    return number
+
+
+def short_repr(value) -> str:
+    """``repr(value)``, cut to 60 characters (a 10**400 or a long list is shown by its start)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than Python will print
+        text = f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= 60 else text[:57] + "..."

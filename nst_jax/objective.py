@@ -265,7 +265,7 @@ def make_objective(
         raise ValueError("`content` and `style` are both None (or have no layers): there is nothing to match")
     content_targets: dict[str, jax.Array] = {}
     style_targets: dict[str, jax.Array] = {}
-    if size is None and content_layers:
+    if size is None and content is not None and content_layers:
         size = max(jnp.shape(content)[:2])
     # Without content and without ``size`` (a texture) the weights stay as at 512 px: the
     # weights follow the size to keep the deep layers from repainting the content's layout, and

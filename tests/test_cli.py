@@ -25,9 +25,9 @@ def images(tmp_path, rng):
         (["--pooling", "min"], "argument --pooling: invalid choice: 'min'"),
         (["--steps", "ten"], "argument --steps: invalid"),
         (["--style-layers", "relu1_1,relu9_9"], "`style_layers` has unknown layer 'relu9_9'"),
-        (["--style-weight", "-3"], "`style_weight` must be a finite number >= 0, got -3.0"),
+        (["--style-weight", "-3"], "`style_weight` must be a finite number in [0, 1e+12], got -3.0"),
         (["--layer-weights", "1,2"], "`layer_weights` has 2 values for 5 style layers"),
-        (["--size", "4"], "`size` must be an integer >= 16, got 4"),
+        (["--size", "4"], "`size` must be an integer in [16, 16384], got 4"),
         (["--init", "nowhere.png"], "--init must be one of content, noise, style or an image file, got 'nowhere.png'"),
     ],
 )
