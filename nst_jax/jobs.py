@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import secrets
 import shutil
 import tempfile
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from nst_jax.config import INITS, StyleConfig
+from nst_jax.config import INITS, StyleConfig, short_repr
 
 log = logging.getLogger("nst_jax.serve")
 
@@ -257,7 +258,9 @@ def _coerce(name: str, value, hint):
     kind, item, optional = _field_kind(hint)
     if optional and (value is None or value == ""):
         return None
-    bad = JobError(f"`{name}` must be {'a list of ' + item.__name__ if kind == 'list' else 'a ' + kind}, got {value!r}")
+    bad = JobError(
+        f"`{name}` must be {'a list of ' + item.__name__ if kind == 'list' else 'a ' + kind}, got {short_repr(value)}"
+    )
     if kind == "list":
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
@@ -282,9 +285,11 @@ def _scalar(value, kind: type, bad: JobError):
     if not isinstance(value, int | float):
         raise bad
     if kind is int:
-        if float(value) != int(value):
-            raise bad
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+            raise bad  # NaN, Infinity (1e999) and fractions; big integers go on to StyleConfig's bounds
         return int(value)
+    if isinstance(value, int) and abs(value) > 2**1000:
+        raise bad  # past float's range (10**400): float() would raise OverflowError
     return float(value)
 
 

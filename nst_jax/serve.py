@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import importlib.resources
 import json
+import logging
 import re
 import socket
 import sys
@@ -36,12 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from nst_jax.jobs import MAX_SWEEP_MEMBERS, JobError, Jobs, Limits, NotFound, options, stored
 
+log = logging.getLogger("nst_jax.serve")
 COOKIE = "nst_jax_session"
 _ID = re.compile(r"[A-Za-z0-9_-]{16,40}")
 _STATIC = {
@@ -58,6 +60,47 @@ _SECURITY_HEADERS = {
 }
 _EVENT_INTERVAL = 0.2  # seconds between the event stream's looks at the jobs' version
 _KEEPALIVE = 15.0  # seconds of quiet before the stream sends a comment line
+_MAX_REQUEST = 64 * 1024  # bytes of a run's JSON (settings and ids: a few hundred bytes)
+# A body that sends nothing for this long is answered 408 and its connection closed (a stalled
+# upload held its bytes for good); a 25 MB upload over a 1 MB/s link never waits this long.
+_READ_STALL = 10.0
+_READ_TOTAL = 120.0  # seconds for a whole body: 25 MB at 0.2 MB/s
+# Uploads being received at once, over all sessions: each holds up to max_upload_bytes in
+# memory (20 stalled 25 MB uploads held 483 MB). Past it: 503, try again.
+_MAX_UPLOADS_IN_PROGRESS = 4
+# A connection that has not sent a whole request head within this long is closed (a silent
+# socket, or half a header, stayed open for good and 60 of them used up the open files).
+_HEAD_TIMEOUT = 10.0
+# Connections and tasks at once; past it uvicorn answers 503 (each open page holds one event
+# stream, so this is about 100 open pages).
+_MAX_CONNECTIONS = 128
+
+
+class _TooSlow(Exception):
+    """A body that stalled or took too long."""
+
+
+async def _read_body(request: Request, cap: int) -> bytes | None:
+    """The body, counted as it comes against ``cap`` (None: over it); :class:`_TooSlow` when it stalls."""
+    body = bytearray()
+    chunks = request.stream().__aiter__()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _READ_TOTAL
+    while True:
+        wait = min(_READ_STALL, deadline - loop.time())
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), max(wait, 0.001))
+        except StopAsyncIteration:
+            return bytes(body)
+        except TimeoutError:
+            raise _TooSlow from None
+        body += chunk
+        if len(body) > cap:
+            return None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _ui_file(name: str) -> bytes:
@@ -82,7 +125,12 @@ def _png(data: bytes | Path | None, download: str | None = None) -> Response:
     return Response(data, media_type="image/png", headers=headers)
 
 
-def create_app(jobs: Jobs, device: str = "", allowed_hosts: tuple[str, ...] | None = None) -> Starlette:
+def create_app(
+    jobs: Jobs,
+    device: str = "",
+    allowed_hosts: tuple[str, ...] | None = None,
+    stopping: Callable[[], bool] = lambda: False,
+) -> Starlette:
     """The ASGI app over ``jobs``. ``allowed_hosts``: ``Host`` names accepted (``None``: any, for 0.0.0.0)."""
 
     def session_of(request: Request) -> str | None:
@@ -95,6 +143,8 @@ def create_app(jobs: Jobs, device: str = "", allowed_hosts: tuple[str, ...] | No
         if allowed_hosts is None or host in allowed_hosts:
             return None
         return _error(400, f"this server answers to {', '.join(allowed_hosts)}, not {host[:60]!r}")
+
+    receiving = [0]  # uploads being received now (one event loop: no lock needed)
 
     def guarded(handler, post: bool = False):
         """Host check, session check, the POST header, ids checked, errors as JSON; the handler gets the session."""
@@ -116,6 +166,12 @@ def create_app(jobs: Jobs, device: str = "", allowed_hosts: tuple[str, ...] | No
                 return _error(404, e.args[0])
             except JobError as e:
                 return _error(400, str(e))
+            except _TooSlow:
+                log.info("closed a request whose body stalled (%s)", request.url.path)
+                return _error(408, f"the request's body stalled (nothing for {_READ_STALL:.0f} s) or took too long")
+            except ClientDisconnect:  # an aborted upload: expected, one line
+                log.info("a client went away during %s", request.url.path)
+                return Response(status_code=400)
 
         return endpoint
 
@@ -156,15 +212,19 @@ def create_app(jobs: Jobs, device: str = "", allowed_hosts: tuple[str, ...] | No
         if int(length) > cap:
             return _error(413, f"the file is {int(length) / 2**20:.1f} MB; this server takes images up to "
                                f"{cap / 2**20:.1f} MB")  # fmt: skip
-        body = bytearray()
-        async for chunk in request.stream():  # counted as it comes: a Content-Length that lies is caught too
-            body += chunk
-            if len(body) > cap:
-                return _error(413, f"the file is over this server's {cap / 2**20:.1f} MB")
+        if receiving[0] >= _MAX_UPLOADS_IN_PROGRESS:
+            return _error(503, "the server is receiving other uploads; try again in a moment")
+        receiving[0] += 1
+        try:  # counted as it comes: a Content-Length that lies is caught too
+            body = await _read_body(request, cap)
+        finally:
+            receiving[0] -= 1
+        if body is None:
+            return _error(413, f"the file is over this server's {cap / 2**20:.1f} MB")
         from urllib.parse import unquote
 
         name = unquote(request.headers.get("x-filename", "image"))[:200]
-        result = await asyncio.to_thread(jobs.add_upload, session, bytes(body), name)
+        result = await asyncio.to_thread(jobs.add_upload, session, body, name)
         return _json(result.public(), 201)
 
     async def thumbnail(request: Request, session: str) -> Response:
@@ -173,13 +233,20 @@ def create_app(jobs: Jobs, device: str = "", allowed_hosts: tuple[str, ...] | No
     async def submit(request: Request, session: str) -> Response:
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return _error(415, "a run is asked for as JSON (Content-Type: application/json)")
-        body = await request.body()
-        if len(body) > 64 * 1024:
-            return _error(413, "the request is over 64 kB")
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or len(length) > 12):
+            return _error(400, "the request's Content-Length is not a number")
+        if length is not None and int(length) > _MAX_REQUEST:
+            return _error(413, f"the request is over {_MAX_REQUEST // 1024} kB")  # refused before reading
+        body = await _read_body(request, _MAX_REQUEST)  # counted as it comes (a chunked body has no length)
+        if body is None:
+            return _error(413, f"the request is over {_MAX_REQUEST // 1024} kB")
         try:
-            data = json.loads(body)
-        except ValueError:
-            return _error(400, "the request is not valid JSON")
+            data = json.loads(body, parse_constant=_no_constant)
+        except RecursionError:
+            return _error(400, "the request nests too deeply")
+        except ValueError as e:  # also NaN and Infinity, which JSON does not have, and 4300-digit numbers
+            return _error(400, f"the request is not valid JSON ({str(e)[:80]})")
         job = await asyncio.to_thread(jobs.submit, session, data)
         return _json(job.public(None), 201)
 
@@ -192,7 +259,7 @@ def create_app(jobs: Jobs, device: str = "", allowed_hosts: tuple[str, ...] | No
     async def events(request: Request, session: str) -> Response:
         async def stream():
             seen, quiet = -1, 0.0
-            while not jobs.closed:
+            while not jobs.closed and not stopping():  # Ctrl-C ends the streams before the grace runs out
                 if jobs.version != seen:
                     snapshot = jobs.snapshot(session)
                     seen = snapshot["version"]
@@ -217,9 +284,10 @@ def create_app(jobs: Jobs, device: str = "", allowed_hosts: tuple[str, ...] | No
 
     async def member(request: Request, session: str) -> Response:
         job = jobs.job(session, request.path_params["job_id"])
-        k = request.path_params["k"]
+        text = request.path_params["k"]  # a string: starlette's int converter fails on 5000 digits, with a 500
+        k = int(text) if text.isdigit() and len(text) <= 6 else -1
         if not 0 <= k < len(job.member_previews):
-            return _error(404, f"no member {k}")
+            return _error(404, f"no member {text[:12]!r}")
         return _png(job.member_previews[k])
 
     routes = [
@@ -235,7 +303,7 @@ def create_app(jobs: Jobs, device: str = "", allowed_hosts: tuple[str, ...] | No
         Route("/api/jobs/{job_id}/cancel", guarded(cancel, post=True), methods=["POST"]),
         Route("/api/jobs/{job_id}/preview.png", guarded(preview)),
         Route("/api/jobs/{job_id}/result.png", guarded(result)),
-        Route("/api/jobs/{job_id}/members/{k:int}.png", guarded(member)),
+        Route("/api/jobs/{job_id}/members/{k}.png", guarded(member)),
     ]
 
     @contextlib.asynccontextmanager
@@ -311,8 +379,23 @@ def serve(
 
     sock = sock or bind(host, port)
     jobs = Jobs(params, limits or Limits())
-    app = create_app(jobs, device=describe_devices(), allowed_hosts=allowed_hosts_for(host))
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="on")
+    server: Any = None
+    app = create_app(
+        jobs,
+        device=describe_devices(),
+        allowed_hosts=allowed_hosts_for(host),
+        stopping=lambda: server is not None and server.should_exit,
+    )
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+        lifespan="on",
+        http=_timed_protocol(),
+        timeout_keep_alive=5,  # an idle kept-alive connection (uvicorn's default, stated)
+        limit_concurrency=_MAX_CONNECTIONS,
+        h11_max_incomplete_event_size=16 * 1024,  # a request head's bytes
+    )
     server = uvicorn.Server(config)
     bound_port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
@@ -331,6 +414,44 @@ def serve(
     finally:
         jobs.close()  # again, in case the lifespan never ran (a failed start): the folder goes
         sock.close()
+
+
+def _timed_protocol():
+    """uvicorn's h11 protocol, closing a connection whose request head has not come within ``_HEAD_TIMEOUT``.
+
+    uvicorn times out only idle kept-alive connections: a socket that never sends a request, or
+    sends half a head, stays open. The timer runs from the connection's start and from the end
+    of each response, and fires only while no request is being answered.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(_HEAD_TIMEOUT, self._head_overdue)
+
+        def _head_overdue(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:  # waiting for a request head
+                self.transport.close()
+
+        def connection_made(self, transport):  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            super().connection_lost(exc)
+
+    return TimedH11Protocol
 
 
 def print_ready(running: Running) -> None:

@@ -62,7 +62,8 @@ class Client:
 
     def __init__(self, url: str):
         self.url = url
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
         self.page = self.request("GET", "")
 
     def request(self, method, path, body=None, headers=None, post_header=True):
@@ -216,7 +217,7 @@ def _png_header_only(w, h) -> bytes:
         ({"size": "big"}, "`size` must be a int, got 'big'"),
         ({"size": 32.5}, "`size` must be a int"),
         ({"pooling": "mean"}, "`pooling` must be one of"),
-        ({"style_weight": -1}, "`style_weight` must be a finite number >= 0"),
+        ({"style_weight": -1}, "`style_weight` must be a finite number in [0, 1e+12]"),
         ({"style_layers": "relu9_9"}, "relu9_9"),
         ({**QUICK, "size": 16}, "smaller than layer"),
     ],
@@ -431,3 +432,96 @@ def test_cli_serve_without_the_ui_extra_says_how_to_get_it(capsys, monkeypatch):
     monkeypatch.delattr(nst_jax, "serve")
     # (a --port that is refused later: were the import to succeed, this would not start a server)
     one_line_error(capsys, ["serve", "--port", "70000"], "): pip install 'nst-jax[ui]'")
+
+
+# --- Abuse (issue 25): malformed numbers are 400s naming the setting, bodies are bounded
+# before they are read, and silent or stalled connections are closed.
+
+
+def raw_submit(client, text: str):
+    return client.request("POST", "api/jobs", text.encode(), {"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ('{"size": NaN}', "not valid JSON (NaN is not a JSON number)"),
+        ('{"num_steps": Infinity}', "not valid JSON (Infinity is not a JSON number)"),
+        ('{"seed": 1e999}', "`seed` must be a int, got inf"),
+        ('{"size": 1e308}', "`size` must be an integer in [16, 16384], got 1"),
+        ('{"style_weight": 1' + "0" * 400 + "}", "`style_weight` must be a float, got 1000"),
+        ('{"memory_size": 2147483648}', "`memory_size` must be an integer in [1, 100], got 2147483648"),
+        ('{"memory_size": 50000}', "`memory_size` must be an integer in [1, 100]"),
+        ('{"num_steps": 2147483648}', "`num_steps` must be an integer in [0, 1000000]"),
+        ('{"num_steps": 1' + "0" * 5000 + "}", "not valid JSON"),  # past Python's 4300 digits
+        ('{"size": ' + "[" * 10000 + "]" * 10000 + "}", "the request nests too deeply"),
+    ],
+)
+def test_malformed_numbers_are_answered_400_naming_the_setting(client, images, settings, message):
+    text = f'{{"content": "{images[0]["id"]}", "styles": ["{images[1]["id"]}"], "settings": {settings}}}'
+    status, _, body = raw_submit(client, text)
+    assert status == 400 and message in json.loads(body)["error"], body
+
+
+def test_a_member_number_of_5000_digits_is_404_not_500(client, server):
+    path = "api/jobs/" + "a" * 16 + "/members/" + "9" * 5000 + ".png"
+    assert client.request("GET", path)[0] == 404
+    stranger = urllib.request.Request(server.url + path)  # no cookie: refused before anything is parsed
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(stranger, timeout=30)
+    e.value.close()
+    assert e.value.code == 403
+
+
+def raw_connection(server):
+    import socket
+    from urllib.parse import urlparse
+
+    address = urlparse(server.url)
+    return socket.create_connection((address.hostname, address.port), timeout=20)
+
+
+def cookie_of(client) -> str:
+    return "; ".join(f"{c.name}={c.value}" for c in client.jar)
+
+
+def read_all(connection) -> bytes:
+    data = b""
+    while chunk := connection.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_body_over_the_cap_is_refused_from_its_header_before_it_is_sent(server, client):
+    head = (
+        f"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-NST-JAX: 1\r\n"
+        f"Cookie: {cookie_of(client)}\r\nContent-Length: 200000000\r\nConnection: close\r\n\r\n"
+    )
+    with raw_connection(server) as connection:
+        connection.sendall(head.encode())  # and no body at all
+        answer = read_all(connection)
+    assert answer.startswith(b"HTTP/1.1 413") and b"over 64 kB" in answer, answer[:300]
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Half: "])
+def test_a_silent_or_half_sent_request_is_closed(server, monkeypatch, sent):
+    monkeypatch.setattr(serve, "_HEAD_TIMEOUT", 0.5)
+    with raw_connection(server) as connection:
+        start = time.monotonic()
+        connection.sendall(sent)
+        assert read_all(connection) == b""  # closed by the server, without an answer
+    assert time.monotonic() - start < 10
+
+
+def test_a_stalled_upload_is_answered_408_and_closed(server, client, monkeypatch):
+    monkeypatch.setattr(serve, "_READ_STALL", 0.5)
+    head = (
+        f"POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nX-NST-JAX: 1\r\n"
+        f"Cookie: {cookie_of(client)}\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n"
+    )
+    with raw_connection(server) as connection:
+        connection.sendall(head.encode() + png(8, 8)[:50])  # then nothing more
+        start = time.monotonic()
+        answer = read_all(connection)
+    assert answer.startswith(b"HTTP/1.1 408") and b"stalled" in answer, answer[:300]
+    assert time.monotonic() - start < 10
