@@ -73,6 +73,11 @@ class Limits:
     max_uploads: int = 200  # uploads kept per session
     max_queued: int = 20  # runs a session may have queued or running at once
     max_styles: int = 8  # style images of one run
+    max_steps: int = 1000  # optimiser steps per stage a page may ask for (the library's bound is 1e6)
+    max_sessions: int = 200  # sessions kept; past it the longest-idle one without a run is ended
+    session_idle: float = 6 * 3600.0  # seconds after which a session without a run is ended
+    max_stored_uploads: int = 1000  # uploads kept over all sessions
+    max_stored_bytes: int = 4 * 2**30  # bytes of stored uploads over all sessions (disk)
 
 
 @dataclasses.dataclass
@@ -83,6 +88,7 @@ class Upload:
     path: Path  # our PNG of the decoded image
     shape: tuple[int, int]  # (height, width) as decoded
     thumbnail: bytes  # PNG, long side THUMBNAIL_SIDE at most
+    stored_bytes: int = 0  # what it holds on disk and in memory (counted against max_stored_bytes)
 
     def public(self) -> dict:
         return {"id": self.id, "name": self.name, "height": self.shape[0], "width": self.shape[1]}
@@ -250,6 +256,10 @@ def config_from_settings(settings: Any, limits: Limits) -> StyleConfig:
         config = config.replace(size=config.scales[-1])
     if config.size > limits.max_size:
         raise JobError(f"`size` {config.size} is over this server's largest, {limits.max_size} (its --max-size)")
+    for name in ("num_steps", "coarse_steps"):
+        value = getattr(config, name)
+        if value is not None and value > limits.max_steps:
+            raise JobError(f"`{name}` {value} is over this server's largest, {limits.max_steps}")
     return config
 
 
@@ -308,7 +318,7 @@ class Jobs:
         self.uploads: dict[str, Upload] = {}
         self.jobs: dict[str, Job] = {}
         self.queue: collections.deque[Job] = collections.deque()
-        self.sessions: set[str] = set()
+        self.sessions: dict[str, float] = {}  # session -> when it was last seen
         self.version = 0  # bumped on every change; the page's event stream sends a snapshot when it moves
         self._lock = threading.Condition()
         # Uploads decode one at a time: a 50-megapixel image is 600 MB as floats, and a page can
@@ -321,10 +331,48 @@ class Jobs:
     # --- sessions -------------------------------------------------------------------------
 
     def new_session(self) -> str:
+        """A new session, after ending idle ones: those unseen for ``session_idle`` seconds, and the
+        longest-idle ones past ``max_sessions`` (a session with a queued or running run is kept).
+
+        Raises:
+          JobError: ``max_sessions`` sessions all have runs waiting.
+        """
         session = new_id()
+        now = time.time()
         with self._lock:
-            self.sessions.add(session)
+            busy = {j.session for j in self.jobs.values() if j.state in ("queued", "running")}
+            idle = sorted((seen, s) for s, seen in self.sessions.items() if s not in busy)
+            ended = [s for seen, s in idle if now - seen > self.limits.session_idle]
+            over = len(self.sessions) - len(ended) + 1 - self.limits.max_sessions
+            ended += [s for _, s in idle if s not in ended][: max(over, 0)]
+            if len(self.sessions) - len(ended) >= self.limits.max_sessions:
+                raise JobError("the server has as many pages open as it takes; try again later")
+            files = [self._end_session(s) for s in ended]
+            self.sessions[session] = now
+        for path in (p for group in files for p in group):
+            path.unlink(missing_ok=True)
+        if ended:
+            log.info("ended %d idle sessions", len(ended))
         return session
+
+    def has_session(self, session: str | None) -> bool:
+        """Whether ``session`` is live (and marks it seen now)."""
+        with self._lock:
+            if session not in self.sessions:
+                return False
+            self.sessions[session] = time.time()
+            return True
+
+    def _end_session(self, session: str) -> list[Path]:
+        """Forgets a session's uploads and finished runs (under the lock); returns their files to remove."""
+        files: list[Path] = []
+        for upload_id in [u for u, upload in self.uploads.items() if upload.session == session]:
+            files.append(self.uploads.pop(upload_id).path)
+        for job_id in [j for j, job in self.jobs.items() if job.session == session]:
+            job = self.jobs.pop(job_id)
+            files += [p for p in (job.preview, job.result, *job.member_previews) if isinstance(p, Path)]
+        del self.sessions[session]
+        return files
 
     def _changed(self) -> None:
         with self._lock:
@@ -351,6 +399,9 @@ class Jobs:
         with self._lock:
             if sum(u.session == session for u in self.uploads.values()) >= self.limits.max_uploads:
                 raise JobError(f"this page has {self.limits.max_uploads} images already; reload to start over")
+            stored = sum(u.stored_bytes for u in self.uploads.values())
+            if len(self.uploads) >= self.limits.max_stored_uploads or stored >= self.limits.max_stored_bytes:
+                raise JobError("the server holds as many images as it takes; try again later")
         upload_id = new_id()
         raw = self.folder / f"upload-{upload_id}.bin"
         with self._decoding:
@@ -380,6 +431,7 @@ class Jobs:
         thumbnail = Image.fromarray(to_uint8(image))
         thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
         upload = Upload(upload_id, session, name, path, image.shape[:2], png_bytes(np.asarray(thumbnail) / 255.0))
+        upload.stored_bytes = path.stat().st_size + len(upload.thumbnail)
         with self._lock:
             self.uploads[upload_id] = upload
         return upload

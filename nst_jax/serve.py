@@ -135,7 +135,7 @@ def create_app(
 
     def session_of(request: Request) -> str | None:
         session = request.cookies.get(COOKIE)
-        return session if session in jobs.sessions else None
+        return session if jobs.has_session(session) else None
 
     def wrong_host(request: Request) -> Response | None:
         """A refusal when the Host header names another server (a DNS-rebinding page), else None."""
@@ -180,7 +180,11 @@ def create_app(
             return refused
         response = Response(_ui_file("index.html"), media_type="text/html; charset=utf-8", headers=_SECURITY_HEADERS)
         if session_of(request) is None:
-            response.set_cookie(COOKIE, jobs.new_session(), httponly=True, samesite="strict", path="/")
+            try:
+                session = jobs.new_session()
+            except JobError as e:
+                return _error(503, str(e))
+            response.set_cookie(COOKIE, session, httponly=True, samesite="strict", path="/")
         return response
 
     async def static(request: Request) -> Response:
@@ -198,6 +202,7 @@ def create_app(
                 "max_upload_bytes": limits.max_upload_bytes,
                 "max_upload_pixels": limits.max_upload_pixels,
                 "max_styles": limits.max_styles,
+                "max_steps": limits.max_steps,
                 "max_sweep_members": MAX_SWEEP_MEMBERS,
             },
             "sweep_axes": ["style_weight", "content_weight", "ratio", "tv_weight", "seed", "style_layers", "style"],

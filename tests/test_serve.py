@@ -21,7 +21,8 @@ from nst_jax import serve, vgg
 
 # Every run at one shape and one set of static settings: the suite compiles the loop once.
 QUICK = {"size": 32, "num_steps": 20, "num_scales": 1}
-LIMITS = jobs_module.Limits(max_size=64, max_upload_bytes=200_000, max_upload_pixels=1_000_000)
+# max_steps above the page's default (1000): some runs must run until they are cancelled.
+LIMITS = jobs_module.Limits(max_size=64, max_upload_bytes=200_000, max_upload_pixels=1_000_000, max_steps=10**6)
 
 
 def png(h, w, seed=0, fmt="PNG") -> bytes:
@@ -525,3 +526,38 @@ def test_a_stalled_upload_is_answered_408_and_closed(server, client, monkeypatch
         answer = read_all(connection)
     assert answer.startswith(b"HTTP/1.1 408") and b"stalled" in answer, answer[:300]
     assert time.monotonic() - start < 10
+
+
+def test_the_page_caps_steps_below_the_library(client, images):
+    status, body = client.submit(images[0]["id"], [images[1]["id"]], {**QUICK, "num_steps": 2 * 10**6})
+    assert status == 400 and "`num_steps` 2000000 must be" not in body["error"], body  # the library's bound
+    assert "`num_steps` must be an integer in [0, 1000000]" in body["error"], body
+    assert client.json("GET", "api/options")[1]["limits"]["max_steps"] == 10**6
+    with pytest.raises(jobs_module.JobError, match="`num_steps` 5000 is over this server's largest, 1000"):
+        jobs_module.config_from_settings({"num_steps": 5000}, jobs_module.Limits())  # the page's default cap
+    with pytest.raises(jobs_module.JobError, match="`coarse_steps` 1001 is over this server's largest, 1000"):
+        jobs_module.config_from_settings({"coarse_steps": 1001}, jobs_module.Limits())
+
+
+def test_sessions_expire_and_the_server_caps_what_all_of_them_hold(tmp_path):
+    """No server: the Jobs object, with small caps; an idle session's files go with it."""
+    limits = jobs_module.Limits(max_sessions=2, session_idle=60.0, max_stored_uploads=2)
+    jobs = jobs_module.Jobs(vgg.init_params(jax.random.key(0)), limits, folder=tmp_path)
+    try:
+        first = jobs.new_session()
+        upload = jobs.add_upload(first, png(8, 8), "a.png")
+        assert upload.path.is_file() and upload.stored_bytes > 0
+        second = jobs.new_session()
+        jobs.add_upload(second, png(8, 8), "b.png")
+        with pytest.raises(jobs_module.JobError, match="holds as many images as it takes"):
+            jobs.add_upload(second, png(8, 8), "c.png")  # 2 stored over all sessions
+        assert jobs.has_session(second)  # seen now: `first` is the longest idle
+        third = jobs.new_session()  # past max_sessions: `first` ends, and its upload's file goes
+        assert not jobs.has_session(first) and not upload.path.exists()
+        with pytest.raises(jobs_module.NotFound):
+            jobs.upload(first, upload.id)
+        jobs.sessions[second] -= 3600  # idle for an hour, past session_idle
+        jobs.new_session()
+        assert not jobs.has_session(second) and jobs.has_session(third)
+    finally:
+        jobs.close()

@@ -60,6 +60,7 @@ function fieldFor(option) {
   } else if (option.kind === "int" || option.kind === "float") {
     input = el("input", { type: "number", id, "data-name": option.name, step: option.kind === "int" ? "1" : "any" });
     if (option.name === "size") { input.max = state.limits.max_size; input.min = 16; }
+    if (option.name === "num_steps" || option.name === "coarse_steps") { input.max = state.limits.max_steps; input.min = 0; }
   } else {
     input = el("input", { type: "text", id, "data-name": option.name });
     if (option.optional) input.placeholder = "default";
