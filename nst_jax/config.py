@@ -271,7 +271,7 @@ class StyleConfig:
         below ``base_size`` or ``num_scales`` is 1; otherwise stages from ``base_size`` up to
         ``size`` in equal ratios: ``num_scales`` of them, or (``num_scales`` 0) as few as keep
         each ratio at most ``STAGE_RATIO``. So a 256 px output is the first stage of every larger
-        one: 256, 362, 512 for 512 px; 256, 337, 443, 583, 768 for 768 px.
+        one: 256, 362, 512 for 512 px; 256, 337, 443, 584, 768 for 768 px.
         """
         if self.scales:
             return self.scales
