@@ -748,8 +748,10 @@ def _check_shapes(args: argparse.Namespace, config: StyleConfig, mesh=None) -> N
 
     loaded = lambda path, what: fit_long_side(image_shape(path, what), config.size)
     styles = []
+    source = None  # the content's own shape, for the size check's hint
     if args.command in ("stylize", "sweep"):
-        final, content = loaded(args.content, "content"), True
+        source = image_shape(args.content, "content")
+        final, content = fit_long_side(source, config.size), True
     elif args.command == "texture":
         final, content = args.shape, False
     elif args.command == "reconstruct":
@@ -774,7 +776,7 @@ def _check_shapes(args: argparse.Namespace, config: StyleConfig, mesh=None) -> N
         raise _UsageError(_rows_message(args, config, final, mesh.size))
     if not getattr(args, "dry_run", False):  # a dry run reports what does not fit instead
         _check_memory_roughly(config, final, styles, 1 if mesh is None else mesh.size)
-    check_sizes(config, final, styles, content)
+    check_sizes(config, final, styles, content, source=source)
 
 
 def _rows_message(args: argparse.Namespace, config: StyleConfig, final: tuple[int, int], devices: int) -> str:
@@ -829,7 +831,7 @@ def _check_memory_roughly(config: StyleConfig, final: tuple[int, int], styles, d
         if needed > free:
             raise ValueError(
                 f"a style image at {style[0]}x{style[1]} px needs about {needed / 2**30:.0f} GiB for its features, "
-                f"more than the {free / 2**30:.1f} GiB available; use a smaller --size or --style-scale"
+                f"more than the {free / 2**30:.1f} GiB available; use a smaller `size` or `style_scale`"
             )
 
 

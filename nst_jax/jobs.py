@@ -479,7 +479,7 @@ class Jobs:
         try:
             if config.style_blend is not None and len(config.style_blend) != len(styles):
                 raise ValueError(f"`style_blend` has {len(config.style_blend)} weights for {len(styles)} style images")
-            check_sizes(config, final, loaded_styles, True)
+            check_sizes(config, final, loaded_styles, True, source=content.shape)
             from nst_jax.cli import _check_memory_roughly
 
             _check_memory_roughly(config, final, loaded_styles)

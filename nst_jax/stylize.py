@@ -14,7 +14,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from nst_jax import optim
-from nst_jax.config import StyleConfig
+from nst_jax.config import MAX_SIDE, StyleConfig
 from nst_jax.image import (
     as_images,
     check_image,
@@ -197,6 +197,7 @@ def check_sizes(
     style_shapes: Sequence[tuple[int, ...]],
     content: bool = True,
     network: FeatureNetwork | None = None,
+    source: tuple[int, ...] | None = None,
 ) -> None:
     """Refuses, from shapes alone, a run whose image or style images get too small for the layers at some stage.
 
@@ -205,6 +206,8 @@ def check_sizes(
       style_shapes: ``(height, width)`` of each style image as given to :func:`stylize`.
       content: whether there is a content image (else the content layers are not used).
       network: the feature network (``None``: VGG), whose layers shrink the image.
+      source: the content image's own ``(height, width)`` before resizing, whose proportions
+        the suggested size is computed from (``final``'s were rounded); default ``final``.
 
     Raises:
       ValueError: naming the stage, the shape, the layer and what would do.
@@ -220,11 +223,22 @@ def check_sizes(
         shape = fit_long_side(final, size)
         need = min_side(image_layers)
         if image_layers and min(shape) < need:
-            enough = -(-need * max(final) // min(final))
+            source = tuple(final) if source is None else tuple(source)
+            enough = -(-need * max(source) // min(source))
+            while (
+                enough <= MAX_SIDE and min(fit_long_side(source, enough)) < need
+            ):  # rounding: the first long side that does give it
+                enough += 1
+            if enough > MAX_SIDE:  # a 1 x 20000 strip: no size gives its short side enough pixels
+                raise ValueError(
+                    f"`size`: the image is {shape[0]}x{shape[1]} px{where}, and its short side stays under the "
+                    f"{need} px layer {deepest(image_layers)} needs at any size up to {MAX_SIDE}; crop it to a "
+                    "less elongated shape"
+                )
             raise ValueError(
                 f"`size`: the image is {shape[0]}x{shape[1]} px{where}, smaller than layer {deepest(image_layers)} "
                 f"needs ({need} px a side); use a long side of at least {enough}"
-                + (" at every stage (or fewer --num-scales)" if stage < len(sizes) - 1 else "")
+                + (" at every stage (or a smaller `num_scales`)" if stage < len(sizes) - 1 else "")
             )
         need = min_side(config.style_layers)
         for i, style_shape in enumerate(style_shapes):
@@ -235,8 +249,8 @@ def check_sizes(
             if min(scaled) < need:
                 raise ValueError(
                     f"`style` image {i} is {scaled[0]}x{scaled[1]} px{where}, smaller than layer "
-                    f"{deepest(config.style_layers)} needs ({need} px a side); use a larger style image or "
-                    "--style-scale"
+                    f"{deepest(config.style_layers)} needs ({need} px a side); use a larger style image or a "
+                    "larger `style_scale`"
                 )
 
 

@@ -561,3 +561,13 @@ def test_sessions_expire_and_the_server_caps_what_all_of_them_hold(tmp_path):
         assert not jobs.has_session(second) and jobs.has_session(third)
     finally:
         jobs.close()
+
+
+def test_a_strip_no_size_can_fix_is_told_to_crop_in_the_settings_own_names(client, images):
+    _, strip = client.upload(png(1, 20000, 3), "strip.png")
+    status, body = client.submit(strip["id"], [images[1]["id"]], QUICK)
+    assert status == 400 and "crop it to a less elongated shape" in body["error"], body
+    assert "--" not in body["error"]  # the page has no command-line flags
+    _, narrow = client.upload(png(10, 200, 4), "narrow.png")
+    status, body = client.submit(narrow["id"], [images[1]["id"]], QUICK)
+    assert status == 400 and "use a long side of at least" in body["error"] and "--" not in body["error"], body
