@@ -298,6 +298,7 @@ def _positive_int(name: str, value, minimum: int = 1, maximum: int | None = None
 
 def _number(name: str, value, maximum: float, positive: bool = False, none: str = "") -> float:
     """``value`` as a float in [0, maximum] ((0, maximum] if ``positive``), or a ValueError naming ``name``."""
+    value = _plain(value)  # numpy scalars, e.g. the items of a numpy array of layer weights
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     try:
         number = float(value) if ok else math.nan
