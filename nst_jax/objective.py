@@ -133,14 +133,8 @@ DEEPEST_BLOCK_SHARE = 0.2
 WEIGHTS_SIZE = 512
 
 
-def _block(layer: str) -> int:
-    """0-based VGG block of a layer (``relu3_1`` -> 2; a pooling layer ``pool3`` -> 2)."""
-    name = layer.split("_")[0]
-    return int(name[-1]) - 1
-
-
 def _scale_weight(level: float) -> float:
-    """The weight of a style layer that sees the share of the picture block ``level`` sees at ``WEIGHTS_SIZE``."""
+    """The weight of a style layer seeing the share of the picture that block ``level`` (0-based) sees at 512 px."""
     return DEEPEST_BLOCK_SHARE ** max(0.0, level - 3.0)
 
 
@@ -165,8 +159,8 @@ def default_layer_weights(
         if network is not None:
             return tuple(1.0 / len(style_layers) for _ in style_layers)
         shift = 0.0 if size is None else math.log2(WEIGHTS_SIZE / size)
-        total = sum(_scale_weight(_block(layer)) for layer in style_layers)
-        return tuple(_scale_weight(_block(layer) + shift) / total for layer in style_layers)
+        total = sum(_scale_weight(vgg.block_of(layer) - 1) for layer in style_layers)
+        return tuple(_scale_weight(vgg.block_of(layer) - 1 + shift) / total for layer in style_layers)
     channels = _channels if network is None else network.channels.__getitem__
     return tuple(1.0 / channels(layer) for layer in style_layers)
 

@@ -76,6 +76,11 @@ The paper's "conv4_2" means the rectified response, which is ``relu4_2`` here.
 """
 
 
+def block_of(layer: str) -> int:
+    """The VGG block a layer belongs to (1-based): ``conv3_2``, ``relu3_1`` and ``pool3`` -> 3."""
+    return int(layer[len(layer.rstrip("0123456789_")) :].split("_")[0])
+
+
 def min_side(layers: Sequence[str]) -> int:
     """The smallest image side (pixels) whose feature maps at ``layers`` are at least 1 x 1.
 
@@ -84,7 +89,7 @@ def min_side(layers: Sequence[str]) -> int:
     """
     poolings = 0
     for layer in layers:
-        block = int(layer[len(layer.rstrip("0123456789_")) :].split("_")[0])
+        block = block_of(layer)
         poolings = max(poolings, block if layer.startswith("pool") else block - 1)
     return 2**poolings
 
