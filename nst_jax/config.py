@@ -290,10 +290,9 @@ def _plain(value):
     return value
 
 
-def _positive_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"`{name}` must be an integer {bound}, got {short_repr(value)}")
+def _positive_int(name: str, value, minimum: int = 1, *, maximum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ValueError(f"`{name}` must be an integer in [{minimum}, {maximum}], got {short_repr(value)}")
 
 
 def _number(name: str, value, maximum: float, positive: bool = False, none: str = "") -> float:
