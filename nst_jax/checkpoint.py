@@ -83,6 +83,7 @@ def fingerprint(objective, config) -> dict:
     from nst_jax.objective import Objective
 
     settings = {name: getattr(config, name) for name in ("optimizer", "lr", "memory_size", "box")}
+    extra: dict[str, Any] = {}
     if isinstance(objective, Objective):
         scalar = lambda x: None if x is None else float(np.asarray(x))
         settings.update(
@@ -105,12 +106,11 @@ def fingerprint(objective, config) -> dict:
             settings["anchor_weight"] = scalar(objective.anchor_weight)
             parts["anchor"] = objective.anchor
             # A resumed last stage skips the first one: it reads the anchor back (read_anchor).
-            anchor = np.asarray(objective.anchor, np.float32).tolist()
-            return {"settings": settings, "arrays": {k: _digest(v) for k, v in parts.items()}, "anchor": anchor}
+            extra["anchor"] = np.asarray(objective.anchor, np.float32).tolist()
     else:  # any callable: its array leaves (none for a plain function) and its name
         settings["objective"] = getattr(objective, "__qualname__", type(objective).__qualname__)
         parts = {"objective": [leaf for leaf in jax.tree.leaves(objective) if hasattr(leaf, "shape")]}
-    return {"settings": settings, "arrays": {name: _digest(tree) for name, tree in parts.items()}}
+    return {"settings": settings, "arrays": {name: _digest(tree) for name, tree in parts.items()}, **extra}
 
 
 def save_checkpoint(directory: str | os.PathLike, state, history: list[tuple[int, float]], fingerprint=None) -> Path:

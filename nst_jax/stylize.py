@@ -225,9 +225,8 @@ def check_sizes(
         if image_layers and min(shape) < need:
             source = tuple(final) if source is None else tuple(source)
             enough = -(-need * max(source) // min(source))
-            while (
-                enough <= MAX_SIDE and min(fit_long_side(source, enough)) < need
-            ):  # rounding: the first long side that does give it
+            # Rounding: the first long side that does give the short side it needs.
+            while enough <= MAX_SIDE and min(fit_long_side(source, enough)) < need:
                 enough += 1
             if enough > MAX_SIDE:  # a 1 x 20000 strip: no size gives its short side enough pixels
                 raise ValueError(
