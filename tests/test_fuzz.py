@@ -1,7 +1,8 @@
 """Seeded mutants of every weight-file format: each converts or fails in one line, in its own process, under limits.
 
 The long run (500 mutants per format, issue 13's target) is ``scripts/fuzz_weights.py``;
-this is its smoke test in the default suite, plus a larger sample behind ``slow``.
+its smoke test and a larger sample run behind ``slow`` (``.ci/run`` runs them); the default suite keeps
+the regression tests for what the fuzzer found.
 """
 
 import importlib.util
@@ -34,6 +35,7 @@ def _outcomes(fuzz, tmp_path, fmt, seeds):
         return list(pool.map(one, seeds))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torch-legacy", "torch-zip-pickle", "caffe-v2", "keras", "matconvnet"])
 def test_mutants_convert_or_fail_in_one_line(fuzz, tmp_path, fmt):
     for seed, (outcome, detail, seconds, _) in _outcomes(fuzz, tmp_path, fmt, range(3)):

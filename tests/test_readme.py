@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -17,6 +19,7 @@ def test_readme_has_python_blocks():
     assert len(python_blocks()) >= 3
 
 
+@pytest.mark.slow
 def test_readme_python_blocks_run_as_written(tmp_path):
     blocks = python_blocks()
     # One interpreter for all blocks (later blocks use earlier names, as a reader's session would);

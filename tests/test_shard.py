@@ -78,6 +78,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_a_sharded_image_equals_the_one_device_run(tmp_path):
     _run_four(_EQUAL, tmp_path)
 
@@ -110,6 +111,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_cli_shard_image_and_dry_run(tmp_path):
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(_CLI), str(tmp_path / "out")], env=FOUR, capture_output=True,
@@ -186,6 +188,7 @@ def _two_processes(argv_of, tmp_path):
     return outs
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path, real_params):
     from PIL import Image
 

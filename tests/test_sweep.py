@@ -235,6 +235,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_sharded_over_four_devices_equals_one_device(real_params):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     done = subprocess.run(
