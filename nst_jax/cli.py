@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import pickle
 import sys
@@ -656,13 +655,15 @@ def _prepare(args: argparse.Namespace):
     if resume is not None and not (Path(resume) / "run.json").is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {resume!r}")
     params, _ = load_params(config.weights)
+    from nst_jax import memory
     from nst_jax.stylize import check_setup
 
     check_setup(content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks)
     if args.dry_run:
-        print(json.dumps(_plan(args.command, content, style, init, params, config, shape, masks, style_masks, mesh)))
+        plan = memory.plan(args.command, content, style, init, params, config, shape, masks, style_masks, mesh)
+        print(json.dumps(plan))
         return None
-    _check_memory(content, style, init, params, config, shape, masks, style_masks, mesh)
+    memory.check(content, style, init, params, config, shape, masks, style_masks, mesh)
     if side_outputs and style and _writes():  # last: a later check must not leave them behind
         from nst_jax.io import save_image
 
@@ -686,61 +687,11 @@ def _image_mesh(args: argparse.Namespace):
     return image_mesh()
 
 
-def _limit_per_device(sharded: bool) -> int | None:
-    """Bytes free for one device: an accelerator's own; on CPU the host's, shared by this process's devices
-    when the image is split over them (forced host devices add no memory)."""
-    import jax
-
-    from nst_jax.sweep import available_memory
-
-    device = jax.local_devices()[0]
-    free = available_memory(device)
-    if free is not None and sharded and device.platform == "cpu":
-        free //= len(jax.local_devices())
-    return free
-
-
-def _plan(command, content, style, init, params, config: StyleConfig, shape, masks, style_masks, mesh) -> dict:
-    """--dry-run's report: XLA's analysis of the compiled loop at the output's size, against the memory free."""
-    import jax
-
-    from nst_jax.stylize import memory_needed
-
-    h, w = shape if content is None else content.shape[:2]
-    needed = lambda mesh: memory_needed(
-        content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks, mesh=mesh
-    )  # fmt: skip
-    start = time.perf_counter()
-    per_device = needed(mesh)
-    free = _limit_per_device(mesh is not None)
-    plan = {
-        "command": command,
-        "shape": [h, w],
-        "devices": 1 if mesh is None else mesh.size,
-        "platform": jax.devices()[0].platform,
-        "sharded": mesh is not None,
-        "bytes_per_device": per_device,
-        # What a whole process needs on top of XLA's analysis (runtime, images, allocator slack).
-        "needed_bytes": int(_RSS_OVER_ANALYSIS * per_device),
-        "limit_bytes": free,
-        "fits": free is None or _RSS_OVER_ANALYSIS * per_device <= free,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    from nst_jax.optim import image_mesh, rows_divide
-
-    every = image_mesh()
-    if not plan["fits"] and mesh is None and every.size > 1 and rows_divide(h, every):
-        sharded = needed(every)
-        plan["bytes_per_device_sharded"] = sharded
-        plan["fits_sharded"] = free is None or _RSS_OVER_ANALYSIS * sharded <= free
-    return plan
-
-
 def _check_shapes(args: argparse.Namespace, config: StyleConfig, mesh=None) -> None:
     """Checks the sizes a run will work at, from the images' headers, before any image is decoded.
 
     The output and style images must be large enough for the layers at every stage, and
-    small enough for memory (:func:`_check_memory_roughly`).
+    small enough for memory (:func:`nst_jax.memory.check_roughly`).
     """
     from nst_jax.image import fit_long_side
     from nst_jax.io import image_shape
@@ -770,12 +721,13 @@ def _check_shapes(args: argparse.Namespace, config: StyleConfig, mesh=None) -> N
                 f"--init must be one of {', '.join(INITS)} or an image file, got {config.init!r} (no such file)"
             )
         image_shape(config.init, "init")  # a folder or a bomb: now
+    from nst_jax import memory
     from nst_jax.optim import rows_divide
 
     if not rows_divide(final[0], mesh):
         raise _UsageError(_rows_message(args, config, final, mesh.size))
     if not getattr(args, "dry_run", False):  # a dry run reports what does not fit instead
-        _check_memory_roughly(config, final, styles, 1 if mesh is None else mesh.size)
+        memory.check_roughly(config, final, styles, 1 if mesh is None else mesh.size)
     check_sizes(config, final, styles, content, source=source)
 
 
@@ -796,92 +748,6 @@ def _rows_message(args: argparse.Namespace, config: StyleConfig, final: tuple[in
     above = next((s for s in range(config.size + 1, 2 * config.size + 64) if rows(s) % devices == 0), None)
     sizes = [s for s in (below, above) if s is not None]
     return f"{start}; --size {' or '.join(map(str, sizes))} gives {' or '.join(str(rows(s)) for s in sizes)} rows"
-
-
-# VGG-19's forward pass (targets from a style image), XLA's memory analysis per input pixel:
-# 1313 at 1024 x 1024 (1471 at 512: the weights weigh more), Gram matrices of relu1_1..relu5_1.
-_FORWARD_BYTES_PER_PIXEL = 1400
-
-
-def _check_memory_roughly(config: StyleConfig, final: tuple[int, int], styles, devices: int = 1) -> None:
-    """Refuses at once a size far over the memory (the exact analysis would take long, and might not fit itself).
-
-    ``devices``: how many devices the image's rows are split over (--shard-image).
-    """
-
-    from nst_jax.image import fit_long_side
-
-    free = _limit_per_device(devices > 1)
-    if free is None:
-        return
-    h, w = final
-    needed = _RSS_OVER_ANALYSIS * _ROUGH_BYTES_PER_PIXEL * h * w / devices
-    if needed > 2 * free:
-        fits = int(max(h, w) * math.sqrt(free / needed))
-        where = " per device" if devices > 1 else ""
-        raise ValueError(
-            f"`size` {max(h, w)} ({h}x{w} output) needs about {needed / 2**30:.0f} GiB{where}, far more than the "
-            f"{free / 2**30:.1f} GiB of memory available; the largest size that fits is about {fits}"
-            + _sharding_hint(needed * devices, devices)
-        )
-    for style in styles:
-        if config.style_scale != 1.0:
-            style = fit_long_side(style, max(16, round(config.style_scale * max(final))))
-        needed = _RSS_OVER_ANALYSIS * _FORWARD_BYTES_PER_PIXEL * style[0] * style[1]
-        if needed > free:
-            raise ValueError(
-                f"a style image at {style[0]}x{style[1]} px needs about {needed / 2**30:.0f} GiB for its features, "
-                f"more than the {free / 2**30:.1f} GiB available; use a smaller `size` or `style_scale`"
-            )
-
-
-# XLA's memory analysis of the default loop: 3.18 kB per output pixel at 2048x2048, 3.26 kB at
-# 1024x1024 (fixed costs weigh more at small sizes). Only a quick first guess: above half
-# the free memory the exact analysis decides.
-_ROUGH_BYTES_PER_PIXEL = 3200
-# Peak RSS over XLA's analysis, measured: 14.8 GiB vs 12.4 GiB for a 2048x2048 stylisation
-# (the runtime, Python, images, targets and the allocator's slack come on top of the loop).
-_RSS_OVER_ANALYSIS = 1.25
-
-
-def _sharding_hint(needed_on_one: float, devices: int) -> str:
-    """ "; it would fit with --shard-image ..." where splitting the rows over every device would make it fit.
-
-    A rough share (the replicated weights and the halos come on top); nothing where the split adds no
-    memory (forced host devices of one CPU) or is already in use.
-    """
-    import jax
-
-    count = len(jax.devices())
-    budget = _limit_per_device(True)
-    if devices > 1 or count == 1 or budget is None or needed_on_one / count > budget:
-        return ""
-    each = needed_on_one / count / 2**30
-    return f"; it would fit with --shard-image over the {count} devices (about {each:.1f} GiB each)"
-
-
-def _check_memory(content, style, init, params, config: StyleConfig, shape, masks, style_masks, mesh=None) -> None:
-    """Refuses, before the optimisation allocates anything, an output that cannot fit in memory."""
-
-    from nst_jax.stylize import memory_needed
-
-    h, w = shape if content is None else content.shape[:2]
-    free = _limit_per_device(mesh is not None)
-    devices = 1 if mesh is None else mesh.size
-    if free is None or _RSS_OVER_ANALYSIS * _ROUGH_BYTES_PER_PIXEL * h * w / devices < free / 2:
-        return
-    analysis = memory_needed(
-        content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks, mesh=mesh
-    )  # fmt: skip
-    needed = _RSS_OVER_ANALYSIS * analysis
-    if needed > free:
-        fits = int(max(h, w) * math.sqrt(free / needed))
-        where = f" per device over {devices} devices" if devices > 1 else ""
-        raise ValueError(
-            f"`size` {config.size} ({h}x{w} output) needs about {needed / 2**30:.1f} GiB{where}, more than the "
-            f"{free / 2**30:.1f} GiB of memory available; the largest size that fits is about {fits}"
-            + _sharding_hint(needed, devices)
-        )
 
 
 def _masks(args, content, styles):

@@ -480,9 +480,9 @@ class Jobs:
             if config.style_blend is not None and len(config.style_blend) != len(styles):
                 raise ValueError(f"`style_blend` has {len(config.style_blend)} weights for {len(styles)} style images")
             check_sizes(config, final, loaded_styles, True, source=content.shape)
-            from nst_jax.cli import _check_memory_roughly
+            from nst_jax.memory import check_roughly
 
-            _check_memory_roughly(config, final, loaded_styles)
+            check_roughly(config, final, loaded_styles)
         except ValueError as e:
             raise JobError(str(e)) from None
         axis: str | None = None
@@ -617,13 +617,13 @@ class Jobs:
     def _run(self, job: Job) -> None:
         if job.kind == "sweep":
             return self._run_sweep(job)
-        from nst_jax.cli import _check_memory
         from nst_jax.io import png_bytes
+        from nst_jax.memory import check
         from nst_jax.stylize import stylize
 
         content, styles = self._inputs(job)
         config = job.config
-        _check_memory(content, styles, config.init, self.params, config, None, None, None)
+        check(content, styles, config.init, self.params, config, None, None, None)
         costs = stage_costs(config, max(content.shape[:2]))
 
         def callback(progress) -> bool:

@@ -27,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nst_jax import lbfgs, optim, vgg
+from nst_jax import lbfgs, memory, optim, vgg
 from nst_jax.config import StyleConfig
 from nst_jax.image import fit_long_side, initial_image, resize, scaled_shape
+from nst_jax.memory import MemoryLimitError, available_memory  # noqa: F401  (available_memory: its home before nst_jax.memory)
 from nst_jax.network import FeatureNetwork
 from nst_jax.objective import (
     Objective,
@@ -50,10 +51,6 @@ from nst_jax.stylize import prepare_styles
 # sets, zero outside the set. "style" takes several style images (label -> image).
 SWEEP_AXES = ("content_weight", "style_weight", "ratio", "tv_weight", "layer_weights", "style_layers", "style", "seed")
 _NUMBER_AXES = ("content_weight", "style_weight", "ratio", "tv_weight")
-
-
-class MemoryLimitError(ValueError):
-    """The asked batch does not fit in the device's free memory (raised before anything runs)."""
 
 
 class SweepProgress(NamedTuple):
@@ -346,29 +343,6 @@ def _final_terms(objectives, images, style_batched):
     )
     raw = jax.vmap(lambda o, x: o(x)[1], in_axes=(axes, 0))(unweighted, images)
     return weighted, raw
-
-
-def available_memory(device: jax.Device) -> int | None:
-    """Bytes one device can hold: the accelerator's limit, or the host's available RAM on CPU.
-
-    A device of another process (a multi-process mesh) is measured by this process's first one.
-    """
-    if getattr(device, "process_index", 0) != jax.process_index():
-        device = jax.local_devices()[0]
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return None
 
 
 @overload
@@ -751,7 +725,7 @@ class _BatchRunner:
         num_devices = self.mesh.devices.size
         round_up = lambda n: num_devices * math.ceil(n / num_devices)
         size = round_up(min(total, batch_size) if batch_size else total)
-        limit = self.limit_bytes = available_memory(self.mesh.devices.flat[0])
+        limit = self.limit_bytes = memory.available_memory(self.mesh.devices.flat[0])
         while True:
             self.programs = self._compile(size)
             needed = max(optim.program_bytes(p) for p in self.programs)

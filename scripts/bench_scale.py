@@ -31,7 +31,7 @@ import json, math, sys, time
 import jax, jax.numpy as jnp, numpy as np
 from nst_jax import StyleConfig, load_params, make_objective, optim, samples
 from nst_jax.stylize import memory_needed
-from nst_jax.sweep import available_memory
+from nst_jax.memory import available_memory
 
 sizes, repeats = json.loads(sys.argv[1]), int(sys.argv[2])
 params = jax.tree.map(jnp.asarray, load_params()[0])  # real weights: random ones underflow to slow denormals
@@ -86,8 +86,7 @@ def main() -> None:
             r["time_vs_one_device"] = round(r["eval_s"] / whole["eval_s"], 2)
     import jax
 
-    from nst_jax.cli import _RSS_OVER_ANALYSIS
-    from nst_jax.sweep import available_memory
+    from nst_jax.memory import RSS_OVER_ANALYSIS, available_memory
 
     free = available_memory(jax.devices()[0])
     largest = {}
@@ -98,7 +97,7 @@ def main() -> None:
         per_pixel = r["bytes_per_device"] / big**2  # the plan grows with the pixels (fixed costs aside)
         budget = free / (r["devices"] if r["sharded"] else 1)  # forced devices share this host's memory
         key = f"{r['devices']} devices, {'sharded' if r['sharded'] else 'not sharded'}"
-        largest[key] = int((budget / (_RSS_OVER_ANALYSIS * per_pixel)) ** 0.5)
+        largest[key] = int((budget / (RSS_OVER_ANALYSIS * per_pixel)) ** 0.5)
     print(json.dumps({"rows": rows, "free_bytes": free, "largest_square_that_fits": largest}, indent=1))
 
 

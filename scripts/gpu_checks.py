@@ -70,8 +70,7 @@ import json, math, time
 import jax, jax.numpy as jnp, numpy as np
 from nst_jax import StyleConfig, load_params, stylize
 from nst_jax.stylize import memory_needed
-from nst_jax.sweep import available_memory
-from nst_jax.cli import _RSS_OVER_ANALYSIS, _ROUGH_BYTES_PER_PIXEL
+from nst_jax.memory import RSS_OVER_ANALYSIS, ROUGH_BYTES_PER_PIXEL, available_memory
 
 params, _ = load_params()
 params = jax.tree.map(jnp.asarray, params)
@@ -88,8 +87,8 @@ a = analysed(2048)
 out["analysis_2048"] = a
 out["bytes_per_pixel_2048"] = round(a / 2048**2, 1)
 side = int(math.sqrt(free / (a / 2048**2))) // 64 * 64
-out["cli_rough_largest"] = int(math.sqrt(free / (_RSS_OVER_ANALYSIS * _ROUGH_BYTES_PER_PIXEL)))
-out["cli_largest"] = int(side / math.sqrt(_RSS_OVER_ANALYSIS))
+out["cli_rough_largest"] = int(math.sqrt(free / (RSS_OVER_ANALYSIS * ROUGH_BYTES_PER_PIXEL)))
+out["cli_largest"] = int(side / math.sqrt(RSS_OVER_ANALYSIS))
 print(json.dumps(out), flush=True)
 while True:
     aL = analysed(side)

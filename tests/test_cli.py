@@ -8,7 +8,7 @@ import pytest
 from conftest import one_line_error
 from PIL import Image
 
-from nst_jax import cli, save_image
+from nst_jax import cli, memory, save_image
 
 
 @pytest.fixture
@@ -156,8 +156,7 @@ def test_a_bug_during_the_run_keeps_its_traceback(monkeypatch, images, tmp_path,
 
 
 def test_refuses_a_size_that_cannot_fit_before_running(tmp_path, capsys, images, real_params, monkeypatch):
-    sweep_module = sys.modules["nst_jax.sweep"]  # `nst_jax.sweep` the attribute is the function
-    monkeypatch.setattr(sweep_module, "available_memory", lambda device: 4 * 2**20)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 4 * 2**20)
     out = tmp_path / "result.png"
     argv = ["stylize", *map(str, images), "-o", str(out), "--size", "32", "--steps", "2"]
     one_line_error(capsys, argv, "`size` 32 (24x32 output) needs about 0.")

@@ -86,7 +86,7 @@ def test_a_sharded_image_equals_the_one_device_run(tmp_path):
 _CLI = """
 import json, sys, io, contextlib
 from pathlib import Path
-from nst_jax import cli
+from nst_jax import cli, memory
 
 out = Path(sys.argv[1])
 out.mkdir()
@@ -105,7 +105,7 @@ assert not any(out.iterdir())
 assert cli.main(["demo", "-o", str(out / "demo.png"), "--size", "66", "--shard-image", "--steps", "2", "-q"]) == 2
 
 # A size that fits only when split says so: as on GPUs, each device with its own (here 5 MiB) memory.
-cli._limit_per_device = lambda sharded: 5 * 2**20
+memory.limit_per_device = lambda sharded: 5 * 2**20
 assert cli.main(["demo", "-o", str(out / "demo.png"), "--size", "64", "--steps", "2", "-q"]) == 2
 print("ok")
 """

@@ -11,7 +11,7 @@ import pytest
 from conftest import one_line_error
 from PIL import Image
 
-from nst_jax import StyleConfig, optim, samples
+from nst_jax import StyleConfig, memory, optim, samples
 from nst_jax.files import MARKER
 from nst_jax.image import fit_long_side, resize
 from nst_jax.io import contact_sheet
@@ -157,7 +157,7 @@ def test_batches_run_in_turn_and_too_large_a_batch_is_refused(real_params, pictu
     parts = sweep(content, style, SMALL, axes, params=real_params, batch_size=2)
     assert parts.batch_size == 2
     np.testing.assert_allclose(parts.losses, whole.losses, rtol=2e-3)
-    monkeypatch.setattr(sweep_module, "available_memory", lambda device: 1 << 20)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1 << 20)
     with pytest.raises(MemoryLimitError, match=r"`batch_size` 2 needs about .* GiB per device, more than 80% of"):
         sweep(content, style, SMALL, axes, params=real_params, batch_size=2)
 
@@ -174,7 +174,7 @@ def test_auto_batch_size_halves_until_it_fits(real_params, pictures, monkeypatch
     assert sweep(content, style, config, axes, params=real_params, batch_size=2).batch_size == 2
     two = max(needed)
     assert two < four
-    monkeypatch.setattr(sweep_module, "available_memory", lambda device: int((two + four) / 2 / 0.8))
+    monkeypatch.setattr(memory, "available_memory", lambda device: int((two + four) / 2 / 0.8))
     result = sweep(content, style, config, axes, params=real_params)
     assert result.batch_size == 2 and len(result.losses) == 4
 
