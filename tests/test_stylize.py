@@ -67,11 +67,16 @@ def test_texture_needs_shape(tiny_params, rng):
 @pytest.mark.slow
 @pytest.mark.parametrize("padding", ["zeros", "reflect"])
 def test_real_weights_at_96px(real_params, padding):
-    """Heavier: 96 px, 100 steps, both paddings; the loss falls at least 20x from the content image."""
+    """Heavier: 96 px, 100 steps, both paddings; the loss falls at least 8x from the content image.
+
+    It fell 20x with the 512 px layer weights. Since the weights follow the size (issue 24), a
+    96 px picture weights the deeper layers, which start nearer their targets: 11.8x (zeros) and
+    12.0x (reflect) measured, the picture the village in the swirls' colours and strokes.
+    """
     content, style = samples.village(72, 96), samples.swirls(72, 96)
     config = StyleConfig(num_steps=100, chunk_size=25, padding=padding)
     result = stylize(content, style, config, params=real_params)
-    assert result.finite and result.loss < result.history[0][1] / 20
+    assert result.finite and result.loss < result.history[0][1] / 8
 
 
 @pytest.mark.parametrize("box", ["penalty", "clip", "none"])
