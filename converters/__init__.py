@@ -81,8 +81,7 @@ def convert(path: str | os.PathLike, format: str | None = None) -> tuple[dict, s
 def _convert_here(path, format: str) -> tuple[dict, str]:
     """The readers written in Python (torch pickles, Caffe protobuf), run in this process."""
     if format in ("torch", "torchvision"):
-        from nst_jax.converters.torch_vgg import convert_torchvision, is_torchvision
-        from nst_jax.weights import convert_sequential_state_dict
+        from nst_jax.converters.torch_vgg import convert_sequential_state_dict, convert_torchvision, is_torchvision
 
         state_dict = load_torch_state_dict(path)
         if format == "torchvision" or is_torchvision(state_dict):

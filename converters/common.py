@@ -81,7 +81,7 @@ def assemble(convs: list[tuple[str, np.ndarray, np.ndarray]], first: dict[str, n
     Every renamed layer is logged; names and shapes are checked against ``jax.eval_shape``
     of the model (the first mismatch is named).
     """
-    from nst_jax.weights import check_params
+    from nst_jax.vgg import check_params
 
     depth = 16 if len(convs) == len(vgg.conv_channels(16)) else 19
     names = tuple(vgg.conv_channels(depth))

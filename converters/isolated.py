@@ -46,8 +46,7 @@ def convert_isolated(path: str | os.PathLike, format: str) -> dict:
         the memory or time limit).
     """
     from nst_jax.converters.common import require
-    from nst_jax.vgg import param_shapes
-    from nst_jax.weights import check_params
+    from nst_jax.vgg import check_params, param_shapes
 
     require(*{"keras": ("h5py", "h5py"), "matconvnet": ("scipy.io", "scipy")}[format])  # one line if missing
     path = Path(path).absolute()

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 
@@ -337,3 +338,35 @@ def _param_shapes(depth: int) -> dict[str, dict[str, tuple[int, ...]]]:  # traci
 def init_params(key: jax.Array, depth: int = 19) -> dict:
     """Random parameters of VGG-``depth`` (for tests and fixtures, not for stylising)."""
     return VGG19(depth=depth).init(key, jnp.zeros((32, 32, 3), jnp.float32))["params"]
+
+
+def check_params(params) -> None:
+    """Checks names and shapes against ``jax.eval_shape`` of the model, and that every value is finite.
+
+    The model is VGG-19, or VGG-16 when the parameters have none of VGG-19's own
+    convolutions (conv3_4, conv4_4, conv5_4).
+
+    Raises:
+      ValueError: naming the first missing, unexpected, misshapen or non-finite parameter.
+    """
+    depth = depth_of(params)
+    expected = param_shapes(depth)
+    unexpected = [layer for layer in params if layer not in expected]
+    if unexpected:
+        raise ValueError(f"parameters have unexpected layer {unexpected[0]!r} (VGG-{depth}'s: {', '.join(expected)})")
+    for layer, leaves in expected.items():
+        if layer not in params:
+            raise ValueError(f"parameters lack layer {layer!r} (expected layers: {', '.join(expected)})")
+        for leaf, shape in leaves.items():
+            if leaf not in params[layer]:
+                raise ValueError(f"parameters lack {layer}/{leaf}")
+            got = tuple(np.shape(params[layer][leaf]))
+            if got != shape:
+                raise ValueError(f"{layer}/{leaf} has shape {got}, the model expects {shape}")
+            values = np.asarray(params[layer][leaf], np.float32)  # float32 overflow shows as inf here
+            if not np.isfinite(values).all():
+                bad = int((~np.isfinite(values)).sum())
+                raise ValueError(f"{layer}/{leaf} has {bad} NaN or infinite values (or values beyond float32's range)")
+    extra = sorted(set(params) - set(expected))
+    if extra:
+        raise ValueError(f"parameters have unexpected layer {extra[0]!r}")

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from nst_jax import vgg
+from nst_jax.vgg import check_params
 
 log = logging.getLogger(__name__)
 
@@ -75,82 +76,6 @@ def sha256_of(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _numeric_key(name: str) -> tuple[int, str]:
-    head = name.split(".")[0]
-    return (int(head), name) if head.isdigit() else (1 << 30, name)
-
-
-def convert_sequential_state_dict(state_dict: dict[str, np.ndarray]) -> dict:
-    """Maps a PyTorch ``nn.Sequential`` VGG-19 state dict of the normalised layout to Flax parameters.
-
-    The layout is that of ``vgg_normalised.pth``: convolution weights under
-    numeric keys (``"0.weight"``, ``"2.weight"``, ...), the first a 1x1 conv
-    from RGB [0, 1] into the network's input space, then the sixteen 3x3 convs.
-    Kernels go from OIHW to HWIO. Every renamed key is logged.
-
-    Raises:
-      ValueError: naming the first key or shape that does not fit.
-    """
-    weights = sorted((k for k in state_dict if k.endswith(".weight")), key=_numeric_key)
-    # 17 convolutions: VGG-19; 14: VGG-16 (the same layout, three convolutions fewer).
-    depth = 16 if len(weights) == 1 + len(vgg.conv_channels(16)) else 19
-    names = ("preprocess", *vgg.conv_channels(depth))
-    if len(weights) != len(names):
-        raise ValueError(
-            f"expected {len(names)} convolution weights (a 1x1 `preprocess` conv, then conv1_1..conv5_4; "
-            f"{1 + len(vgg.conv_channels(16))} for a VGG-16), found {len(weights)}: "
-            f"{weights[:4]}{'...' if len(weights) > 4 else ''}"
-        )
-    params = {}
-    for key, name in zip(weights, names, strict=True):
-        prefix = key[: -len(".weight")]
-        kernel = np.asarray(state_dict[key], np.float32)
-        bias_key = f"{prefix}.bias"
-        if kernel.ndim != 4:
-            raise ValueError(f"{key}: expected a 4-d convolution kernel, got shape {kernel.shape}")
-        if bias_key not in state_dict:
-            raise ValueError(f"{key} has no bias {bias_key!r}")
-        params[name] = {
-            "kernel": np.ascontiguousarray(kernel.transpose(2, 3, 1, 0)),
-            "bias": np.asarray(state_dict[bias_key], np.float32),
-        }
-        log.info("renamed %s, %s -> %s/kernel (OIHW->HWIO), %s/bias", key, bias_key, name, name)
-    check_params(params)
-    return params
-
-
-def check_params(params) -> None:
-    """Checks names and shapes against ``jax.eval_shape`` of the model, and that every value is finite.
-
-    The model is VGG-19, or VGG-16 when the parameters have none of VGG-19's own
-    convolutions (conv3_4, conv4_4, conv5_4).
-
-    Raises:
-      ValueError: naming the first missing, unexpected, misshapen or non-finite parameter.
-    """
-    depth = vgg.depth_of(params)
-    expected = vgg.param_shapes(depth)
-    unexpected = [layer for layer in params if layer not in expected]
-    if unexpected:
-        raise ValueError(f"parameters have unexpected layer {unexpected[0]!r} (VGG-{depth}'s: {', '.join(expected)})")
-    for layer, leaves in expected.items():
-        if layer not in params:
-            raise ValueError(f"parameters lack layer {layer!r} (expected layers: {', '.join(expected)})")
-        for leaf, shape in leaves.items():
-            if leaf not in params[layer]:
-                raise ValueError(f"parameters lack {layer}/{leaf}")
-            got = tuple(np.shape(params[layer][leaf]))
-            if got != shape:
-                raise ValueError(f"{layer}/{leaf} has shape {got}, the model expects {shape}")
-            values = np.asarray(params[layer][leaf], np.float32)  # float32 overflow shows as inf here
-            if not np.isfinite(values).all():
-                bad = int((~np.isfinite(values)).sum())
-                raise ValueError(f"{layer}/{leaf} has {bad} NaN or infinite values (or values beyond float32's range)")
-    extra = sorted(set(params) - set(expected))
-    if extra:
-        raise ValueError(f"parameters have unexpected layer {extra[0]!r}")
 
 
 def params_digest(params) -> str:

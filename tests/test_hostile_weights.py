@@ -89,7 +89,8 @@ def test_a_zip_member_is_never_inflated_past_its_tensor(tmp_path):
 
 
 def test_non_finite_weights_are_refused(tmp_path):
-    from nst_jax.weights import check_params, vgg
+    from nst_jax import vgg
+    from nst_jax.vgg import check_params
 
     params = {k: {n: np.zeros(s, np.float32) for n, s in v.items()} for k, v in vgg.param_shapes().items()}
     params["conv3_1"]["bias"][5] = np.nan

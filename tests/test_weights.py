@@ -7,6 +7,7 @@ import pytest
 import torch_files
 
 from nst_jax import vgg, weights
+from nst_jax.converters.torch_vgg import convert_sequential_state_dict
 
 
 def _torch_layout(params):
@@ -28,7 +29,7 @@ def test_default_weights_are_located_not_imported():
 
 
 def test_default_weights_convert(real_params):
-    weights.check_params(real_params)
+    vgg.check_params(real_params)
     # The preprocess conv maps RGB [0, 1] to mean-subtracted BGR in 0..255.
     kernel = np.asarray(real_params["preprocess"]["kernel"])[0, 0]
     np.testing.assert_allclose(kernel, np.fliplr(np.eye(3)) * 255)
@@ -70,14 +71,14 @@ def test_wrong_shape_is_named(tiny_params):
     with pytest.raises(
         ValueError, match=r"conv2_2/kernel has shape \(3, 3, 32, 128\), the model expects \(3, 3, 128, 128\)"
     ):
-        weights.convert_sequential_state_dict(state)
+        convert_sequential_state_dict(state)
 
 
 def test_wrong_layer_count(tiny_params):
     state = _torch_layout(tiny_params)
     del state["51.weight"], state["51.bias"]
     with pytest.raises(ValueError, match="expected 17 convolution weights .* found 16"):
-        weights.convert_sequential_state_dict(state)
+        convert_sequential_state_dict(state)
 
 
 def test_missing_weights_file(tmp_path):
