@@ -505,7 +505,7 @@ class Jobs:
         return job
 
     def _sweep_axis(self, vary, config: StyleConfig, styles: list[Upload]) -> tuple[str, list, list[str]]:
-        from nst_jax.sweep import _format, parse_axis
+        from nst_jax.sweep import parse_axis, value_label
 
         if vary == "style":
             if len(styles) < 2:
@@ -531,7 +531,7 @@ class Jobs:
             check_axes(config, {name: values})
         except ValueError as e:
             raise JobError(str(e)) from None
-        return name, values, [f"{name}={_format(v)}" for v in values]
+        return name, values, [f"{name}={value_label(v)}" for v in values]
 
     def cancel(self, session: str, job_id: str) -> Job:
         """Cancels a queued run (it leaves the queue) or a running one (it stops after its current chunk)."""

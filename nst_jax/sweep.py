@@ -777,17 +777,17 @@ class _BatchRunner:
         return jax.tree.map(lambda x: optim.to_host(x)[: len(chosen)], out), count  # gathered from every process
 
 
-def _format(value) -> str:
+def value_label(value) -> str:
     """A swept value as a short label: 1e-05, relu1_1+relu2_1, 0.5:0:1, starry_night."""
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (list, tuple)):
-        return ("+" if all(isinstance(v, str) for v in value) else ":").join(_format(v) for v in value)
+        return ("+" if all(isinstance(v, str) for v in value) else ":").join(value_label(v) for v in value)
     return str(value)
 
 
 def _file_name(index: int, member: dict, extension: str) -> str:
-    parts = [f"{index:03d}"] + [f"{name}={_format(value)}" for name, value in member.items()]
+    parts = [f"{index:03d}"] + [f"{name}={value_label(value)}" for name, value in member.items()]
     safe = "".join(ch if ch.isalnum() or ch in "._+=-:" else "-" for ch in "_".join(parts))
     return safe.replace(":", "~") + extension
 
@@ -796,14 +796,14 @@ def _grid(result: SweepResult) -> tuple[list[np.ndarray], list[str], list[str], 
     """Images in sheet order and the labels of rows and columns (first axis down, the others across)."""
     names = list(result.axes)
     if not result.product:
-        rows = [", ".join(f"{k}={_format(v)}" for k, v in s.items()) for s in result.settings]
+        rows = [", ".join(f"{k}={value_label(v)}" for k, v in s.items()) for s in result.settings]
         return list(result.images), rows, [""], "", ""
     if len(names) == 1:
-        columns = [_format(v) for v in result.axes[names[0]]]
+        columns = [value_label(v) for v in result.axes[names[0]]]
         return list(result.images), [""], columns, "", names[0]
-    rows = [_format(v) for v in result.axes[names[0]]]
+    rows = [value_label(v) for v in result.axes[names[0]]]
     columns = [
-        ", ".join(_format(v) for v in combo) for combo in itertools.product(*(result.axes[n] for n in names[1:]))
+        ", ".join(value_label(v) for v in combo) for combo in itertools.product(*(result.axes[n] for n in names[1:]))
     ]
     return list(result.images), rows, columns, names[0], ", ".join(names[1:])
 

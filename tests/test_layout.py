@@ -1,0 +1,111 @@
+"""The package's layout: no import cycle, and no module imports another's private name.
+
+Every ``import`` counts, at module level or inside a function (a lazy import is still a
+dependency: it only moves the cycle to run time).
+"""
+
+import ast
+from pathlib import Path
+
+import nst_jax
+
+PACKAGE = Path(nst_jax.__file__).resolve().parent
+
+
+def _modules() -> dict[str, Path]:
+    """Module name -> file, for nst_jax and its installed converters."""
+    from nst_jax import converters
+
+    found = {}
+    for root, prefix in ((PACKAGE, "nst_jax"), (Path(converters.__file__).resolve().parent, "nst_jax.converters")):
+        for path in root.glob("*.py"):
+            found[prefix if path.stem == "__init__" else f"{prefix}.{path.stem}"] = path
+    return found
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, str, int]]:
+    """(imported module, imported name or '', line) for every import of the package in one file."""
+    package = name if path.stem == "__init__" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, "", node.lineno) for alias in node.names if alias.name.startswith("nst_jax")]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{base}.{node.module}" if node.module else base
+            else:
+                base = node.module or ""
+            if not base.startswith("nst_jax"):
+                continue
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                found.append((submodule, "", node.lineno) if submodule in modules else (base, alias.name, node.lineno))
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {
+        name: {target for target, _, _ in _imports(name, path, modules) if target in modules and target != name}
+        for name, path in modules.items()
+    }
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": set()}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_walk_sees_lazy_imports():
+    graph = _graph()
+    assert "nst_jax.stylize" in graph["nst_jax.jobs"]  # imported inside a method only
+    assert "nst_jax.memory" in graph["nst_jax.cli"]
+
+
+def test_no_import_cycle():
+    assert _cycles(_graph()) == []
+
+
+def test_no_module_imports_another_modules_private_name():
+    modules = _modules()
+    private = [
+        f"{name} line {line}: {target}.{imported}"
+        for name, path in modules.items()
+        for target, imported, line in _imports(name, path, modules)
+        if imported.startswith("_") and not imported.startswith("__") and target != name
+    ]
+    assert private == []
