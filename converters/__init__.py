@@ -59,7 +59,7 @@ def convert(path: str | os.PathLike, format: str | None = None) -> tuple[dict, s
     Returns:
       ``(params, format)``; ``format`` is the one used (``"torchvision"`` or ``"torch"`` for torch files).
     """
-    from nst_jax.vgg import check_choice
+    from nst_jax.checks import check_choice
 
     if format is not None:
         check_choice("format", format, FORMATS)

@@ -12,7 +12,8 @@ from dataclasses import field
 
 import numpy as np
 
-from nst_jax.vgg import PADDINGS, POOLINGS, PRECISIONS, check_choice, check_layers
+from nst_jax.checks import check_choice
+from nst_jax.vgg import PADDINGS, POOLINGS, PRECISIONS, check_layers
 
 OPTIMIZERS = ("lbfgs", "adam")
 PRESERVE_COLOURS = ("none", "luminance", "histogram")

@@ -221,9 +221,9 @@ def save_image(path: str | os.PathLike, image: ArrayLike) -> Path:
 
     The format follows the extension (:func:`output_format`); no partial file is
     ever left at ``path``. Values are clipped to [0, 1]; an integer array, NaN or values
-    far outside [0, 1] (a 0-255 image) are refused (:func:`nst_jax.image.check_image`).
+    far outside [0, 1] (a 0-255 image) are refused (:func:`nst_jax.checks.check_image`).
     """
-    from nst_jax.image import check_image
+    from nst_jax.checks import check_image
 
     path = Path(path)
     fmt = output_format(path)

@@ -26,8 +26,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from nst_jax.checks import check_choice
 from nst_jax.config import OPTIMIZERS
-from nst_jax.vgg import check_choice
 
 ADAM_DEFAULT_LR = 0.02
 

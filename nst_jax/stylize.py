@@ -14,10 +14,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from nst_jax import optim
+from nst_jax.checks import check_image
 from nst_jax.config import MAX_SIDE, StyleConfig
 from nst_jax.image import (
     as_images,
-    check_image,
     fit_long_side,
     initial_image,
     luminance_image,

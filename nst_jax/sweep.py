@@ -511,7 +511,7 @@ def _sweep(
         styles = None
     if content is None and shape is None:
         raise ValueError("`shape` is needed when `content` is None")
-    from nst_jax.image import check_image
+    from nst_jax.checks import check_image
 
     if content is not None:
         check_image(content, "content")

@@ -24,12 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-
-def check_choice(argument: str, value: object, choices: Sequence[object]) -> None:
-    """Raises naming ``argument``, showing ``value`` and listing ``choices`` if it is not one of them."""
-    if value not in choices:
-        raise ValueError(f"`{argument}` must be one of {tuple(choices)}, got {value!r}")
-
+from nst_jax.checks import check_choice  # its home since the move (vgg.check_choice still works)
 
 # (block, number of convolutions, channels) of VGG-19 (configuration E) and VGG-16 (D).
 _BLOCKS = {
