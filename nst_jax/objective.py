@@ -19,18 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import losses, vgg
+from nst_jax.checks import check_image
 from nst_jax.config import ANCHOR_SIZE, StyleConfig
 from nst_jax.image import as_images, fit_long_side, layer_mask, resize
 from nst_jax.network import FeatureNetwork
 
 
 def _check_image(argument: str, image) -> jax.Array:
-    image = jnp.asarray(image)
-    if not jnp.issubdtype(image.dtype, jnp.floating):
-        image = image.astype(jnp.float32)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"`{argument}` must be a float [height, width, 3] RGB image, got shape {image.shape}")
-    return image
+    """The library's one image check (:func:`~nst_jax.checks.check_image`), then the image as a JAX array.
+
+    Integer arrays are refused, as everywhere else: this used to cast them to float32, so a
+    0-255 uint8 image was taken for a very bright float one.
+    """
+    check_image(image, argument)
+    return jnp.asarray(image)
 
 
 class Objective(flax.struct.PyTreeNode):

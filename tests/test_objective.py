@@ -100,10 +100,16 @@ def test_content_only_and_style_only(tiny_params, rng):
 def test_errors(tiny_params, rng):
     with pytest.raises(ValueError, match="`content` and `style` are both None"):
         make_objective(tiny_params, None, None, CONFIG)
-    with pytest.raises(
-        ValueError, match=r"`content` must be a float \[height, width, 3\] RGB image, got shape \(8, 8\)"
-    ):
+    with pytest.raises(ValueError, match=r"`content` has shape \(8, 8\); images are \[height, width, 3\] RGB"):
         make_objective(tiny_params, np.zeros((8, 8)), random_image(rng), CONFIG)
+    # One image check everywhere: a 0-255 image is refused, not cast (make_objective used to cast it).
+    uint8 = (np.asarray(random_image(rng)) * 255).astype(np.uint8)
+    with pytest.raises(ValueError, match=r"`style` has dtype uint8; images are floats in \[0, 1\]"):
+        make_objective(tiny_params, None, uint8, CONFIG)
+    with pytest.raises(ValueError, match=r"`content` has dtype uint8"):
+        make_objective(tiny_params, uint8, None, CONFIG)
+    with pytest.raises(ValueError, match=r"`style\[1\]` has values from .* to .*; images are in \[0, 1\]"):
+        make_objective(tiny_params, None, [random_image(rng), uint8.astype(np.float32)], CONFIG)
     with pytest.raises(ValueError, match="`style_layers` has pooling layer 'pool1'"):
         make_objective(
             tiny_params, None, random_image(rng), CONFIG.replace(style_layers=("pool1",), layer_weights=None)
