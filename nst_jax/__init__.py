@@ -5,16 +5,18 @@ take any leading batch axes; ``perceptual_loss`` gives per-item losses of a batc
 training loops; the objective is per image (batch it with ``jax.vmap``).
 """
 
+from nst_jax.checkpoint import CheckpointError
 from nst_jax.config import INITS, OPTIMIZERS, StyleConfig
 from nst_jax.image import fit_long_side, initial_image, match_colour, resize
 from nst_jax.io import load_image, save_image
 from nst_jax.losses import content_loss, gram, style_layer_loss, style_loss, total_variation
+from nst_jax.memory import MemoryLimitError
 from nst_jax.network import FeatureNetwork, from_flax
 from nst_jax.objective import Objective, default_layer_weights, make_objective
-from nst_jax.optim import LoopState, init_loop, make_optimizer, run_chunk
+from nst_jax.optim import LoopState, image_mesh, init_loop, make_optimizer, run_chunk
 from nst_jax.perceptual import PerceptualLoss, perceptual_loss
-from nst_jax.stylize import Progress, Result, optimize, stylize
-from nst_jax.sweep import SWEEP_AXES, SweepProgress, SweepResult, save_sweep, sweep
+from nst_jax.stylize import Interrupted, Progress, Result, optimize, stylize
+from nst_jax.sweep import SWEEP_AXES, SweepPlan, SweepProgress, SweepResult, save_sweep, sweep
 from nst_jax.vgg import LAYERS, PADDINGS, POOLINGS, VGG19, features
 from nst_jax.weights import WeightsInfo, cache_dir, load_params
 
@@ -28,13 +30,17 @@ __all__ = [
     "POOLINGS",
     "SWEEP_AXES",
     "VGG19",
+    "CheckpointError",
     "FeatureNetwork",
+    "Interrupted",
     "LoopState",
+    "MemoryLimitError",
     "Objective",
     "PerceptualLoss",
     "Progress",
     "Result",
     "StyleConfig",
+    "SweepPlan",
     "SweepProgress",
     "SweepResult",
     "WeightsInfo",
@@ -45,6 +51,7 @@ __all__ = [
     "fit_long_side",
     "from_flax",
     "gram",
+    "image_mesh",
     "init_loop",
     "initial_image",
     "load_image",

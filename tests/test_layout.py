@@ -109,3 +109,32 @@ def test_no_module_imports_another_modules_private_name():
         if imported.startswith("_") and not imported.startswith("__") and target != name
     ]
     assert private == []
+
+
+def test_every_class_named_in_a_public_signature_or_docstring_is_exported():
+    """A user who reads ``Raises: MemoryLimitError`` or ``-> SweepPlan`` can import it from ``nst_jax``."""
+    import inspect
+    import re
+    import sys
+
+    ours = {
+        name: value
+        for module_name, module in list(sys.modules.items())
+        if module_name.startswith("nst_jax")
+        for name, value in vars(module).items()
+        if inspect.isclass(value) and getattr(value, "__module__", "").startswith("nst_jax") and name[0] != "_"
+    }
+    assert {"SweepPlan", "MemoryLimitError", "Interrupted", "CheckpointError"} <= set(nst_jax.__all__)
+    missing = set()
+    for name in nst_jax.__all__:
+        value = getattr(nst_jax, name)
+        if not callable(value):
+            continue
+        texts = [inspect.getdoc(value) or ""]
+        try:
+            texts.append(str(inspect.signature(value)))
+        except (TypeError, ValueError):
+            pass
+        for text in texts:
+            missing |= {(name, word) for word in re.findall(r"\b[A-Z]\w+\b", text) if word in ours}
+    assert {(name, word) for name, word in missing if word not in nst_jax.__all__} == set()
