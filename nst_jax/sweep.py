@@ -105,6 +105,16 @@ class SweepResult(NamedTuple):
     config: StyleConfig  # the settings the members share, as the sweep was given them (save_sweep records it)
     network: Any = None  # the FeatureNetwork the sweep used (None: VGG)
 
+    @property
+    def num_steps(self) -> np.ndarray:
+        """``steps`` under the name :class:`~nst_jax.stylize.Result` gives it: [B] accepted optimiser steps."""
+        return self.steps
+
+    @property
+    def num_evals(self) -> np.ndarray:
+        """``evals`` under the name :class:`~nst_jax.stylize.Result` gives it: [B] evaluations, the first included."""
+        return self.evals
+
     def _repr_png_(self) -> bytes:  # Jupyter shows a sweep as its labelled contact sheet
         from nst_jax.io import contact_sheet, png_bytes
 

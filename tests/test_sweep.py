@@ -148,6 +148,7 @@ def test_noise_seeds_and_adam(real_params, pictures):
     np.testing.assert_allclose(result.images[0], result.images[2], atol=1e-6)
     assert np.abs(result.images[0] - result.images[1]).max() > 0.1
     assert (result.steps == 6).all() and (result.evals == 7).all()
+    assert result.num_steps is result.steps and result.num_evals is result.evals  # Result's names
 
 
 def test_batches_run_in_turn_and_too_large_a_batch_is_refused(real_params, pictures, monkeypatch):
