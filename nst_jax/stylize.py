@@ -112,8 +112,10 @@ def stylize(
       shape: ``(height, width)`` of the output when ``content`` is ``None``.
       checkpoint: directory for checkpoints (every ``config.checkpoint_every`` steps, and on Ctrl-C).
       resume: a checkpoint directory to continue from (same inputs and settings).
-      masks, style_masks: spatial control (see :func:`~nst_jax.objective.make_objective`):
-        ``[R, h, w]`` output regions, each styled by ``style[r]`` (``None``: no style there).
+      masks: spatial control (see :func:`~nst_jax.objective.make_objective`): ``[R, h, w]``
+        output regions, each styled by ``style[r]`` (``None``: no style there).
+      style_masks: per-style masks for spatial control, as for
+        :func:`~nst_jax.objective.make_objective`.
       progress: draw a progress bar (tqdm's ``auto``: a terminal line or a notebook widget)
         with loss, steps/s and an ETA that leaves compilation out.
       network: any feature network (:func:`nst_jax.network.from_flax`), with
