@@ -280,7 +280,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "serve",
         help="a web page on this machine: upload images, watch the picture form, download it (pip install "
         "'nst-jax[ui]')",
-        description="Serves one page (README, 'A web page'): uploads, settings, live preview, queue, downloads, "
+        description="Serves one page (docs/web.md): uploads, settings, live preview, queue, downloads, "
         "small sweeps. Uploads and results live in a temporary folder removed when the server stops.",
     )
     serve.add_argument(

@@ -1,7 +1,7 @@
 """Every default in one frozen dataclass; the CLI is built from its fields.
 
 Each field's ``help`` metadata is its one-line comment and the CLI's help text.
-Departures from Gatys et al. are marked "Departure:" and listed in the README.
+Departures from Gatys et al. are marked "Departure:" and listed in docs/departures.md.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _f(default, help: str, **extra):
 
 @dataclasses.dataclass(frozen=True)
 class StyleConfig:
-    """Settings of one style transfer. Weights are explained in the README ("Loss and weights")."""
+    """Settings of one style transfer. Weights are explained in the manual, docs/loss.md."""
 
     size: int = _f(512, "long side of the output in pixels (content and style images are resized to it)")
     num_steps: int = _f(
@@ -57,8 +57,8 @@ class StyleConfig:
     )
     content_weight: float = _f(1.0, "weight of the content loss (the paper's alpha, in this normalisation)")
     # Departure: the paper's alpha/beta ratio (1e-3..1e-4) belongs to its absolute sums; with
-    # relative terms 36 was chosen on the four reference pairs at 512 px (README, "Loss and
-    # weights"): at 30 Starry Night's relu4_1 stayed 4% above the classic output's.
+    # relative terms 36 was chosen on the four reference pairs at 512 px (docs/loss.md): at 30
+    # Starry Night's relu4_1 stayed 4% above the classic output's.
     style_weight: float = _f(36.0, "weight of the style loss (the paper's beta, in this normalisation)")
     content_layers: tuple[str, ...] = _f(
         ("relu4_2",), "layers whose features the content loss matches (paper: conv4_2)"
@@ -73,7 +73,7 @@ class StyleConfig:
     # Night, 1.6 and 0.0015 for Seated Nude), so any fixed per-layer weights let the shallow
     # layers dominate for some images: with the earlier 1/N_l weights relu1_1 was fitted 10-20x
     # closer than the classic tool's outputs while relu4_1, the layer of the large strokes,
-    # stayed far off (README, "Loss and weights"). "relative" divides each term by its
+    # stayed far off (docs/loss.md). "relative" divides each term by its
     # target's mean square, so each is a squared relative distance and a weight means the
     # same for every layer and every pair of images.
     loss_scale: str = _f(
@@ -89,7 +89,7 @@ class StyleConfig:
     )
     # Departure: not in the paper (neural-style's default has it too). Without it flat regions
     # (sky, water) carry a fine dotted speckle; measured at 256 px it cuts the high-frequency
-    # share of the result by a third and leaves every Gram distance as it was (README). 40
+    # share of the result by a third and leaves every Gram distance as it was (docs/loss.md). 40
     # with style weight 36: 30 let Starry Night's high-frequency share reach 1.28x the classic's.
     tv_weight: float = _f(40.0, "weight of the total-variation smoothness loss (not in the paper; 0 disables)")
     # Departure: the paper does not say how pixels are kept in range. "penalty" adds
@@ -153,7 +153,7 @@ class StyleConfig:
         "coarse-to-fine long sides, e.g. 256,512,1024: optimise at each, upsample, continue (the last is the output)",
     )
     # Departure: the paper optimises at the output's size only. Coarse to fine by default
-    # (README, "Loss and weights"): every picture is composed at base_size, where an
+    # (docs/loss.md): every picture is composed at base_size, where an
     # evaluation is cheap, and refined up to the output's size in stages at most sqrt(2)
     # apart, so a 256 px preview is the first stage of any larger print and the print keeps
     # its composition (measured with quality.composition_distance).
@@ -173,7 +173,7 @@ class StyleConfig:
     # (losses.anchor_loss), so the later stages sharpen the composition made at base_size
     # instead of repainting it: without it Starry Night's 512 px print moved 0.65x as far from
     # its 256 px first stage as from the photograph (relu4_2 at 128 px), with it 0.28x, its
-    # judge's figures at 512 px unchanged within 3% (README, "Loss and weights").
+    # judge's figures at 512 px unchanged within 3% (docs/loss.md).
     anchor_weight: float = _f(
         10.0,
         f"weight of the term keeping each later coarse-to-fine stage's {ANCHOR_SIZE} px thumbnail the first "

@@ -1,6 +1,6 @@
 """Writing without losing anything: output checks before the long part, atomic files and folders.
 
-The rules (README, "Files"): nothing the user did not name as the output is deleted, moved
+The rules (docs/files.md): nothing the user did not name as the output is deleted, moved
 or overwritten; the named output is replaced only by a finished result; a folder is
 replaced only when it is empty or one of our own outputs of the same kind (it holds our
 :data:`MARKER` file and nothing else of the user's).

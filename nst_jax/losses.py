@@ -3,7 +3,7 @@
 :func:`gram` takes feature maps with any leading batch axes, ``[..., h, w, c]``; the
 losses take one image's feature maps ``[h, w, c]`` (batch them with ``jax.vmap``).
 
-Normalisation (see README, "Loss and weights"): the Gram matrix is divided by
+Normalisation (see docs/loss.md): the Gram matrix is divided by
 the number of positions M = h*w, and the losses are means, so they do not grow
 with image size. The paper's ``E_l = 1/(4 N^2 M^2) sum (G - A)^2`` equals
 ``style_layer_loss / 4``, and its ``1/2 sum (F - P)^2`` equals

@@ -131,7 +131,7 @@ DEEPEST_BLOCK_SHARE = 0.2
 # layout (measured: Tubingen's buildings and the demo's tower gone at 256 px, kept at 512 px).
 # So a layer's weight follows the share of the picture it sees: its block index plus
 # log2(WEIGHTS_SIZE / size), full weight up to the fourth block's share, divided by
-# 1 / DEEPEST_BLOCK_SHARE for every pooling level beyond it (README, "Loss and weights").
+# 1 / DEEPEST_BLOCK_SHARE for every pooling level beyond it (docs/loss.md).
 WEIGHTS_SIZE = 512
 
 

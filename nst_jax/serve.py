@@ -1,6 +1,6 @@
 """``nst-jax serve``: one local web page over :mod:`nst_jax.jobs` (Starlette + uvicorn, the ``ui`` extra).
 
-Why Starlette and plain HTML/JS rather than Gradio (README, "A web page"): measured here, the
+Why Starlette and plain HTML/JS rather than Gradio (docs/web.md): measured here, the
 three packages this needs (starlette, uvicorn, their h11/anyio/idna/click) are 6 MB installed
 and import in 0.4 s; Gradio is 342 MB (59 packages) and imports in 6.5 s. The page is one
 HTML file, one script and one style sheet in ``nst_jax/ui/``, served from the package.

@@ -12,7 +12,7 @@ tile:     a seamless texture (--tileable) and its 2x2 tiling
         --styles ../shared/images/starry_night.jpg ../shared/images/the_scream.jpg -o figures/blend
 
 Without --content/--styles it uses the project's own drawn images (nst_jax.samples), the
-only figures the README may show.
+only figures the manual may show.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ printed), in the order of their worth when device time is short:
 4. ``sweep``: B = 8 and 32 at 256 px against B sequential runs (``scripts/bench_sweep.py``);
 5. ``memory``: the largest square the size check predicts for this GPU against XLA's
    analysis there and a real two-step run at that size;
-6. ``pytest``: the test suite on the GPU (without ``slow`` and the README test, which installs
+6. ``pytest``: the test suite on the GPU (without ``slow`` and the docs' blocks test, which installs
    the package), in parallel workers.
 
 Without network access on the GPU machine, the default weights travel as float16

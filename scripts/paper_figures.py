@@ -15,8 +15,8 @@ The images are not part of the project; pass their paths, e.g. from ``../shared/
     python scripts/paper_figures.py 3 --content ../shared/images/tubingen.jpg \\
         --styles ../shared/images/the_scream.jpg -o figures/fig3
 
-"alpha/beta" is content_weight / style_weight in this library's normalisation (see the
-README, "Loss and weights"); each member's paper alpha and beta*w_l are in sweep.json.
+"alpha/beta" is content_weight / style_weight in this library's normalisation (see
+docs/loss.md); each member's paper alpha and beta*w_l are in sweep.json.
 """
 
 from __future__ import annotations
