@@ -27,7 +27,9 @@ def check_image(image, what: str) -> None:
     Raises:
       ValueError: naming ``what``, the dtype, shape or range found.
     """
-    shape, dtype = tuple(np.shape(image)), np.dtype(getattr(image, "dtype", np.asarray(image).dtype))
+    # The dtype without np.asarray where the image has one: a tracer cannot become a numpy array.
+    dtype = np.dtype(image.dtype if hasattr(image, "dtype") else np.asarray(image).dtype)
+    shape = tuple(np.shape(image))
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(
             f"`{what}` has dtype {dtype}; images are floats in [0, 1] "

@@ -210,3 +210,12 @@ def test_paper_weights_of_a_pooling_content_layer():
 
     alpha, _ = paper_weights(StyleConfig(content_layers=("pool4",), loss_scale="absolute"), 512, 384)
     assert alpha == {"pool4": 2.0 / (512 * 32 * 24)}
+
+
+def test_the_image_check_takes_tracers_for_shape_and_dtype_only(tiny_params, rng):
+    """memory_needed builds the objective under jit from abstract images: the check must not read values."""
+    build = lambda content: make_objective(tiny_params, content, None, CONFIG).content_targets
+    shapes = jax.eval_shape(build, jax.ShapeDtypeStruct((16, 16, 3), jnp.float32))
+    assert jax.tree.leaves(shapes) and all(leaf.ndim == 3 for leaf in jax.tree.leaves(shapes))
+    with pytest.raises(ValueError, match="`content` has dtype int32"):
+        jax.eval_shape(build, jax.ShapeDtypeStruct((16, 16, 3), jnp.int32))
