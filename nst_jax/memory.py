@@ -16,6 +16,24 @@ import jax
 
 from nst_jax.config import StyleConfig
 
+# XLA's memory analysis of the default loop: 3.18 kB per output pixel at 2048x2048, 3.26 kB at
+# 1024x1024 (fixed costs weigh more at small sizes). Only a quick first guess: above half
+# the free memory the exact analysis decides.
+ROUGH_BYTES_PER_PIXEL = 3200
+# Peak RSS over XLA's analysis, measured: 14.8 GiB vs 12.4 GiB for a 2048x2048 stylisation
+# (the runtime, Python, images, targets and the allocator's slack come on top of the loop).
+RSS_OVER_ANALYSIS = 1.25
+
+
+# VGG-19's forward pass (targets from a style image), XLA's memory analysis per input pixel:
+# 1313 at 1024 x 1024 (1471 at 512: the weights weigh more), Gram matrices of relu1_1..relu5_1.
+FORWARD_BYTES_PER_PIXEL = 1400
+
+
+def rough_bytes(h: int, w: int, devices: int = 1) -> float:
+    """A process's first guess for an ``h`` x ``w`` output split over ``devices`` (no compilation)."""
+    return RSS_OVER_ANALYSIS * ROUGH_BYTES_PER_PIXEL * h * w / devices
+
 
 class MemoryLimitError(ValueError):
     """The asked batch does not fit in the device's free memory (raised before anything runs)."""
@@ -88,11 +106,6 @@ def plan(command, content, style, init, params, config: StyleConfig, shape, mask
     return plan
 
 
-# VGG-19's forward pass (targets from a style image), XLA's memory analysis per input pixel:
-# 1313 at 1024 x 1024 (1471 at 512: the weights weigh more), Gram matrices of relu1_1..relu5_1.
-FORWARD_BYTES_PER_PIXEL = 1400
-
-
 def check_roughly(config: StyleConfig, final: tuple[int, int], styles, devices: int = 1) -> None:
     """Refuses at once a size far over the memory (the exact analysis would take long, and might not fit itself).
 
@@ -105,7 +118,7 @@ def check_roughly(config: StyleConfig, final: tuple[int, int], styles, devices: 
     if free is None:
         return
     h, w = final
-    needed = RSS_OVER_ANALYSIS * ROUGH_BYTES_PER_PIXEL * h * w / devices
+    needed = rough_bytes(h, w, devices)
     if needed > 2 * free:
         fits = int(max(h, w) * math.sqrt(free / needed))
         where = " per device" if devices > 1 else ""
@@ -123,15 +136,6 @@ def check_roughly(config: StyleConfig, final: tuple[int, int], styles, devices: 
                 f"a style image at {style[0]}x{style[1]} px needs about {needed / 2**30:.0f} GiB for its features, "
                 f"more than the {free / 2**30:.1f} GiB available; use a smaller `size` or `style_scale`"
             )
-
-
-# XLA's memory analysis of the default loop: 3.18 kB per output pixel at 2048x2048, 3.26 kB at
-# 1024x1024 (fixed costs weigh more at small sizes). Only a quick first guess: above half
-# the free memory the exact analysis decides.
-ROUGH_BYTES_PER_PIXEL = 3200
-# Peak RSS over XLA's analysis, measured: 14.8 GiB vs 12.4 GiB for a 2048x2048 stylisation
-# (the runtime, Python, images, targets and the allocator's slack come on top of the loop).
-RSS_OVER_ANALYSIS = 1.25
 
 
 def sharding_hint(needed_on_one: float, devices: int) -> str:
@@ -156,7 +160,7 @@ def check(content, style, init, params, config: StyleConfig, shape, masks, style
     h, w = shape if content is None else content.shape[:2]
     free = limit_per_device(mesh is not None)
     devices = 1 if mesh is None else mesh.size
-    if free is None or RSS_OVER_ANALYSIS * ROUGH_BYTES_PER_PIXEL * h * w / devices < free / 2:
+    if free is None or rough_bytes(h, w, devices) < free / 2:
         return
     analysis = memory_needed(
         content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks, mesh=mesh
