@@ -17,6 +17,7 @@ import types
 import typing
 from pathlib import Path
 
+from nst_jax import processes
 from nst_jax.config import INITS, StyleConfig
 
 # Flags whose name is not simply the field's name with dashes.
@@ -112,76 +113,6 @@ def _add_device_arguments(parser: argparse.ArgumentParser, shard: bool = True) -
         help="print the memory plan as one JSON line on stdout (shape, devices, bytes_per_device, limit_bytes, "
         "fits) and exit: nothing is optimised or written",
     )  # fmt: skip
-
-
-def _join_processes(args: argparse.Namespace) -> None:
-    """--coordinator: joins the other processes (jax.distributed.initialize) before any device is used."""
-    coordinator = getattr(args, "coordinator", None)
-    if coordinator is None:
-        if getattr(args, "num_processes", None) is not None or getattr(args, "process_id", None) is not None:
-            raise _UsageError("--num-processes and --process-id need --coordinator HOST:PORT")
-        return
-    if getattr(args, "resume", None) or getattr(args, "checkpoint_every", 0):
-        raise _UsageError("--coordinator: checkpoints (--resume, --checkpoint-every) are for one process only")
-    if args.coordinator_timeout < 1:
-        raise _UsageError(f"--coordinator-timeout must be >= 1 second, got {args.coordinator_timeout}")
-    import jax
-
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices of several processes talk
-    if coordinator == "auto":
-        if args.num_processes is not None or args.process_id is not None:
-            raise _UsageError("--coordinator auto takes --num-processes and --process-id from the cluster")
-        keywords = {}
-    else:
-        host, _, port = coordinator.rpartition(":")
-        if not host or not port.isdigit():
-            raise _UsageError(f"--coordinator must look like HOST:PORT or be 'auto', got {coordinator!r}")
-        if args.num_processes is None or args.process_id is None:
-            raise _UsageError("--coordinator HOST:PORT needs --num-processes and --process-id")
-        if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
-            raise _UsageError(
-                f"--process-id must be in 0..{args.num_processes - 1} (--num-processes {args.num_processes}), "
-                f"got {args.process_id}"
-            )
-        keywords = {"coordinator_address": coordinator, "num_processes": args.num_processes,
-                    "process_id": args.process_id}  # fmt: skip
-    if coordinator != "auto" and args.process_id != 0:
-        # JAX aborts the whole process (a fatal C++ check) when the coordinator cannot be reached:
-        # wait for its port here, so that case is one line and exit status 2.
-        _wait_for_port(host, int(port), args.coordinator_timeout)
-    try:
-        jax.distributed.initialize(**keywords, initialization_timeout=args.coordinator_timeout)
-    except Exception as e:  # the runtime's own error types differ between versions
-        reason = " ".join(str(e).split())[:300]
-        raise _UsageError(
-            f"--coordinator {coordinator}: the processes did not all meet within {args.coordinator_timeout} s "
-            f"({reason})"
-        ) from None
-
-
-def _wait_for_port(host: str, port: int, timeout: float) -> None:
-    """Returns once ``host:port`` accepts a connection; raises a one-line error after ``timeout`` seconds."""
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=max(0.1, min(1.0, deadline - time.monotonic()))):
-                return
-        except OSError as e:
-            if time.monotonic() >= deadline:
-                raise _UsageError(
-                    f"--coordinator {host}:{port} did not answer within {timeout:g} s ({e.strerror or e}); "
-                    "start process 0 there, or raise --coordinator-timeout"
-                ) from None
-            time.sleep(0.2)
-
-
-def _writes() -> bool:
-    """Whether this process writes outputs: process 0 of a multi-process run, or the only one."""
-    import jax
-
-    return jax.process_index() == 0
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -321,38 +252,6 @@ def _config_from(args: argparse.Namespace, defaults: dict) -> StyleConfig:
     return config.replace(size=config.scales[-1]) if config.scales else config
 
 
-class _Progress:
-    """Prints loss, speed and ETA between chunks; saves intermediate images when asked."""
-
-    def __init__(self, output: Path, config: StyleConfig, quiet: bool, writes: bool = True):
-        self.output, self.config, self.quiet, self.writes = output, config, quiet, writes
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, progress) -> None:
-        from nst_jax.io import save_image
-
-        last_stage = progress.stage == progress.num_stages - 1  # intermediate saves are at the output's size
-        saves = self.writes and self.config.save_every and last_stage and progress.step
-        if saves and progress.step % self.config.save_every == 0:
-            save_image(
-                self.output.with_name(f"{self.output.stem}.step{progress.step:05d}{self.output.suffix}"), progress.image
-            )
-        if self.quiet:
-            return
-        from nst_jax.progress import format_eta
-
-        # Speed and ETA from the end of the stage's first chunk on: the compilation is left out.
-        rate = "  -.-- steps/s" if progress.steps_per_second is None else f"{progress.steps_per_second:6.2f} steps/s"
-        stage = ""
-        if progress.num_stages > 1:
-            stage = f"stage {progress.stage + 1}/{progress.num_stages} {max(progress.image.shape[:2])} px  "
-        line = (
-            f"{stage}step {progress.step:>5}/{progress.num_steps}  loss {progress.loss:.4e}  "
-            f"{rate}  ETA {format_eta(progress.eta)}"
-        )
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-
-
 def _use_persistent_compilation_cache() -> None:
     """Compiled programs are kept in the user's cache, so a second run skips most compilation.
 
@@ -489,36 +388,22 @@ def _style_label(path: str, index: int, paths: list[str]) -> str:
     return stem if [Path(p).stem for p in paths].count(stem) == 1 else f"{stem}{index}"
 
 
-class _SweepProgress:
-    def __init__(self, quiet: bool):
-        self.quiet, self.tty = quiet, sys.stderr.isatty()
-
-    def __call__(self, progress) -> None:
-        if self.quiet:
-            return
-        line = (
-            f"batch {progress.batch + 1}/{progress.num_batches} (members {progress.members.start}-"
-            f"{progress.members.stop - 1})  steps {progress.steps.min()}-{progress.steps.max()}  "
-            f"loss {progress.losses.min():.3e}..{progress.losses.max():.3e}  {progress.seconds:.1f} s"
-        )
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-
-
 def _run_sweep(args, content, style, axes, params, config: StyleConfig, output: Path) -> int:
+    from nst_jax.progress import SweepLineProgress
     from nst_jax.sweep import MemoryLimitError, failed_members, save_sweep, sweep
 
     _use_persistent_compilation_cache()
     try:
         result = sweep(
             content, style, config, axes, params=params, product=not args.zip, batch_size=args.batch_size,
-            callback=_SweepProgress(args.quiet),
+            callback=SweepLineProgress(args.quiet),
         )  # fmt: skip
     except MemoryLimitError as e:
         print(f"nst-jax: error: {e}", file=sys.stderr)
         return 2
     if not args.quiet and sys.stderr.isatty():
         print(file=sys.stderr)
-    if not _writes():  # several processes ran the sweep together; process 0 writes it
+    if not processes.writes():  # several processes ran the sweep together; process 0 writes it
         return 0
     save = lambda folder: save_sweep(folder, result, extension=args.extension, content=args.content, style=args.style)
     try:
@@ -590,7 +475,7 @@ def _prepare(args: argparse.Namespace):
     """Everything a user can get wrong, checked before any optimisation: config, outputs, inputs, weights."""
     from nst_jax.checkpoint import CHECKPOINT_FILES, KIND
     from nst_jax.files import check_output_folder
-    from nst_jax.io import check_output_image, load_image
+    from nst_jax.io import check_output_image, load_image, load_masks
     from nst_jax.weights import load_params
 
     output = check_output_image(args.output)  # format, folder, not a folder: now, not after the optimisation
@@ -624,7 +509,7 @@ def _prepare(args: argparse.Namespace):
             None if masked and path == "none" else load_image(path, config.size, what="style") for path in args.style
         ]
         if masked:
-            masks, style_masks = _masks(args, content, style)
+            masks, style_masks = load_masks(args.masks, args.style_masks, content.shape[:2], style)
         elif args.style_masks:
             raise _UsageError("--style-masks needs --masks")
     elif args.command == "texture":
@@ -664,7 +549,7 @@ def _prepare(args: argparse.Namespace):
         print(json.dumps(plan))
         return None
     memory.check(content, style, init, params, config, shape, masks, style_masks, mesh)
-    if side_outputs and style and _writes():  # last: a later check must not leave them behind
+    if side_outputs and style and processes.writes():  # last: a later check must not leave them behind
         from nst_jax.io import save_image
 
         for side, image in zip(side_outputs, (content, style[0]), strict=True):
@@ -750,29 +635,6 @@ def _rows_message(args: argparse.Namespace, config: StyleConfig, final: tuple[in
     return f"{start}; --size {' or '.join(map(str, sizes))} gives {' or '.join(str(rows(s)) for s in sizes)} rows"
 
 
-def _masks(args, content, styles):
-    """Region masks of the output and the optional per-style masks, from the mask images."""
-    import jax
-    import numpy as np
-
-    from nst_jax.image import region_masks, resize
-    from nst_jax.io import load_image
-
-    labels = load_image(args.masks, what="--masks")
-    # Nearest neighbour: resampling must not invent colours between the regions'.
-    labels = np.asarray(jax.image.resize(labels, (*content.shape[:2], 3), "nearest"))
-    masks = region_masks(labels, len(styles))
-    if not args.style_masks:
-        return masks, None
-    if len(args.style_masks) != len(styles):
-        raise _UsageError(f"--style-masks has {len(args.style_masks)} images for {len(styles)} STYLE images")
-    style_masks = []
-    for path, style in zip(args.style_masks, styles, strict=True):
-        grey = load_image(path, what="--style-masks").mean(axis=-1)
-        style_masks.append(None if style is None else np.asarray(resize(grey[..., None], style.shape[:2]))[..., 0])
-    return masks, style_masks
-
-
 def _side_file(output: Path, what: str) -> Path:
     """Where an unfinished run's image goes, beside the output: ``OUT.interrupted.png``, ``OUT.failed.png``."""
     return output.with_name(f"{output.stem}.{what}{output.suffix}")
@@ -785,11 +647,12 @@ def _run(
     import jax
 
     from nst_jax.checkpoint import CheckpointError
+    from nst_jax.progress import LineProgress
     from nst_jax.stylize import Interrupted, stylize
 
     _use_persistent_compilation_cache()
-    writes = _writes()  # several processes run one image together; process 0 writes it
-    progress = _Progress(output, config, quiet or not writes, writes)
+    writes = processes.writes()  # several processes run one image together; process 0 writes it
+    progress = LineProgress(output, config, quiet or not writes, writes)
     # Checkpoints are of one process's state (--coordinator refuses --resume and --checkpoint-every).
     checkpoint = str(_checkpoint_path(output)) if jax.process_count() == 1 else None
     try:
@@ -916,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
                 _, info = load_params(args.weights)
                 print(describe(info))
                 return 0
-            _join_processes(args)
+            processes.join_processes(args)
             prepared: tuple | None = _prepare_sweep(args) if args.command == "sweep" else _prepare(args)
         except _USER_ERRORS as e:
             print(f"nst-jax: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # always one line

@@ -188,6 +188,31 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
     return np.asarray(img, np.float32) / 255.0
 
 
+def load_masks(path, style_mask_paths, shape: tuple[int, int], styles):
+    """Spatial control's masks from files: the output's region masks (``[R, h, w]`` at ``shape``) from a mask
+    image of flat colours, one region per entry of ``styles`` (darkest colour first), and, when
+    ``style_mask_paths`` names one image per style, each style's mask at its image's size (``None`` for a
+    style that is ``None``, and without ``style_mask_paths``).
+    """
+    import jax
+
+    from nst_jax.image import region_masks, resize
+
+    labels = load_image(path, what="--masks")
+    # Nearest neighbour: resampling must not invent colours between the regions'.
+    labels = np.asarray(jax.image.resize(labels, (*shape, 3), "nearest"))
+    masks = region_masks(labels, len(styles))
+    if not style_mask_paths:
+        return masks, None
+    if len(style_mask_paths) != len(styles):
+        raise ValueError(f"--style-masks has {len(style_mask_paths)} images for {len(styles)} STYLE images")
+    style_masks = []
+    for mask_path, style in zip(style_mask_paths, styles, strict=True):
+        grey = load_image(mask_path, what="--style-masks").mean(axis=-1)
+        style_masks.append(None if style is None else np.asarray(resize(grey[..., None], style.shape[:2]))[..., 0])
+    return masks, style_masks
+
+
 def to_uint8(image) -> np.ndarray:
     return (np.clip(np.asarray(image, np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 

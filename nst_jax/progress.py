@@ -9,8 +9,12 @@ tqdm is an optional dependency (``pip install "nst-jax[progress]"``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from nst_jax.config import StyleConfig
 
 
 def format_eta(seconds: float | None) -> str:
@@ -70,3 +74,50 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class LineProgress:
+    """The command's progress: loss, speed and ETA printed between chunks; intermediate images saved when asked."""
+
+    def __init__(self, output: Path, config: StyleConfig, quiet: bool, writes: bool = True):
+        self.output, self.config, self.quiet, self.writes = output, config, quiet, writes
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, progress) -> None:
+        from nst_jax.io import save_image
+
+        last_stage = progress.stage == progress.num_stages - 1  # intermediate saves are at the output's size
+        saves = self.writes and self.config.save_every and last_stage and progress.step
+        if saves and progress.step % self.config.save_every == 0:
+            save_image(
+                self.output.with_name(f"{self.output.stem}.step{progress.step:05d}{self.output.suffix}"), progress.image
+            )
+        if self.quiet:
+            return
+        # Speed and ETA from the end of the stage's first chunk on: the compilation is left out.
+        rate = "  -.-- steps/s" if progress.steps_per_second is None else f"{progress.steps_per_second:6.2f} steps/s"
+        stage = ""
+        if progress.num_stages > 1:
+            stage = f"stage {progress.stage + 1}/{progress.num_stages} {max(progress.image.shape[:2])} px  "
+        line = (
+            f"{stage}step {progress.step:>5}/{progress.num_steps}  loss {progress.loss:.4e}  "
+            f"{rate}  ETA {format_eta(progress.eta)}"
+        )
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+
+class SweepLineProgress:
+    """The sweep command's progress: each batch's members, steps, losses and seconds, printed between chunks."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.tty = quiet, sys.stderr.isatty()
+
+    def __call__(self, progress) -> None:
+        if self.quiet:
+            return
+        line = (
+            f"batch {progress.batch + 1}/{progress.num_batches} (members {progress.members.start}-"
+            f"{progress.members.stop - 1})  steps {progress.steps.min()}-{progress.steps.max()}  "
+            f"loss {progress.losses.min():.3e}..{progress.losses.max():.3e}  {progress.seconds:.1f} s"
+        )
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
