@@ -7,17 +7,15 @@ line to stderr and exit 2, before any output file exists.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import pickle
 import sys
 import time
-import types
 import typing
 from pathlib import Path
 
-from nst_jax import processes
+from nst_jax import processes, settings
 from nst_jax.config import INITS, StyleConfig
 
 # Flags whose name is not simply the field's name with dashes.
@@ -36,15 +34,10 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
-def _base_type(annotation: str):
-    hint = typing.get_type_hints(StyleConfig)[annotation]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = args[0]
-    if typing.get_origin(hint) is tuple:
-        item = typing.get_args(hint)[0]
-        return lambda text, item=item: _comma_list(text, item)
-    return hint
+def _base_type(setting: settings.Setting):
+    if setting.kind == "list":
+        return lambda text, item=setting.item: _comma_list(text, item)
+    return setting.item
 
 
 def _comma_list(text: str, item):
@@ -58,20 +51,18 @@ def _add_config_arguments(
     parser: argparse.ArgumentParser, defaults: dict, skip: tuple[str, ...] = (), choices: dict | None = None
 ) -> None:
     """One option per :class:`StyleConfig` field (but ``skip``), ``choices`` narrowing a field's choices."""
-    for f in dataclasses.fields(StyleConfig):
-        if f.name in skip or f.name == "network":  # a custom network is a Python object: library only
-            continue
+    for f in settings.settings(skip=("network", *skip)):  # a custom network is a Python object: library only
         flag = _FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
         default = defaults.get(f.name, f.default)
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        help = f.metadata["help"]
+        help = f.help
         if default not in (None, ()) and "default" not in help:  # each default said once, never "(default: )"
             help = f"{help} (default: {shown})"
-        valid = (choices or {}).get(f.name, f.metadata.get("choices"))
+        valid = (choices or {}).get(f.name, f.choices)
         parser.add_argument(
             flag,
             dest=f.name,
-            type=_base_type(f.name),
+            type=_base_type(f),
             default=argparse.SUPPRESS,
             choices=valid,
             metavar=None if valid else f.name.upper(),
@@ -246,10 +237,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from(args: argparse.Namespace, defaults: dict) -> StyleConfig:
-    values = {**defaults, **{f.name: getattr(args, f.name) for f in dataclasses.fields(StyleConfig) if f.name in args}}
-    config = StyleConfig(**values)
-    # With --scales the last scale is the output's long side (images load at it).
-    return config.replace(size=config.scales[-1]) if config.scales else config
+    given = {f.name: getattr(args, f.name) for f in settings.settings() if f.name in args}
+    return settings.config_from({**defaults, **given})
 
 
 def _use_persistent_compilation_cache() -> None:
@@ -534,8 +523,8 @@ def _prepare(args: argparse.Namespace):
             style = [content]
         else:
             content, style = samples.village(h, w), [samples.swirls(h, w)]
-    if style is not None and config.style_blend is not None and len(config.style_blend) != len(style):
-        raise ValueError(f"`style_blend` has {len(config.style_blend)} weights for {len(style)} style images")
+    if style is not None:
+        settings.check_style_blend(config, len(style))
     init = config.init if config.init in INITS else load_image(config.init, what="init")  # a path
     if resume is not None and not (Path(resume) / "run.json").is_file():
         raise FileNotFoundError(f"--resume: no checkpoint in {resume!r}")
@@ -580,7 +569,6 @@ def _check_shapes(args: argparse.Namespace, config: StyleConfig, mesh=None) -> N
     """
     from nst_jax.image import fit_long_side
     from nst_jax.io import image_shape
-    from nst_jax.stylize import check_sizes
 
     loaded = lambda path, what: fit_long_side(image_shape(path, what), config.size)
     styles = []
@@ -606,14 +594,15 @@ def _check_shapes(args: argparse.Namespace, config: StyleConfig, mesh=None) -> N
                 f"--init must be one of {', '.join(INITS)} or an image file, got {config.init!r} (no such file)"
             )
         image_shape(config.init, "init")  # a folder or a bomb: now
-    from nst_jax import memory
     from nst_jax.optim import rows_divide
 
     if not rows_divide(final[0], mesh):
         raise _UsageError(_rows_message(args, config, final, mesh.size))
-    if not getattr(args, "dry_run", False):  # a dry run reports what does not fit instead
-        memory.check_roughly(config, final, styles, 1 if mesh is None else mesh.size)
-    check_sizes(config, final, styles, content, source=source)
+    # A dry run reports what does not fit instead.
+    devices = 1 if mesh is None else mesh.size
+    settings.check_shapes(
+        config, final, styles, content, source=source, devices=devices, memory=not getattr(args, "dry_run", False)
+    )
 
 
 def _rows_message(args: argparse.Namespace, config: StyleConfig, final: tuple[int, int], devices: int) -> str:

@@ -28,12 +28,12 @@ import tempfile
 import threading
 import time
 import traceback
-import typing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nst_jax import settings as app_settings
 from nst_jax.config import INITS, StyleConfig, short_repr
 
 log = logging.getLogger("nst_jax.serve")
@@ -192,39 +192,22 @@ def _json(value):
 
 def options() -> list[dict]:
     """Every setting the page may set, from :class:`StyleConfig` as the CLI's: name, kind, default, help, choices."""
-    hints = typing.get_type_hints(StyleConfig)
     out = []
-    for f in dataclasses.fields(StyleConfig):
-        if f.name in SERVER_ONLY_FIELDS:
-            continue
-        kind, _, optional = _field_kind(hints[f.name])
-        choices = f.metadata.get("choices")
-        if f.name == "init":
-            choices = INITS
+    for f in app_settings.settings(skip=SERVER_ONLY_FIELDS):
+        choices = INITS if f.name == "init" else f.choices  # a name: the page takes no path
         out.append(
             {
                 "name": f.name,
-                "kind": kind,
-                "optional": optional,
+                "kind": f.kind,
+                "optional": f.optional,
                 "default": _json(f.default),
                 "choices": list(choices) if choices else None,
-                "help": f.metadata["help"].replace("a path to an image file", "(an image file: CLI only)"),
+                "help": f.help.replace("a path to an image file", "(an image file: CLI only)"),
                 "common": f.name in COMMON_FIELDS,
             }
         )
     out.sort(key=lambda o: COMMON_FIELDS.index(o["name"]) if o["common"] else len(COMMON_FIELDS))
     return out
-
-
-def _field_kind(hint) -> tuple[str, type, bool]:
-    """(kind, item type, optional) of a StyleConfig annotation: int, float, str or list (of item type)."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = type(None) in typing.get_args(hint)
-    if optional:
-        hint = args[0]
-    if typing.get_origin(hint) is tuple:
-        return "list", typing.get_args(hint)[0], optional
-    return hint.__name__, hint, optional
 
 
 def config_from_settings(settings: Any, limits: Limits) -> StyleConfig:
@@ -236,24 +219,21 @@ def config_from_settings(settings: Any, limits: Limits) -> StyleConfig:
     """
     if not isinstance(settings, dict):
         raise JobError(f"`settings` must be an object of setting -> value, got {type(settings).__name__}")
-    hints = typing.get_type_hints(StyleConfig)
-    names = [f.name for f in dataclasses.fields(StyleConfig)]
+    known = {f.name: f for f in app_settings.settings(skip=())}
     values = {}
     for name, value in settings.items():
         if name in SERVER_ONLY_FIELDS:
             raise JobError(f"`{name}` cannot be set from the page (the server's command line sets it)")
-        if name not in names:
-            valid = ", ".join(n for n in names if n not in SERVER_ONLY_FIELDS)
+        if name not in known:
+            valid = ", ".join(n for n in known if n not in SERVER_ONLY_FIELDS)
             raise JobError(f"unknown setting {str(name)[:40]!r}; valid settings are {valid}")
-        values[name] = _coerce(name, value, hints[name])
+        values[name] = _coerce(known[name], value)
     if values.get("init", "content") not in INITS:
         raise JobError(f"`init` must be one of {', '.join(INITS)}, got {values['init']!r}")
     try:
-        config = StyleConfig(**values)
+        config = app_settings.config_from(values)
     except (ValueError, TypeError) as e:
         raise JobError(str(e)) from None
-    if config.scales:  # as the CLI: the last scale is the output's long side
-        config = config.replace(size=config.scales[-1])
     if config.size > limits.max_size:
         raise JobError(f"`size` {config.size} is over this server's largest, {limits.max_size} (its --max-size)")
     for name in ("num_steps", "coarse_steps"):
@@ -263,9 +243,9 @@ def config_from_settings(settings: Any, limits: Limits) -> StyleConfig:
     return config
 
 
-def _coerce(name: str, value, hint):
+def _coerce(setting: app_settings.Setting, value):
     """One JSON value as the field's type (numbers as given or as text, lists as arrays or comma-separated text)."""
-    kind, item, optional = _field_kind(hint)
+    name, kind, item, optional = setting.name, setting.kind, setting.item, setting.optional
     if optional and (value is None or value == ""):
         return None
     bad = JobError(
@@ -457,7 +437,6 @@ class Jobs:
           NotFound: an image id that is not this session's.
         """
         from nst_jax.image import fit_long_side
-        from nst_jax.stylize import check_sizes
 
         if not isinstance(request, dict):
             raise JobError("the request must be a JSON object")
@@ -477,12 +456,8 @@ class Jobs:
         final = fit_long_side(content.shape, config.size)
         loaded_styles = [fit_long_side(s.shape, config.size) for s in styles]
         try:
-            if config.style_blend is not None and len(config.style_blend) != len(styles):
-                raise ValueError(f"`style_blend` has {len(config.style_blend)} weights for {len(styles)} style images")
-            check_sizes(config, final, loaded_styles, True, source=content.shape)
-            from nst_jax.memory import check_roughly
-
-            check_roughly(config, final, loaded_styles)
+            app_settings.check_style_blend(config, len(styles))
+            app_settings.check_shapes(config, final, loaded_styles, True, source=content.shape)
         except ValueError as e:
             raise JobError(str(e)) from None
         axis: str | None = None
