@@ -93,7 +93,7 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_the_walk_sees_lazy_imports():
     graph = _graph()
     assert "nst_jax.stylize" in graph["nst_jax.jobs"]  # imported inside a method only
-    assert "nst_jax.memory" in graph["nst_jax.cli"]
+    assert "nst_jax.memory" in graph["nst_jax.commands"]
 
 
 def test_no_import_cycle():
