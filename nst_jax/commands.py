@@ -299,14 +299,16 @@ def prepare(args: argparse.Namespace):
         raise FileNotFoundError(f"--resume: no checkpoint in {resume!r}")
     params, _ = load_params(config.weights)
     from nst_jax import memory
-    from nst_jax.stylize import check_setup
+    from nst_jax.stylize import check_memory, check_setup, memory_needed
 
-    check_setup(content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks)
+    inputs = dict(params=params, init=init, shape=shape, masks=masks, style_masks=style_masks)
+    check_setup(content, style, config, **inputs)
     if args.dry_run:
-        plan = memory.plan(args.command, content, style, init, params, config, shape, masks, style_masks, mesh)
-        print(json.dumps(plan))
+        final = tuple(content.shape[:2]) if content is not None else tuple(shape or ())
+        needed = lambda mesh: memory_needed(content, style, config, **inputs, mesh=mesh)
+        print(json.dumps(memory.plan(args.command, final, needed, mesh)))
         return None
-    memory.check(content, style, init, params, config, shape, masks, style_masks, mesh)
+    check_memory(content, style, config, **inputs, mesh=mesh)  # stylize checks again: near the limit, twice
     if side_outputs and style and processes.writes():  # last: a later check must not leave them behind
         from nst_jax.io import save_image
 

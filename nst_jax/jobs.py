@@ -593,12 +593,10 @@ class Jobs:
         if job.kind == "sweep":
             return self._run_sweep(job)
         from nst_jax.io import png_bytes
-        from nst_jax.memory import check
         from nst_jax.stylize import stylize
 
         content, styles = self._inputs(job)
         config = job.config
-        check(content, styles, config.init, self.params, config, None, None, None)
         costs = stage_costs(config, max(content.shape[:2]))
 
         def callback(progress) -> bool:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 
 import jax
+from jax.sharding import Mesh
 
 from nst_jax.config import StyleConfig
 
@@ -36,7 +38,7 @@ def rough_bytes(h: int, w: int, devices: int = 1) -> float:
 
 
 class MemoryLimitError(ValueError):
-    """The asked batch does not fit in the device's free memory (raised before anything runs)."""
+    """A run (a picture, or a sweep's asked batch) does not fit in the device's free memory; raised before it runs."""
 
 
 def available_memory(device: jax.Device) -> int | None:
@@ -72,14 +74,13 @@ def limit_per_device(sharded: bool) -> int | None:
     return free
 
 
-def plan(command, content, style, init, params, config: StyleConfig, shape, masks, style_masks, mesh) -> dict:
-    """--dry-run's report: XLA's analysis of the compiled loop at the output's size, against the memory free."""
-    from nst_jax.stylize import memory_needed
+def plan(command: str, final: tuple[int, int], needed: Callable[[Mesh | None], int], mesh: Mesh | None) -> dict:
+    """--dry-run's report: XLA's analysis of the compiled loop at the output's size, against the memory free.
 
-    h, w = shape if content is None else content.shape[:2]
-    needed = lambda mesh: memory_needed(
-        content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks, mesh=mesh
-    )  # fmt: skip
+    ``final``: the output's ``(height, width)``; ``needed(mesh)``: XLA's bytes per device of the
+    run's program with its rows over ``mesh`` (:func:`nst_jax.stylize.memory_needed`).
+    """
+    h, w = final
     start = time.perf_counter()
     per_device = needed(mesh)
     free = limit_per_device(mesh is not None)
@@ -122,7 +123,7 @@ def check_roughly(config: StyleConfig, final: tuple[int, int], styles, devices: 
     if needed > 2 * free:
         fits = int(max(h, w) * math.sqrt(free / needed))
         where = " per device" if devices > 1 else ""
-        raise ValueError(
+        raise MemoryLimitError(
             f"`size` {max(h, w)} ({h}x{w} output) needs about {needed / 2**30:.0f} GiB{where}, far more than the "
             f"{free / 2**30:.1f} GiB of memory available; the largest size that fits is about {fits}"
             + sharding_hint(needed * devices, devices)
@@ -132,7 +133,7 @@ def check_roughly(config: StyleConfig, final: tuple[int, int], styles, devices: 
             style = fit_long_side(style, max(16, round(config.style_scale * max(final))))
         needed = RSS_OVER_ANALYSIS * FORWARD_BYTES_PER_PIXEL * style[0] * style[1]
         if needed > free:
-            raise ValueError(
+            raise MemoryLimitError(
                 f"a style image at {style[0]}x{style[1]} px needs about {needed / 2**30:.0f} GiB for its features, "
                 f"more than the {free / 2**30:.1f} GiB available; use a smaller `size` or `style_scale`"
             )
@@ -152,25 +153,26 @@ def sharding_hint(needed_on_one: float, devices: int) -> str:
     return f"; it would fit with --shard-image over the {count} devices (about {each:.1f} GiB each)"
 
 
-def check(content, style, init, params, config: StyleConfig, shape, masks, style_masks, mesh=None) -> None:
-    """Refuses, before the optimisation allocates anything, an output that cannot fit in memory."""
+def check(config: StyleConfig, final: tuple[int, int], needed: Callable[[], int], devices: int = 1) -> None:
+    """Refuses, before the optimisation allocates anything, an output that cannot fit in memory.
 
-    from nst_jax.stylize import memory_needed
+    ``final``: the output's ``(height, width)``; ``needed()``: XLA's bytes per device of the run's
+    program (:func:`nst_jax.stylize.memory_needed`), asked only when the rough guess is over half
+    the memory free (it compiles the program); ``devices``: how many devices the rows are split over.
 
-    h, w = shape if content is None else content.shape[:2]
-    free = limit_per_device(mesh is not None)
-    devices = 1 if mesh is None else mesh.size
+    Raises:
+      MemoryLimitError: with the largest size that fits, and whether splitting the rows would.
+    """
+    h, w = final
+    free = limit_per_device(devices > 1)
     if free is None or rough_bytes(h, w, devices) < free / 2:
         return
-    analysis = memory_needed(
-        content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks, mesh=mesh
-    )  # fmt: skip
-    needed = RSS_OVER_ANALYSIS * analysis
-    if needed > free:
-        fits = int(max(h, w) * math.sqrt(free / needed))
+    needed_bytes = RSS_OVER_ANALYSIS * needed()
+    if needed_bytes > free:
+        fits = int(max(h, w) * math.sqrt(free / needed_bytes))
         where = f" per device over {devices} devices" if devices > 1 else ""
-        raise ValueError(
-            f"`size` {config.size} ({h}x{w} output) needs about {needed / 2**30:.1f} GiB{where}, more than the "
+        raise MemoryLimitError(
+            f"`size` {config.size} ({h}x{w} output) needs about {needed_bytes / 2**30:.1f} GiB{where}, more than the "
             f"{free / 2**30:.1f} GiB of memory available; the largest size that fits is about {fits}"
-            + sharding_hint(needed, devices)
+            + sharding_hint(needed_bytes, devices)
         )

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from nst_jax import optim
+from nst_jax import memory, optim, schedule
 from nst_jax.checks import check_image
 from nst_jax.config import MAX_SIDE, StyleConfig
 from nst_jax.image import (
@@ -148,37 +148,39 @@ def stylize(
     style_shapes = [] if style is None else [jnp.shape(s)[:2] for s in as_images(style) if s is not None]
     check_sizes(config, final, style_shapes, content is not None, network=network)
     check_rows(final[0], mesh, "output")
-    sizes = config.stage_sizes(max(final))
+    check_memory(
+        content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks,
+        network=network, mesh=mesh,
+    )  # fmt: skip
+    styles = None if style is None else as_images(style)
+    inputs = schedule.Inputs(content, styles, (int(final[0]), int(final[1])), init, masks, style_masks)
     bar = None
     if progress:
         from nst_jax.progress import ProgressBar
 
         callback = bar = ProgressBar(callback)
+    run = dict(params=params, callback=callback, checkpoint=checkpoint, resume=resume, network=network, mesh=mesh)
     try:
-        if len(sizes) > 1 or sizes[-1] != max(final):
-            return _coarse_to_fine(
-                content, style, config, params, init, callback, final, sizes, checkpoint, resume, masks, style_masks,
-                network, mesh,
-            )  # fmt: skip
-        return _single_scale(
-            content, style, config, params, init, callback, shape, checkpoint, resume, masks, style_masks, network, mesh
-        )
+        if schedule.is_staged(config, final):
+            return _coarse_to_fine(inputs, config, **run)
+        return _single_scale(inputs, config, **run)
     finally:
         if bar is not None:
             bar.close()
 
 
 def _single_scale(
-    content, style, config: StyleConfig, params, init, callback, shape, checkpoint, resume, masks, style_masks,
-    network=None, mesh=None, anchor=None,
+    inputs: schedule.Inputs, config: StyleConfig, *, params, callback, checkpoint, resume, network=None, mesh=None,
+    anchor=None,
 ) -> Result:  # fmt: skip
-    """One optimisation at the content's (or ``shape``'s) size; the inputs are checked already.
+    """One optimisation at the inputs' size; the inputs are checked already.
 
     ``anchor``: the thumbnail of a coarse-to-fine run's first stage
     (:func:`~nst_jax.objective.anchor_thumbnail`), whose composition this stage keeps
     (``config.anchor_weight``).
     """
-    objective, image, reference = _setup(content, style, config, params, init, shape, masks, style_masks, network)
+    content = inputs.content
+    objective, image, reference = _setup(inputs, config, params, network)
     recolour = content is not None and config.preserve_colour == "luminance"
     if anchor is not None and config.anchor_weight > 0:
         objective = with_anchor(objective, anchor, config.anchor_weight)
@@ -271,15 +273,14 @@ def _check_inputs(content, style, init, checkpoint, resume) -> None:
         check_output_folder(checkpoint, KIND, what="checkpoint", allowed=CHECKPOINT_FILES)
 
 
-def _setup(content, style, config: StyleConfig, params, init, shape, masks, style_masks, network=None):
-    """The objective, the initial image and the content at its given size (or zeros of ``shape``)."""
+def _setup(inputs: schedule.Inputs, config: StyleConfig, params, network=None):
+    """The objective, the initial image and the content at its given size (or zeros of the inputs' shape)."""
+    content, init = inputs.content, inputs.init
     if content is None:
-        if shape is None:
-            raise ValueError("`shape` is needed when `content` is None")
-        reference = jnp.zeros((*shape, 3), jnp.float32)
+        reference = jnp.zeros((*inputs.shape, 3), jnp.float32)
     else:
         reference = jnp.asarray(content, jnp.float32)
-    styles = prepare_styles(style, reference.shape[:2], config, content=None if content is None else reference)
+    styles = prepare_styles(inputs.styles, reference.shape[:2], config, content=None if content is None else reference)
     network_content = reference
     if content is not None and config.preserve_colour == "luminance":
         network_content = luminance_image(reference)
@@ -292,7 +293,7 @@ def _setup(content, style, config: StyleConfig, params, init, shape, masks, styl
     image = initial_image(init, network_content, first_style, config.seed)
     objective = make_objective(
         params, None if content is None else network_content, styles or None, config,
-        masks=masks, style_masks=style_masks, network=network,
+        masks=inputs.masks, style_masks=inputs.style_masks, network=network,
     )  # fmt: skip
     return objective, image, reference
 
@@ -305,7 +306,15 @@ def _abstract_setup(content, style, config: StyleConfig, params, init, shape, ma
 
     def build(content, style, image, masks, style_masks):
         start = image if array_init else init
-        return _setup(content, style, config, params, start, shape, masks, style_masks, network)[:2]
+        if content is not None:
+            final = tuple(content.shape[:2])
+        elif shape is not None:
+            final = tuple(shape)
+        else:
+            raise ValueError("`shape` is needed when `content` is None")
+        styles = None if style is None else as_images(style)
+        inputs = schedule.Inputs(content, styles, final, start, masks, style_masks)
+        return _setup(inputs, config, params, network)[:2]
 
     inputs = (content, style, init if array_init else None, masks, style_masks)
     return jax.eval_shape(build, *(None if a is None else abstract(a) for a in inputs))
@@ -350,87 +359,74 @@ def memory_needed(
     return optim.program_bytes(optim.chunk_program(loss_fn, optimizer, state))
 
 
+def check_memory(
+    content, style, config: StyleConfig = StyleConfig(), *, params, init=None, shape=None, masks=None,
+    style_masks=None, network=None, mesh: Mesh | None = None,
+) -> None:  # fmt: skip
+    """Refuses, before anything is allocated, a run of :func:`stylize` that cannot fit in memory.
+
+    The memory plan (:mod:`nst_jax.memory`): a rough guess from the sizes first; near the
+    limit, XLA's analysis of the program (:func:`memory_needed`, which compiles it). Arguments
+    as for :func:`stylize` (arrays or ``jax.ShapeDtypeStruct``); :func:`stylize` calls it.
+
+    Raises:
+      MemoryLimitError: with the largest size that fits.
+    """
+    h, w = (int(n) for n in (jnp.shape(content)[:2] if content is not None else tuple(shape)))
+    devices = 1 if mesh is None else mesh.size
+    style_shapes = [] if style is None else [jnp.shape(s)[:2] for s in as_images(style) if s is not None]
+    memory.check_roughly(config, (h, w), style_shapes, devices)
+    needed = lambda: memory_needed(
+        content, style, config, params=params, init=init, shape=shape, masks=masks, style_masks=style_masks,
+        network=network, mesh=mesh,
+    )  # fmt: skip
+    memory.check(config, (h, w), needed, devices)
+
+
 def _coarse_to_fine(
-    content, style, config: StyleConfig, params, init, callback, final, sizes, checkpoint, resume, masks, style_masks,
-    network=None, mesh=None,
-) -> Result:  # fmt: skip
-    """Optimises at each of ``sizes`` (long sides) in turn, each stage starting from the last one's result, upsampled.
+    inputs: schedule.Inputs, config: StyleConfig, *, params, callback, checkpoint, resume, network=None, mesh=None
+) -> Result:
+    """Optimises at each stage of :mod:`nst_jax.schedule` in turn, each starting from the last one's result.
 
-    The content (or ``final``, the output's shape) gives the aspect ratio; every stage sees
-    the content, the styles and the masks scaled by its size over the output's, so the
-    style's strokes keep their size relative to the image; every stage after the first keeps
-    the first one's composition (``config.anchor_weight``). Coarser stages take
-    ``config.coarse_steps`` steps (default ``num_steps``), the last ``config.num_steps``. Checkpoints are of the
-    last stage: ``resume`` skips the coarser ones (the checkpoint holds the image).
-
-    References:
-      Gatys, Ecker, Bethge, Hertzmann, Shechtman, "Controlling Perceptual Factors in Neural
-      Style Transfer", CVPR 2017, section 5 (coarse-to-fine).
+    Checkpoints are of the last stage: ``resume`` skips the coarser ones (the checkpoint holds
+    the image and the first stage's anchor).
     """
     from nst_jax.checkpoint import read_anchor
 
-    styles = None if style is None else as_images(style)
-    scaled = lambda image, ratio: resize(image, scaled_shape(jnp.shape(image)[:2], ratio))
     history, steps, evals, seconds, image, result = [], 0, 0, 0.0, None, None
     anchor: jax.Array | np.ndarray | None = None  # the first stage's thumbnail, kept by the later stages
-    for stage, size in enumerate(sizes):
-        last = stage == len(sizes) - 1
-        if resume is not None and not last:
+    for stage in schedule.stages(config, inputs.shape):
+        if resume is not None and not stage.last:
             continue
         if resume is not None:  # the coarser stages are skipped: their anchor is in the checkpoint
             anchor = read_anchor(resume)
-        ratio = size / max(final)
-        stage_shape = fit_long_side(final, size)
-        stage_callback = None if callback is None else _StageCallback(callback, stage, len(sizes))
-        stage_masks = None
-        if masks is not None:
-            stage_masks = jnp.stack(
-                [resize(m[..., None], stage_shape)[..., 0] for m in jnp.asarray(masks, jnp.float32)]
-            )
-        stage_style_masks = None
-        if style_masks is not None:
-            stage_style_masks = [
-                None if m is None else scaled(jnp.asarray(m)[..., None], ratio)[..., 0] for m in style_masks
-            ]
+        stage_callback = None if callback is None else schedule.StageCallback(callback, stage)
+        stage_inputs = schedule.at_stage(inputs, stage)
+        if image is not None:
+            stage_inputs = stage_inputs._replace(init=resize(image, stage.shape))
         result = _single_scale(
-            None if content is None else resize(content, stage_shape),
-            None if styles is None else [None if s is None else scaled(s, ratio) for s in styles],
-            config.replace(scales=(), num_scales=1, size=size, num_steps=config.stage_steps(stage, len(sizes))),
+            stage_inputs,
+            stage.config,
             params=params,
-            init=init if image is None else resize(image, stage_shape),
-            callback=None if callback is None else stage_callback,
-            shape=stage_shape,
-            checkpoint=checkpoint if last else None,
-            resume=resume if last else None,
-            masks=stage_masks,
-            style_masks=stage_style_masks,
+            callback=stage_callback,
+            checkpoint=checkpoint if stage.last else None,
+            resume=resume if stage.last else None,
             network=network,
             # A coarser stage whose rows do not divide runs on one device (it is small); the
             # last stage's rows were checked to divide before anything ran.
-            mesh=mesh if optim.rows_divide(stage_shape[0], mesh) else None,
+            mesh=mesh if optim.rows_divide(stage.shape[0], mesh) else None,
             anchor=anchor,
         )
         image = result.image
-        if stage == 0:  # in the network's colours, as the next stage's init (luminance: grey)
-            recolour = content is not None and config.preserve_colour == "luminance"
+        if stage.number == 0:  # in the network's colours, as the next stage's init (luminance: grey)
+            recolour = inputs.content is not None and config.preserve_colour == "luminance"
             anchor = anchor_thumbnail(luminance_image(jnp.asarray(image)) if recolour else image)
         history += [(steps + s, loss) for s, loss in result.history]
         steps, evals, seconds = steps + result.num_steps, evals + result.num_evals, seconds + result.seconds
         if not result.finite or (stage_callback is not None and stage_callback.stopped):
             break  # a callback's stop ends the whole run, not just its stage
-    assert result is not None  # sizes is never empty
+    assert result is not None  # there is always a stage
     return result._replace(history=history, num_steps=steps, num_evals=evals, seconds=seconds)
-
-
-class _StageCallback:
-    """Passes a stage's progress on with the stage's index and count filled in."""
-
-    def __init__(self, callback, stage: int, num_stages: int):
-        self.callback, self.stage, self.num_stages, self.stopped = callback, stage, num_stages, False
-
-    def __call__(self, progress):
-        self.stopped = bool(self.callback(progress._replace(stage=self.stage, num_stages=self.num_stages)))
-        return self.stopped
 
 
 def prepare_styles(style, output_shape: tuple[int, ...], config: StyleConfig, content=None) -> list[jax.Array | None]:

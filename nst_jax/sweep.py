@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nst_jax import lbfgs, memory, optim, vgg
+from nst_jax import lbfgs, memory, optim, schedule, vgg
 from nst_jax.config import StyleConfig
-from nst_jax.image import fit_long_side, initial_image, resize, scaled_shape
+from nst_jax.image import initial_image, resize
 from nst_jax.memory import MemoryLimitError, available_memory  # noqa: F401  (available_memory: its home before nst_jax.memory)
 from nst_jax.network import FeatureNetwork
 from nst_jax.objective import (
@@ -542,16 +542,17 @@ def _sweep(
 
     for member_config, member_styles in zip(configs, styles or [style] * len(configs), strict=True):
         check_sizes(member_config, final, [jnp.shape(member_styles)[:2]], content is not None, network=network)
-    sizes = config.stage_sizes(max(final))
-    if dry_run and (len(sizes) > 1 or sizes[-1] != max(final)):  # the last stage is the largest program
+    staged = schedule.is_staged(config, final)
+    if dry_run and staged:  # the last stage is the largest program
         return sweep(
             content, style, config.replace(scales=(), num_scales=1, size=max(final)), axes, params=params,
             product=product, batch_size=batch_size, devices=devices, shape=shape, memory_fraction=memory_fraction,
             init=init, network=network, dry_run=True,
         )  # fmt: skip
-    if len(sizes) > 1 or sizes[-1] != max(final):
+    if staged:
+        inputs = schedule.Inputs(content, None if style is None else [style], (int(final[0]), int(final[1])), init)
         return _coarse_to_fine(
-            content, style, config, axes, final, sizes, init,
+            inputs, config, axes,
             dict(params=params, product=product, batch_size=batch_size, devices=devices, callback=callback,
                  memory_fraction=memory_fraction, network=network),
         )  # fmt: skip
@@ -651,46 +652,43 @@ def _sweep(
     )
 
 
-def _coarse_to_fine(content, style, config: StyleConfig, axes, final, sizes, init, options) -> SweepResult:
-    """The sweep at each of ``sizes`` in turn, every member continuing from its own upsampled result."""
+def _coarse_to_fine(inputs: schedule.Inputs, config: StyleConfig, axes, options) -> SweepResult:
+    """The sweep at each stage of :mod:`nst_jax.schedule` in turn, every member continuing from its own
+    upsampled result (``inputs.init``: ``[B, h, w, 3]`` images the first stage starts from, or ``None``)."""
     result: SweepResult | None = None
     totals: tuple | None = None
     anchor = None  # each member's first-stage thumbnail, whose composition the later stages keep
-    for stage, size in enumerate(sizes):
-        ratio, stage_shape = size / max(final), fit_long_side(final, size)
-        scaled = lambda image, ratio=ratio: resize(image, scaled_shape(jnp.shape(image)[:2], ratio))
+    for stage in schedule.stages(config, inputs.shape):
+        stage_inputs = schedule.at_stage(inputs, stage)
         stage_axes = dict(axes or {})
         if isinstance(stage_axes.get("style"), Mapping):
-            stage_axes["style"] = {label: scaled(image) for label, image in stage_axes["style"].items()}
+            stage_axes["style"] = {
+                label: schedule.scaled(image, stage.ratio) for label, image in stage_axes["style"].items()
+            }
         elif "style" in stage_axes:
-            stage_axes["style"] = [(label, scaled(image)) for label, image in stage_axes["style"]]
-        if init is not None or result is not None:
-            previous = init if result is None else result.images
-            init_images = jnp.stack([resize(image, stage_shape) for image in previous])
-        else:
-            init_images = None
+            stage_axes["style"] = [(label, schedule.scaled(image, stage.ratio)) for label, image in stage_axes["style"]]
+        previous = inputs.init if result is None else result.images
+        init_images = None if previous is None else jnp.stack([resize(image, stage.shape) for image in previous])
         stage_options = dict(options)
         if options.get("callback") is not None:
-            stage_options["callback"] = lambda p, stage=stage, callback=options["callback"]: callback(
-                p._replace(stage=stage, num_stages=len(sizes))
-            )
+            stage_options["callback"] = schedule.StageCallback(options["callback"], stage)
         stage_result = _sweep(
-            None if content is None else resize(content, stage_shape),
-            None if style is None else scaled(style),
-            config.replace(scales=(), num_scales=1, size=size, num_steps=config.stage_steps(stage, len(sizes))),
+            stage_inputs.content,
+            None if stage_inputs.styles is None else stage_inputs.styles[0],
+            stage.config,
             stage_axes,
-            shape=stage_shape,
+            shape=stage.shape,
             init=init_images,
             anchor=anchor,
             **stage_options,
         )
         assert isinstance(stage_result, SweepResult)  # not a dry run
         result = stage_result
-        if stage == 0:
+        if stage.number == 0:
             anchor = anchor_thumbnail(result.images)
         stage_totals = (result.steps, result.evals, result.iterations, result.seconds)
         totals = stage_totals if totals is None else tuple(a + b for a, b in zip(totals, stage_totals, strict=True))
-    assert result is not None and totals is not None  # sizes is never empty
+    assert result is not None and totals is not None  # there is always a stage
     steps, evals, iterations, seconds = totals
     return result._replace(steps=steps, evals=evals, iterations=iterations, seconds=seconds, config=config)
 

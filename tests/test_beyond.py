@@ -274,11 +274,12 @@ def test_coarse_to_fine_with_masks_checkpoints_and_resume(real_params, tmp_path)
 
 def test_luminance_transfer_starts_from_the_grey_of_an_image_init(real_params, rng):
     """A coarser stage's (recoloured) result, or any init image, becomes its luminance, as the content does."""
+    from nst_jax.schedule import Inputs
     from nst_jax.stylize import _setup
 
     content, style, init = samples.village(24, 32), samples.swirls(24, 32), random_image(rng, 24, 32)
     config = StyleConfig(preserve_colour="luminance")
-    _, image, _ = _setup(content, style, config, real_params, init, None, None, None)
+    _, image, _ = _setup(Inputs(content, [style], (24, 32), init), config, real_params)
     np.testing.assert_allclose(
         image, np.repeat(init @ np.array([0.299, 0.587, 0.114], np.float32)[:, None], 3, -1), atol=1e-5
     )

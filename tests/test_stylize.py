@@ -120,3 +120,15 @@ def test_memory_needed_grows_with_the_output_and_allocates_nothing(tiny_params):
     assert large - small > 2 * (64 * 64 - 32 * 32) * 3 * 4 * config.memory_size
     texture = memory_needed(None, [shape(40)], config, params=tiny_params, shape=(64, 64), init="noise")
     assert small < texture <= large
+
+
+def test_stylize_refuses_a_run_that_cannot_fit_before_running(tiny_params, monkeypatch):
+    """The library checks the memory plan as the command does (nst_jax.memory), before the first step."""
+    from nst_jax import MemoryLimitError, memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 4 * 2**20)
+    content, style, seen = samples.village(24, 32), samples.swirls(24, 32), []
+    config = StyleConfig(num_steps=2, style_layers=("relu1_1",), content_layers=("relu2_1",))
+    with pytest.raises(MemoryLimitError, match=r"`size` 512 \(24x32 output\) needs about .* the largest size that"):
+        stylize(content, style, config, params=tiny_params, callback=seen.append)
+    assert seen == []
