@@ -15,8 +15,8 @@ from nst_jax.network import FeatureNetwork, from_flax
 from nst_jax.objective import Objective, default_layer_weights, make_objective
 from nst_jax.optim import LoopState, image_mesh, init_loop, make_optimizer, run_chunk
 from nst_jax.perceptual import PerceptualLoss, perceptual_loss
-from nst_jax.stylize import Interrupted, Progress, Result, optimize, stylize
-from nst_jax.sweep import SWEEP_AXES, SweepPlan, SweepProgress, SweepResult, save_sweep, sweep
+from nst_jax.sweeps import SWEEP_AXES, SweepPlan, SweepProgress, SweepResult, save_sweep, sweep
+from nst_jax.transfer import Interrupted, Progress, Result, optimize, stylize
 from nst_jax.vgg import LAYERS, PADDINGS, POOLINGS, VGG19, features
 from nst_jax.weights import WeightsInfo, cache_dir, load_params
 

@@ -181,7 +181,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--extension", default=".png", help="image format of the members (default: .png)")
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     # Only what a sweep accepts: no periodic saves or checkpoints, no style blend, no clipping box,
-    # no luminance transfer (nst_jax.sweep refuses those).
+    # no luminance transfer (nst_jax.sweeps refuses those).
     _add_config_arguments(
         sweep,
         {},

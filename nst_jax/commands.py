@@ -99,14 +99,14 @@ def normalize(args) -> int:
 def prepare_sweep(args: argparse.Namespace):
     from nst_jax.files import check_output_folder
     from nst_jax.io import load_image, output_format
-    from nst_jax.sweep import KIND, check_axes
+    from nst_jax.sweeps import KIND, check_axes
     from nst_jax.weights import load_params
 
     output_format(Path("x" + args.extension), "--extension")
     check_output_folder(args.output, KIND)
     config = _config_from(args, {})
     _check_shapes(args, config)  # from the headers, before anything is decoded
-    from nst_jax.sweep import parse_axis
+    from nst_jax.sweeps import parse_axis
 
     axes: dict[str, typing.Any] = dict(parse_axis(text) for text in args.vary)
     if len(axes) != len(args.vary):
@@ -135,7 +135,7 @@ def _sweep_plan(content, style, axes, params, config: StyleConfig, args: argpars
     """sweep --dry-run's report: the batch that fits at the output's size and its memory per device."""
     import jax
 
-    from nst_jax.sweep import MemoryLimitError, sweep
+    from nst_jax.sweeps import MemoryLimitError, sweep
 
     start = time.perf_counter()
     try:
@@ -161,7 +161,7 @@ def _style_label(path: str, index: int, paths: list[str]) -> str:
 
 def run_sweep(args, content, style, axes, params, config: StyleConfig, output: Path) -> int:
     from nst_jax.progress import SweepLineProgress
-    from nst_jax.sweep import MemoryLimitError, failed_members, save_sweep, sweep
+    from nst_jax.sweeps import MemoryLimitError, failed_members, save_sweep, sweep
 
     _use_persistent_compilation_cache()
     try:
@@ -299,7 +299,7 @@ def prepare(args: argparse.Namespace):
         raise FileNotFoundError(f"--resume: no checkpoint in {resume!r}")
     params, _ = load_params(config.weights)
     from nst_jax import memory
-    from nst_jax.stylize import check_memory, check_setup, memory_needed
+    from nst_jax.transfer import check_memory, check_setup, memory_needed
 
     inputs = dict(params=params, init=init, shape=shape, masks=masks, style_masks=style_masks)
     check_setup(content, style, config, **inputs)
@@ -408,7 +408,7 @@ def run(
 
     from nst_jax.checkpoint import CheckpointError
     from nst_jax.progress import LineProgress
-    from nst_jax.stylize import Interrupted, stylize
+    from nst_jax.transfer import Interrupted, stylize
 
     _use_persistent_compilation_cache()
     writes = processes.writes()  # several processes run one image together; process 0 writes it

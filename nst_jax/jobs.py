@@ -2,8 +2,8 @@
 
 No web framework here: :mod:`nst_jax.serve` turns requests into calls of :class:`Jobs`, and
 :class:`Jobs` calls the same code as the CLI (:func:`~nst_jax.io.load_image` with its checks
-of foreign files, :class:`~nst_jax.config.StyleConfig`, :func:`~nst_jax.stylize.stylize`,
-:func:`~nst_jax.sweep.sweep`, the CLI's memory checks). One run at a time on the device, in
+of foreign files, :class:`~nst_jax.config.StyleConfig`, :func:`~nst_jax.transfer.stylize`,
+:func:`~nst_jax.sweeps.sweep`, the CLI's memory checks). One run at a time on the device, in
 one worker thread; later runs wait in one queue, first come first served.
 
 Who sees what: every browser gets a session (a random cookie, :mod:`nst_jax.serve`). The
@@ -430,7 +430,7 @@ class Jobs:
 
         Everything that can be checked before the run is checked here, so a mistake is
         answered at once: the settings, the images' ids, the sizes (the library's
-        :func:`~nst_jax.stylize.check_sizes`), a quick memory estimate and the sweep's axis.
+        :func:`~nst_jax.transfer.check_sizes`), a quick memory estimate and the sweep's axis.
 
         Raises:
           JobError: with the message the page shows.
@@ -480,7 +480,7 @@ class Jobs:
         return job
 
     def _sweep_axis(self, vary, config: StyleConfig, styles: list[Upload]) -> tuple[str, list, list[str]]:
-        from nst_jax.sweep import parse_axis, value_label
+        from nst_jax.sweeps import parse_axis, value_label
 
         if vary == "style":
             if len(styles) < 2:
@@ -500,7 +500,7 @@ class Jobs:
             raise JobError(f"`vary` gives no values for {name}")
         if len(values) > MAX_SWEEP_MEMBERS:
             raise JobError(f"`vary` has {len(values)} values; a sweep on the page takes up to {MAX_SWEEP_MEMBERS}")
-        from nst_jax.sweep import check_axes
+        from nst_jax.sweeps import check_axes
 
         try:
             check_axes(config, {name: values})
@@ -593,7 +593,7 @@ class Jobs:
         if job.kind == "sweep":
             return self._run_sweep(job)
         from nst_jax.io import png_bytes
-        from nst_jax.stylize import stylize
+        from nst_jax.transfer import stylize
 
         content, styles = self._inputs(job)
         config = job.config
@@ -639,7 +639,7 @@ class Jobs:
 
     def _run_sweep(self, job: Job) -> None:
         from nst_jax.io import png_bytes
-        from nst_jax.sweep import SweepResult, failed_members, sweep
+        from nst_jax.sweeps import SweepResult, failed_members, sweep
 
         content, styles = self._inputs(job)
         config = job.config

@@ -19,7 +19,7 @@ the member one evaluation exactly as a backtracking step would in a sequential l
 and no member waits for another inside a step. The first direction is ``-g`` capped to
 unit norm, as optax does.
 
-Everything here is written for one image; :mod:`nst_jax.sweep` batches it with ``jax.vmap``.
+Everything here is written for one image; :mod:`nst_jax.sweeps` batches it with ``jax.vmap``.
 
 References:
   Nocedal & Wright, "Numerical Optimization", 2nd ed., algorithms 3.1 (backtracking with

@@ -1,6 +1,6 @@
 """The memory plan: how much a run needs, how much a device has, and the refusals before anything runs.
 
-One place for the rules the CLI, the web page and :func:`~nst_jax.sweep.sweep` follow:
+One place for the rules the CLI, the web page and :func:`~nst_jax.sweeps.sweep` follow:
 :func:`available_memory` (what one device holds), :func:`check_roughly` (from the sizes alone,
 before any image is decoded), :func:`check` (XLA's analysis of the compiled loop, near the limit)
 and :func:`plan` (``--dry-run``'s report). Each constant cites its measurement.
@@ -78,7 +78,7 @@ def plan(command: str, final: tuple[int, int], needed: Callable[[Mesh | None], i
     """--dry-run's report: XLA's analysis of the compiled loop at the output's size, against the memory free.
 
     ``final``: the output's ``(height, width)``; ``needed(mesh)``: XLA's bytes per device of the
-    run's program with its rows over ``mesh`` (:func:`nst_jax.stylize.memory_needed`).
+    run's program with its rows over ``mesh`` (:func:`nst_jax.transfer.memory_needed`).
     """
     h, w = final
     start = time.perf_counter()
@@ -157,7 +157,7 @@ def check(config: StyleConfig, final: tuple[int, int], needed: Callable[[], int]
     """Refuses, before the optimisation allocates anything, an output that cannot fit in memory.
 
     ``final``: the output's ``(height, width)``; ``needed()``: XLA's bytes per device of the run's
-    program (:func:`nst_jax.stylize.memory_needed`), asked only when the rough guess is over half
+    program (:func:`nst_jax.transfer.memory_needed`), asked only when the rough guess is over half
     the memory free (it compiles the program); ``devices``: how many devices the rows are split over.
 
     Raises:

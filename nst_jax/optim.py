@@ -2,7 +2,7 @@
 
 The loop runs in chunks: one jitted ``lax.while_loop`` of up to K steps, compiled
 once (K is a traced argument, so the last, shorter chunk does not recompile).
-Between chunks the driver in :mod:`nst_jax.stylize` reports progress, calls
+Between chunks the driver in :mod:`nst_jax.transfer` reports progress, calls
 callbacks and saves.
 
 Box constraint (``StyleConfig.box``). By default the objective carries a smooth

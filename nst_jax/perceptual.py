@@ -4,7 +4,7 @@ A feed-forward style-transfer network is trained on Gatys et al.'s loss: the sty
 targets are computed once, each training item brings its own content image, and the loss
 comes back per item. :class:`PerceptualLoss` is that loss as a pytree (pass it *into*
 ``jax.jit`` as an argument), built from the same :class:`~nst_jax.objective.Objective`
-terms and weights as :func:`~nst_jax.stylize.stylize` uses, so a weight means the same
+terms and weights as :func:`~nst_jax.transfer.stylize` uses, so a weight means the same
 in both.
 
 References:

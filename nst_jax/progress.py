@@ -1,7 +1,7 @@
 """Progress bars for the library (``progress=True``): tqdm's ``auto`` bar, a terminal line or a notebook widget.
 
 The library is silent by default; ``stylize(..., progress=True)``, ``optimize`` and
-``sweep`` take ``progress=True`` and draw a bar fed by the same :class:`~nst_jax.stylize.Progress`
+``sweep`` take ``progress=True`` and draw a bar fed by the same :class:`~nst_jax.transfer.Progress`
 a callback sees. The ETA leaves compilation out: it is measured from the end of each
 stage's first chunk (which holds the compilation), and shown only from the second.
 tqdm is an optional dependency (``pip install "nst-jax[progress]"``).
@@ -39,7 +39,7 @@ def _tqdm():
 class ProgressBar:
     """A callback that draws a bar per coarse-to-fine stage, then calls ``callback`` (whose return it passes on).
 
-    Works for :class:`~nst_jax.stylize.Progress` and :class:`~nst_jax.sweep.SweepProgress`.
+    Works for :class:`~nst_jax.transfer.Progress` and :class:`~nst_jax.sweeps.SweepProgress`.
     Call :meth:`close` at the end (the library does).
     """
 

@@ -1,4 +1,4 @@
-"""The coarse-to-fine schedule that :func:`~nst_jax.stylize.stylize` and :func:`~nst_jax.sweep.sweep` share.
+"""The coarse-to-fine schedule that :func:`~nst_jax.transfer.stylize` and :func:`~nst_jax.sweeps.sweep` share.
 
 A run optimises at each of ``config.stage_sizes`` (long sides) in turn, each stage starting
 from the last one's result, upsampled. Every stage sees the content, the styles and the

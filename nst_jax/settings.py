@@ -101,10 +101,10 @@ def check_shapes(
         reports what does not fit instead.
 
     Raises:
-      ValueError: from :func:`nst_jax.memory.check_roughly` or :func:`nst_jax.stylize.check_sizes`.
+      ValueError: from :func:`nst_jax.memory.check_roughly` or :func:`nst_jax.transfer.check_sizes`.
     """
     from nst_jax import memory as memory_plan
-    from nst_jax.stylize import check_sizes
+    from nst_jax.transfer import check_sizes
 
     if memory:
         memory_plan.check_roughly(config, final, styles, devices)

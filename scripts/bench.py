@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import StyleConfig, load_params, make_objective, optim, samples, save_image, stylize, vgg
-from nst_jax.stylize import memory_needed
+from nst_jax.transfer import memory_needed
 
 
 def _timeit(fn, repeats):

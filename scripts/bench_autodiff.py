@@ -11,7 +11,7 @@ the first variant every time):
   backward pass); reverse mode only;
 * ``plain``: ``lax.conv_general_dilated`` with JAX's own derivatives.
 
-For each: seconds per L-BFGS step of a real run (``nst_jax.stylize``, one scale, the
+For each: seconds per L-BFGS step of a real run (``nst_jax.transfer``, one scale, the
 optimisation's ``while_loop``) for two objectives (the default style transfer, and a
 relu2_1 reconstruction from noise, where the shallow layers are all the work); seconds of
 one reverse-mode gradient, one forward-mode JVP and one Hessian-vector product (forward

@@ -4,7 +4,7 @@ For 1, 2 and 4 devices (forced host devices on a CPU: ``XLA_FLAGS=--xla_force_ho
 one subprocess each, since the count is fixed when JAX starts) and each ``--sizes`` square:
 
 * ``bytes_per_device``: XLA's memory analysis of the compiled optimisation loop
-  (:func:`nst_jax.stylize.memory_needed`), one device's share with ``--shard-image``'s row split,
+  (:func:`nst_jax.transfer.memory_needed`), one device's share with ``--shard-image``'s row split,
   the whole program without;
 * ``eval_s``: seconds per loss+gradient evaluation (jitted, warm, best of ``--repeats``).
 
@@ -30,7 +30,7 @@ CHILD = """
 import json, math, sys, time
 import jax, jax.numpy as jnp, numpy as np
 from nst_jax import StyleConfig, load_params, make_objective, optim, samples
-from nst_jax.stylize import memory_needed
+from nst_jax.transfer import memory_needed
 from nst_jax.memory import available_memory
 
 sizes, repeats = json.loads(sys.argv[1]), int(sys.argv[2])

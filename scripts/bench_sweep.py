@@ -29,7 +29,7 @@ import numpy as np
 
 from nst_jax import StyleConfig, load_params, make_objective, optim, samples, stylize
 from nst_jax.image import fit_long_side
-from nst_jax.sweep import sweep
+from nst_jax.sweeps import sweep
 
 
 def _best(fn, repeats: int) -> float:

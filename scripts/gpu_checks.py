@@ -69,7 +69,7 @@ MEMORY_STEP = r"""
 import json, math, time
 import jax, jax.numpy as jnp, numpy as np
 from nst_jax import StyleConfig, load_params, stylize
-from nst_jax.stylize import memory_needed
+from nst_jax.transfer import memory_needed
 from nst_jax.memory import RSS_OVER_ANALYSIS, ROUGH_BYTES_PER_PIXEL, available_memory
 
 params, _ = load_params()

@@ -30,7 +30,7 @@ import numpy as np
 from nst_jax import StyleConfig, load_image, load_params
 from nst_jax.image import resize
 from nst_jax.io import contact_sheet, save_image
-from nst_jax.sweep import save_sweep, sweep
+from nst_jax.sweeps import save_sweep, sweep
 
 LAYER_SETS = [("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")[:n] for n in range(1, 6)]
 RATIOS = [1.0, 0.1, 0.03, 0.01]  # content_weight / style_weight on the relative terms (default 1/36)

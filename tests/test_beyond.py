@@ -18,7 +18,7 @@ from nst_jax.image import (
     yiq_to_rgb,
 )
 from nst_jax.losses import gram
-from nst_jax.stylize import prepare_styles
+from nst_jax.transfer import prepare_styles
 from nst_jax.vgg import features
 
 TINY = StyleConfig(num_steps=6, chunk_size=3, coarse_steps=6)
@@ -275,7 +275,7 @@ def test_coarse_to_fine_with_masks_checkpoints_and_resume(real_params, tmp_path)
 def test_luminance_transfer_starts_from_the_grey_of_an_image_init(real_params, rng):
     """A coarser stage's (recoloured) result, or any init image, becomes its luminance, as the content does."""
     from nst_jax.schedule import Inputs
-    from nst_jax.stylize import _setup
+    from nst_jax.transfer import _setup
 
     content, style, init = samples.village(24, 32), samples.swirls(24, 32), random_image(rng, 24, 32)
     config = StyleConfig(preserve_colour="luminance")

@@ -148,7 +148,7 @@ def test_a_bug_during_the_run_keeps_its_traceback(monkeypatch, images, tmp_path,
     def broken(*args, **kwargs):
         raise ValueError("internal failure")
 
-    monkeypatch.setattr(sys.modules["nst_jax.stylize"], "stylize", broken)
+    monkeypatch.setattr(sys.modules["nst_jax.transfer"], "stylize", broken)
     out = tmp_path / "out.png"
     with pytest.raises(ValueError, match="internal failure"):
         cli.main(["stylize", *map(str, images), "-o", str(out), "--size", "32", "--steps", "1"])

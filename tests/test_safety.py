@@ -24,7 +24,7 @@ def images(tmp_path):
 
 
 def _module(name):
-    """The module ``nst_jax.<name>`` (the package's attribute of that name may be a function)."""
+    """The module ``nst_jax.<name>``."""
     import importlib
 
     return importlib.import_module(f"nst_jax.{name}")
@@ -83,7 +83,7 @@ def test_a_checkpoint_folder_of_the_users_is_refused_before_the_run(tmp_path, ca
 
 
 def _fake_result(finite=True, steps=3):
-    from nst_jax.stylize import Result
+    from nst_jax.transfer import Result
 
     image = samples.swirls(24, 32)
     return Result(image, 1.0, {}, [(0, 1.0)], steps, steps + 1, 0.1, finite)
@@ -94,12 +94,12 @@ def test_a_failed_run_leaves_the_named_output_alone(tmp_path, capsys, images, mo
     out = tmp_path / "out.png"
     save_image(out, samples.village(24, 32))
     before = out.read_bytes()
-    monkeypatch.setattr(_module("stylize"), "stylize", lambda *a, **k: _fake_result(finite=False))
+    monkeypatch.setattr(_module("transfer"), "stylize", lambda *a, **k: _fake_result(finite=False))
     assert cli.main(["stylize", *map(str, images), "-o", str(out), "-q"]) == 1
     err = capsys.readouterr().err
     assert "saved the last finite image to" in err and "out.failed.png" in err and "was not written" in err
     assert out.read_bytes() == before and (tmp_path / "out.failed.png").exists()
-    monkeypatch.setattr(_module("stylize"), "stylize", lambda *a, **k: _fake_result(finite=False, steps=0))
+    monkeypatch.setattr(_module("transfer"), "stylize", lambda *a, **k: _fake_result(finite=False, steps=0))
     assert cli.main(["stylize", *map(str, images), "-o", str(tmp_path / "other.png"), "-q"]) == 1
     err = capsys.readouterr().err
     assert "not finite at the first step; nothing written" in err and "saved" not in err
@@ -109,7 +109,7 @@ def test_a_failed_run_leaves_the_named_output_alone(tmp_path, capsys, images, mo
 def test_the_content_image_as_output_survives_a_failed_run(tmp_path, capsys, images, monkeypatch):
 
     before = images[0].read_bytes()
-    monkeypatch.setattr(_module("stylize"), "stylize", lambda *a, **k: _fake_result(finite=False))
+    monkeypatch.setattr(_module("transfer"), "stylize", lambda *a, **k: _fake_result(finite=False))
     assert cli.main(["stylize", *map(str, images), "-o", str(images[0]), "-q"]) == 1
     assert images[0].read_bytes() == before
 
@@ -164,7 +164,7 @@ def test_a_full_disk_at_the_end_rescues_the_result(tmp_path, capsys, images, mon
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(path, image)
 
-    monkeypatch.setattr(_module("stylize"), "stylize", lambda *a, **k: _fake_result())
+    monkeypatch.setattr(_module("transfer"), "stylize", lambda *a, **k: _fake_result())
     monkeypatch.setattr(_module("io"), "save_image", disk_full_for_the_output)
     assert cli.main(["stylize", *map(str, images), "-o", str(tmp_path / "out.png"), "-q"]) == 1
     err = capsys.readouterr().err
@@ -187,20 +187,20 @@ def test_sweep_output_checks(tmp_path, capsys, images):
 
 def test_a_sweep_with_a_failed_member_exits_1_and_names_it(tmp_path, capsys, images, monkeypatch, real_params):
 
-    real_sweep = _module("sweep").sweep
+    real_sweep = _module("sweeps").sweep
 
     def one_diverges(*args, **kwargs):
         result = real_sweep(*args, **kwargs)
         return result._replace(losses=np.array([result.losses[0], np.inf]))
 
-    monkeypatch.setattr(_module("sweep"), "sweep", one_diverges)
+    monkeypatch.setattr(_module("sweeps"), "sweep", one_diverges)
     out = tmp_path / "sweep"
     argv = ["sweep", *map(str, images), "--vary", "style_weight=1,2", "--size", "32", "--steps", "2", "-o", str(out)]
     assert cli.main([*argv, "--num-scales", "1", "-q"]) == 1
     err = capsys.readouterr().err
     assert "1 of 2 members failed: 001_style_weight=2 (loss inf)" in err
     assert (out / "sweep.json").exists() and (out / files.MARKER).exists()
-    monkeypatch.setattr(_module("sweep"), "sweep", real_sweep)
+    monkeypatch.setattr(_module("sweeps"), "sweep", real_sweep)
     assert cli.main([*argv, "--num-scales", "1", "-q"]) == 0, "a sweep's own folder may be written again"
 
 

@@ -34,7 +34,7 @@ def test_at_stage_scales_every_input_by_the_stage(rng):
 
 
 def test_stage_callback_fills_in_the_stage_and_remembers_a_stop():
-    from nst_jax.stylize import Progress
+    from nst_jax.transfer import Progress
 
     stage = schedule.stages(StyleConfig(scales=(30, 60)), (40, 60))[1]
     seen = []

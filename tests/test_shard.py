@@ -31,7 +31,7 @@ def _run_four(code: str, cwd, timeout: int = 900) -> str:
 _EQUAL = """
 import jax, jax.numpy as jnp, numpy as np
 from nst_jax import StyleConfig, optim, samples, stylize, vgg
-from nst_jax.stylize import memory_needed
+from nst_jax.transfer import memory_needed
 
 assert len(jax.devices()) == 4
 params = vgg.init_params(jax.random.key(0))

@@ -109,7 +109,7 @@ def test_a_second_stylize_call_reuses_the_compiled_loop(real_params):
 
 
 def test_memory_needed_grows_with_the_output_and_allocates_nothing(tiny_params):
-    from nst_jax.stylize import memory_needed
+    from nst_jax.transfer import memory_needed
 
     config = StyleConfig(style_layers=("relu1_1", "relu2_1"), content_layers=("relu2_1",))
     shape = lambda side: jax.ShapeDtypeStruct((side, side, 3), jnp.float32)

@@ -16,9 +16,9 @@ from nst_jax.files import MARKER
 from nst_jax.image import fit_long_side, resize
 from nst_jax.io import contact_sheet
 from nst_jax.objective import anchor_thumbnail
-from nst_jax.sweep import MemoryLimitError, check_axes, members, save_sweep, sweep
+from nst_jax.sweeps import MemoryLimitError, check_axes, members, save_sweep, sweep
 
-sweep_module = importlib.import_module("nst_jax.sweep")  # the module (nst_jax.sweep is the function)
+sweep_module = importlib.import_module("nst_jax.sweeps")
 SMALL = StyleConfig(num_steps=12, chunk_size=5)
 
 
@@ -219,7 +219,7 @@ def test_contact_sheet_places_tiles_and_checks_counts():
 _SHARDED = """
 import jax, numpy as np
 from nst_jax import StyleConfig, load_params, samples
-from nst_jax.sweep import sweep
+from nst_jax.sweeps import sweep
 assert len(jax.devices()) == 4, jax.devices()
 params, _ = load_params()
 content, style = samples.village(24, 24), samples.swirls(24, 24)
@@ -312,7 +312,7 @@ def test_style_scale_and_histogram_colour_apply_to_sweeps_as_to_stylize(real_par
     swept = sweep(content, style, config, weight, params=real_params)
     plain = sweep(content, style, SMALL.replace(num_steps=0), weight, params=real_params)
     from nst_jax.objective import make_objective
-    from nst_jax.stylize import prepare_styles
+    from nst_jax.transfer import prepare_styles
 
     prepared = prepare_styles(style, content.shape[:2], config, content=content)[0]
     expected = make_objective(real_params, content, prepared, config)(content)[0]

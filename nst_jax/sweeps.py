@@ -42,7 +42,7 @@ from nst_jax.objective import (
     target_mean_squares,
     with_anchor,
 )
-from nst_jax.stylize import prepare_styles
+from nst_jax.transfer import prepare_styles
 
 # What a sweep can vary. "ratio" is content_weight / style_weight (the paper's alpha/beta in
 # this library's normalisation, default 1/36); it keeps content_weight and sets
@@ -107,12 +107,12 @@ class SweepResult(NamedTuple):
 
     @property
     def num_steps(self) -> np.ndarray:
-        """``steps`` under the name :class:`~nst_jax.stylize.Result` gives it: [B] accepted optimiser steps."""
+        """``steps`` under the name :class:`~nst_jax.transfer.Result` gives it: [B] accepted optimiser steps."""
         return self.steps
 
     @property
     def num_evals(self) -> np.ndarray:
-        """``evals`` under the name :class:`~nst_jax.stylize.Result` gives it: [B] evaluations, the first included."""
+        """``evals`` under the name :class:`~nst_jax.transfer.Result` gives it: [B] evaluations, the first included."""
         return self.evals
 
     def _repr_png_(self) -> bytes:  # Jupyter shows a sweep as its labelled contact sheet
@@ -462,7 +462,7 @@ def sweep(
       dry_run: return the :class:`SweepPlan` of the output's size (the batch that fits and its
         memory per device, from the compiled program) instead of optimising.
 
-    Coarse to fine as :func:`~nst_jax.stylize.stylize` (``config.num_scales`` or ``scales``):
+    Coarse to fine as :func:`~nst_jax.transfer.stylize` (``config.num_scales`` or ``scales``):
     the whole sweep runs at each stage's size, each member starting from its own result of
     the stage before; steps, evaluations and seconds add up over the stages.
 
@@ -538,7 +538,7 @@ def _sweep(
 
         params, _ = load_params(config.weights)
     final = tuple(jnp.shape(content)[:2]) if content is not None else tuple(shape or ())  # shape: checked above
-    from nst_jax.stylize import check_sizes
+    from nst_jax.transfer import check_sizes
 
     for member_config, member_styles in zip(configs, styles or [style] * len(configs), strict=True):
         check_sizes(member_config, final, [jnp.shape(member_styles)[:2]], content is not None, network=network)
