@@ -5,6 +5,10 @@ take any leading batch axes; ``perceptual_loss`` gives per-item losses of a batc
 training loops; the objective is per image (batch it with ``jax.vmap``).
 """
 
+# The deprecated modules nst_jax.stylize and nst_jax.sweep (now transfer and sweeps) load first, so
+# that importing one later cannot rebind the names below, the functions, to a module.
+import nst_jax.stylize
+import nst_jax.sweep  # noqa: F401
 from nst_jax.checkpoint import CheckpointError
 from nst_jax.config import INITS, OPTIMIZERS, StyleConfig
 from nst_jax.image import fit_long_side, initial_image, match_colour, resize

@@ -139,3 +139,25 @@ def test_every_class_named_in_a_public_signature_or_docstring_is_exported():
             missing |= {(name, word) for word in re.findall(r"\b[A-Z]\w+\b", text) if word in ours}
     assert {(name, word) for name, word in missing if word not in nst_jax.__all__} == set()
 
+
+# Old module names kept for one release, each a shim that warns (issue 26, goal 5).
+DEPRECATED_MODULES = {"stylize": "transfer", "sweep": "sweeps"}
+
+
+def test_no_exported_name_shadows_a_module():
+    """No ``nst_jax.X`` is both a function and a module, but the deprecated shims (the functions keep the names)."""
+    shadowing = {name for name in nst_jax.__all__ if (PACKAGE / f"{name}.py").exists()}
+    assert shadowing == set(DEPRECATED_MODULES)
+
+
+def test_old_module_names_still_import_with_a_warning():
+    import importlib
+
+    import pytest
+
+    for old, new in DEPRECATED_MODULES.items():
+        module = importlib.import_module(f"nst_jax.{new}")
+        with pytest.warns(DeprecationWarning, match=rf"nst_jax\.{old} is now nst_jax\.{new}: import check_"):
+            moved = importlib.import_module(f"nst_jax.{old}").check_network
+        assert moved is module.check_network
+        assert getattr(nst_jax, old) is getattr(module, old)  # the function, even after importing the old module
