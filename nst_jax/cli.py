@@ -275,15 +275,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(describe(info))
                 return 0
             processes.join_processes(args)
-            prepared: tuple | None = commands.prepare_sweep(args) if args.command == "sweep" else commands.prepare(args)
+            prepared: commands.Prepared | commands.PreparedSweep | None = (
+                commands.prepare_sweep(args) if args.command == "sweep" else commands.prepare(args)
+            )
         except _USER_ERRORS as e:
             print(f"nst-jax: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # always one line
             return 2
         if prepared is None:  # --dry-run: the plan is printed
             return 0
         if args.command == "sweep":
-            return commands.run_sweep(args, *prepared)
-        return commands.run(args.quiet, *prepared)
+            assert isinstance(prepared, commands.PreparedSweep)
+            return commands.run_sweep(args, prepared)
+        assert isinstance(prepared, commands.Prepared)
+        return commands.run(args, prepared)
     except KeyboardInterrupt:
         print("\nnst-jax: interrupted; no output written", file=sys.stderr)
         return 130

@@ -9,12 +9,14 @@ output, replacing it only with a finished result, and keeps a failure's tracebac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 import typing
 from pathlib import Path
+from typing import Any
 
 from nst_jax import processes, settings
 from nst_jax.config import INITS, StyleConfig
@@ -96,6 +98,35 @@ def normalize(args) -> int:
     return 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A picture run (stylize, demo, texture, reconstruct) that passed every check: what :func:`run` needs."""
+
+    content: Any  # the content image, or None (a texture; a style reconstruction)
+    style: list[Any] | None  # the style images (None entries: unstyled regions), or None (a content reconstruction)
+    init: Any  # a name or an image
+    params: Any  # the feature network's parameters
+    config: StyleConfig  # every setting
+    output: Path  # the named output, written only with a finished result
+    shape: tuple[int, int] | None  # the output's (height, width) when there is no content
+    resume: str | None  # a checkpoint to continue from
+    masks: Any  # spatial control's region masks, or None
+    style_masks: list[Any] | None  # per-style masks, or None
+    mesh: Any  # --shard-image's mesh, or None
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedSweep:
+    """A sweep that passed every check: what :func:`run_sweep` needs."""
+
+    content: Any  # the content image
+    style: Any  # the one style image, or None when the style is an axis
+    axes: dict[str, Any]  # the swept settings
+    params: Any  # the feature network's parameters
+    config: StyleConfig  # every setting the members share
+    output: Path  # the output folder
+
+
 def prepare_sweep(args: argparse.Namespace):
     from nst_jax.files import check_output_folder
     from nst_jax.io import load_image, output_format
@@ -128,7 +159,7 @@ def prepare_sweep(args: argparse.Namespace):
     if args.dry_run:
         print(json.dumps(_sweep_plan(content, style, axes, params, config, args)))
         return None
-    return content, style, axes, params, config, Path(args.output)
+    return PreparedSweep(content, style, axes, params, config, Path(args.output))
 
 
 def _sweep_plan(content, style, axes, params, config: StyleConfig, args: argparse.Namespace) -> dict:
@@ -159,15 +190,17 @@ def _style_label(path: str, index: int, paths: list[str]) -> str:
     return stem if [Path(p).stem for p in paths].count(stem) == 1 else f"{stem}{index}"
 
 
-def run_sweep(args, content, style, axes, params, config: StyleConfig, output: Path) -> int:
+def run_sweep(args: argparse.Namespace, prepared: PreparedSweep) -> int:
+    """Runs a prepared sweep and writes its folder (rescued to the cache if the disk fills meanwhile)."""
     from nst_jax.progress import SweepLineProgress
     from nst_jax.sweeps import MemoryLimitError, failed_members, save_sweep, sweep
 
+    config, output = prepared.config, prepared.output
     _use_persistent_compilation_cache()
     try:
         result = sweep(
-            content, style, config, axes, params=params, product=not args.zip, batch_size=args.batch_size,
-            callback=SweepLineProgress(args.quiet),
+            prepared.content, prepared.style, config, prepared.axes, params=prepared.params, product=not args.zip,
+            batch_size=args.batch_size, callback=SweepLineProgress(args.quiet),
         )  # fmt: skip
     except MemoryLimitError as e:
         print(f"nst-jax: error: {e}", file=sys.stderr)
@@ -314,7 +347,7 @@ def prepare(args: argparse.Namespace):
 
         for side, image in zip(side_outputs, (content, style[0]), strict=True):
             save_image(side, image)
-    return content, style, init, params, config, output, shape, resume, masks, style_masks, mesh
+    return Prepared(content, style, init, params, config, output, shape, resume, masks, style_masks, mesh)
 
 
 def _image_mesh(args: argparse.Namespace):
@@ -400,13 +433,13 @@ def _side_file(output: Path, what: str) -> Path:
     return output.with_name(f"{output.stem}.{what}{output.suffix}")
 
 
-def run(
-    quiet: bool, content, style, init, params, config: StyleConfig, output: Path, shape, resume, masks, style_masks,
-    mesh,
-) -> int:  # fmt: skip
+def run(args: argparse.Namespace, prepared: Prepared) -> int:
+    """Optimises a prepared picture and writes it: only a finished result replaces the named output."""
+    quiet, config, output = args.quiet, prepared.config, prepared.output
     import jax
 
     from nst_jax.checkpoint import CheckpointError
+    from nst_jax.memory import MemoryLimitError
     from nst_jax.progress import LineProgress
     from nst_jax.transfer import Interrupted, stylize
 
@@ -417,10 +450,11 @@ def run(
     checkpoint = str(_checkpoint_path(output)) if jax.process_count() == 1 else None
     try:
         result = stylize(
-            content, style, config, params=params, init=init, callback=progress, shape=shape,
-            checkpoint=checkpoint, resume=resume, masks=masks, style_masks=style_masks, mesh=mesh,
+            prepared.content, prepared.style, config, params=prepared.params, init=prepared.init, callback=progress,
+            shape=prepared.shape, checkpoint=checkpoint, resume=prepared.resume, masks=prepared.masks,
+            style_masks=prepared.style_masks, mesh=prepared.mesh,
         )  # fmt: skip
-    except CheckpointError as e:  # raised before the first step: nothing lost
+    except (CheckpointError, MemoryLimitError) as e:  # raised before the first step: nothing lost
         print(f"nst-jax: error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:

@@ -106,6 +106,22 @@ def test_a_failed_run_leaves_the_named_output_alone(tmp_path, capsys, images, mo
     assert not (tmp_path / "other.png").exists() and not (tmp_path / "other.failed.png").exists()
 
 
+def test_a_run_refused_for_memory_at_its_start_is_one_line(tmp_path, capsys, images, monkeypatch):
+    """stylize() checks the memory plan itself: memory that shrank after the command's own check is exit 2."""
+    from nst_jax import MemoryLimitError
+
+    def refuse(*args, **kwargs):
+        raise MemoryLimitError("`size` 32 (24x32 output) needs about 9.0 GiB, more than the 1.0 GiB free")
+
+    out = tmp_path / "out.png"
+    monkeypatch.setattr(_module("transfer"), "stylize", refuse)
+    assert cli.main(["stylize", *map(str, images), "-o", str(out), "-q"]) == 2
+    assert capsys.readouterr().err == (
+        "nst-jax: error: `size` 32 (24x32 output) needs about 9.0 GiB, more than the 1.0 GiB free\n"
+    )
+    assert not out.exists()
+
+
 def test_the_content_image_as_output_survives_a_failed_run(tmp_path, capsys, images, monkeypatch):
 
     before = images[0].read_bytes()
