@@ -1,11 +1,12 @@
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax import vgg
+from nst_jax import StyleConfig, from_flax, vgg
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,6 +34,29 @@ def real_params(_isolated_cache):
 
     params, _ = load_params()
     return jax.tree.map(jnp.asarray, params)
+
+
+class SmallCNN(nn.Module):
+    """A random two-stage CNN: 'c1' at full size, 'c2' at half size."""
+
+    @nn.compact
+    def __call__(self, x):
+        c1 = nn.relu(nn.Conv(8, (3, 3), name="conv1")(x - 0.5))
+        c2 = nn.relu(nn.Conv(12, (3, 3), name="conv2")(nn.avg_pool(c1, (2, 2), strides=(2, 2))))
+        return {"c1": c1, "c2": c2}
+
+
+# Settings for SmallCNN: orchestration tests (batching, stages, masks, checkpoints) run on it,
+# where VGG-19's numbers are not the point; each VGG-19 program costs seconds of compiling.
+SMALL_NETWORK_CONFIG = StyleConfig(network="custom", content_layers=("c2",), style_layers=("c1", "c2"))
+
+
+@pytest.fixture(scope="session")
+def small_network():
+    """(module, FeatureNetwork, params) of :class:`SmallCNN`."""
+    module = SmallCNN()
+    params = module.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    return module, from_flax(module, name="small"), params
 
 
 @pytest.fixture

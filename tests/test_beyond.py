@@ -5,7 +5,7 @@ import itertools
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import one_line_error, random_image
+from conftest import SMALL_NETWORK_CONFIG, one_line_error, random_image
 
 from nst_jax import StyleConfig, cli, make_objective, samples, save_image, stylize
 from nst_jax.image import (
@@ -255,13 +255,18 @@ def test_a_preview_is_the_first_stage_of_its_print(real_params):
     assert "anchor" not in free.terms
 
 
-def test_coarse_to_fine_with_masks_checkpoints_and_resume(real_params, tmp_path):
+def test_coarse_to_fine_with_masks_checkpoints_and_resume(small_network, tmp_path):
     """Masks are resized per stage; only the last stage is checkpointed and resume skips the others."""
+    _, network, params = small_network
     content, style = samples.village(32, 48), samples.swirls(32, 48)
     masks = np.zeros((2, 32, 48), np.float32)
     masks[0, :, :24], masks[1, :, 24:] = 1, 1
-    config = StyleConfig(scales=(24, 48), coarse_steps=4, num_steps=8, chunk_size=4, checkpoint_every=4)
-    run = lambda **kw: stylize(content, [style, None], config, params=real_params, masks=masks, **kw)
+    config = SMALL_NETWORK_CONFIG.replace(
+        scales=(24, 48), coarse_steps=4, num_steps=8, chunk_size=4, checkpoint_every=4
+    )
+    run = lambda **kw: stylize(
+        content, [style, None], config, params=params, masks=masks, network=network, **kw
+    )  # fmt: skip
     whole = run()
     assert whole.image.shape == (32, 48, 3) and whole.num_steps == 12
     checkpoint = str(tmp_path / "ckpt")

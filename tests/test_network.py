@@ -1,6 +1,5 @@
 """Any feature network: a user's Flax module through make_objective, stylize, sweep and perceptual_loss; VGG-16."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,18 +7,7 @@ import pytest
 from conftest import random_image
 
 import nst_jax
-from nst_jax import StyleConfig, from_flax, make_objective, vgg
-
-
-class SmallCNN(nn.Module):
-    """A random two-stage CNN: 'c1' at full size, 'c2' at half size."""
-
-    @nn.compact
-    def __call__(self, x):
-        c1 = nn.relu(nn.Conv(8, (3, 3), name="conv1")(x - 0.5))
-        c2 = nn.relu(nn.Conv(12, (3, 3), name="conv2")(nn.avg_pool(c1, (2, 2), strides=(2, 2))))
-        return {"c1": c1, "c2": c2}
-
+from nst_jax import StyleConfig, make_objective, vgg
 
 CONFIG = StyleConfig(
     network="custom", size=32, num_scales=1, num_steps=6, content_layers=("c2",), style_layers=("c1", "c2")
@@ -27,10 +15,8 @@ CONFIG = StyleConfig(
 
 
 @pytest.fixture(scope="module")
-def small():
-    module = SmallCNN()
-    params = module.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
-    return module, from_flax(module, name="small"), params
+def small(small_network):
+    return small_network
 
 
 def test_from_flax_reads_layers_channels_and_strides(small):

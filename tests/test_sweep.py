@@ -8,7 +8,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from conftest import one_line_error
+from conftest import SMALL_NETWORK_CONFIG, one_line_error
 from PIL import Image
 
 from nst_jax import StyleConfig, memory, optim, samples
@@ -20,6 +20,7 @@ from nst_jax.sweeps import MemoryLimitError, check_axes, members, save_sweep, sw
 
 sweep_module = importlib.import_module("nst_jax.sweeps")
 SMALL = StyleConfig(num_steps=12, chunk_size=5)
+NET = SMALL_NETWORK_CONFIG.replace(num_steps=12, chunk_size=5)  # for the small network
 
 
 @pytest.fixture(scope="module")
@@ -64,21 +65,22 @@ def test_bad_sweeps_fail_before_any_compilation(axes, product, config, match):
         check_axes(config, axes, product)
 
 
-def test_batched_run_matches_independent_runs(real_params, pictures):
+def test_batched_run_matches_independent_runs(small_network, pictures):
     content, style, _ = pictures
-    axes = {"style_layers": [("relu1_1",), ("relu1_1", "relu2_1", "relu3_1")], "ratio": [1e-4, 1e-2]}
-    batched = sweep(content, style, SMALL, axes, params=real_params)
+    _, network, params = small_network
+    axes = {"style_layers": [("c1",), ("c1", "c2")], "ratio": [1e-4, 1e-2]}
+    batched = sweep(content, style, NET, axes, params=params, network=network)
     assert batched.losses.shape == (4,) and batched.images.shape == (4, 32, 40, 3)
-    assert (batched.steps == SMALL.num_steps).all()
+    assert (batched.steps == NET.num_steps).all()
     for i, member in enumerate(members(axes)):
-        alone = sweep(content, style, SMALL, {k: [v] for k, v in member.items()}, params=real_params)
+        alone = sweep(content, style, NET, {k: [v] for k, v in member.items()}, params=params, network=network)
         # Same algorithm, same settings; only the batched convolutions' rounding differs.
         np.testing.assert_allclose(batched.losses[i], alone.losses[0], rtol=2e-3)
         np.testing.assert_allclose(batched.images[i], alone.images[0], atol=2e-2)
     # Layers outside a member's set carry zero weight: their weighted terms vanish.
-    assert batched.terms[0]["style/relu2_1"] == 0.0 and batched.terms[0]["style/relu1_1"] > 0
-    assert batched.layer_losses[0]["style/relu2_1"] > 0  # measured, unweighted
-    assert batched.settings[1] == {"style_layers": ["relu1_1"], "ratio": 1e-2}
+    assert batched.terms[0]["style/c2"] == 0.0 and batched.terms[0]["style/c1"] > 0
+    assert batched.layer_losses[0]["style/c2"] > 0  # measured, unweighted
+    assert batched.settings[1] == {"style_layers": ["c1"], "ratio": 1e-2}
 
 
 def test_network_settings_reach_every_member(real_params, pictures):
@@ -102,21 +104,24 @@ def test_sweep_optimises_every_member_and_counts_evaluations(real_params, pictur
     assert start.iterations == 0 and (start.steps == 0).all()
 
 
-def test_swept_styles_match_runs_with_each_style(real_params, pictures):
+def test_swept_styles_match_runs_with_each_style(small_network, pictures):
     content, style_a, style_b = pictures
-    both = sweep(content, None, SMALL, {"style": {"a": style_a, "b": style_b}}, params=real_params)
+    _, network, params = small_network
+    run = lambda style, axes: sweep(content, style, NET, axes, params=params, network=network)
+    both = run(None, {"style": {"a": style_a, "b": style_b}})
     assert [s["style"] for s in both.settings] == ["a", "b"]
     for i, style in enumerate((style_a, style_b)):
-        alone = sweep(content, style, SMALL, {"style_weight": [SMALL.style_weight]}, params=real_params)
+        alone = run(style, {"style_weight": [NET.style_weight]})
         np.testing.assert_allclose(both.losses[i], alone.losses[0], rtol=2e-3)
 
 
-def test_coarse_to_fine_sweep_continues_each_member_from_its_own_result(real_params, pictures):
+def test_coarse_to_fine_sweep_continues_each_member_from_its_own_result(small_network, pictures):
     content, style_a, style_b = pictures
-    config = SMALL.replace(scales=(20, 40), coarse_steps=5, num_steps=4)
+    _, network, params = small_network
+    config = NET.replace(scales=(20, 40), coarse_steps=5, num_steps=4)
     axes = {"style": {"a": style_a, "b": style_b}}
     seen = []
-    staged = sweep(content, None, config, axes, params=real_params, callback=seen.append)
+    staged = sweep(content, None, config, axes, params=params, network=network, callback=seen.append)
     assert staged.images.shape == (2, 32, 40, 3) and list(staged.steps) == [9, 9]
     # The callback sees each stage and the members' current images (the web page's grid fills from them).
     assert [(p.stage, p.num_stages, np.shape(p.images)) for p in (seen[0], seen[-1])] == [
@@ -127,18 +132,18 @@ def test_coarse_to_fine_sweep_continues_each_member_from_its_own_result(real_par
     small = lambda image: resize(image, fit_long_side(image.shape[:2], 20))
     single = config.replace(scales=(), num_scales=1)
     # the content is halved; styles under 64 px are kept as they are (their deepest maps would vanish)
-    first = sweep(small(content), None, single.replace(num_steps=5), axes, params=real_params)
+    first = sweep(small(content), None, single.replace(num_steps=5), axes, params=params, network=network)
     init = np.stack([np.asarray(resize(image, (32, 40))) for image in first.images])
     # The second stage keeps each member's own first-stage composition (its anchor).
     anchor = anchor_thumbnail(first.images)
-    second = sweep_module._sweep(content, None, single, axes, params=real_params, init=init, anchor=anchor)
+    second = sweep_module._sweep(content, None, single, axes, params=params, network=network, init=init, anchor=anchor)
     np.testing.assert_array_equal(staged.images, second.images)
     assert all("anchor" in terms for terms in staged.terms) and not any("anchor" in t for t in first.terms)
-    free = sweep_module._sweep(content, None, single, axes, params=real_params, init=init)
+    free = sweep_module._sweep(content, None, single, axes, params=params, network=network, init=init)
     assert not np.array_equal(free.images, second.images)
     assert staged.iterations == first.iterations + second.iterations
     with pytest.raises(ValueError, match=r"`init` must be \[2, 32, 40, 3\], got \(1, 32, 40, 3\)"):
-        sweep(content, None, single, axes, params=real_params, init=init[:1])
+        sweep(content, None, single, axes, params=params, network=network, init=init[:1])
 
 
 def test_noise_seeds_and_adam(real_params, pictures):
@@ -151,32 +156,34 @@ def test_noise_seeds_and_adam(real_params, pictures):
     assert result.num_steps is result.steps and result.num_evals is result.evals  # Result's names
 
 
-def test_batches_run_in_turn_and_too_large_a_batch_is_refused(real_params, pictures, monkeypatch):
+def test_batches_run_in_turn_and_too_large_a_batch_is_refused(small_network, pictures, monkeypatch):
     content, style, _ = pictures
+    _, network, params = small_network
     axes = {"style_weight": [1e2, 1e3, 1e4]}
-    whole = sweep(content, style, SMALL, axes, params=real_params)
-    parts = sweep(content, style, SMALL, axes, params=real_params, batch_size=2)
+    whole = sweep(content, style, NET, axes, params=params, network=network)
+    parts = sweep(content, style, NET, axes, params=params, network=network, batch_size=2)
     assert parts.batch_size == 2
     np.testing.assert_allclose(parts.losses, whole.losses, rtol=2e-3)
     monkeypatch.setattr(memory, "available_memory", lambda device: 1 << 20)
     with pytest.raises(MemoryLimitError, match=r"`batch_size` 2 needs about .* GiB per device, more than 80% of"):
-        sweep(content, style, SMALL, axes, params=real_params, batch_size=2)
+        sweep(content, style, NET, axes, params=params, network=network, batch_size=2)
 
 
-def test_auto_batch_size_halves_until_it_fits(real_params, pictures, monkeypatch):
+def test_auto_batch_size_halves_until_it_fits(small_network, pictures, monkeypatch):
     content, style, _ = pictures
+    _, network, params = small_network
     measure = optim.program_bytes
     needed = []
     monkeypatch.setattr(optim, "program_bytes", lambda compiled: needed.append(measure(compiled)) or needed[-1])
-    config, axes = SMALL.replace(num_steps=1), {"style_weight": [1, 2, 3, 4]}
-    assert sweep(content, style, config, axes, params=real_params).batch_size == 4
+    config, axes = NET.replace(num_steps=1), {"style_weight": [1, 2, 3, 4]}
+    assert sweep(content, style, config, axes, params=params, network=network).batch_size == 4
     four = max(needed)
     needed.clear()
-    assert sweep(content, style, config, axes, params=real_params, batch_size=2).batch_size == 2
+    assert sweep(content, style, config, axes, params=params, network=network, batch_size=2).batch_size == 2
     two = max(needed)
     assert two < four
     monkeypatch.setattr(memory, "available_memory", lambda device: int((two + four) / 2 / 0.8))
-    result = sweep(content, style, config, axes, params=real_params)
+    result = sweep(content, style, config, axes, params=params, network=network)
     assert result.batch_size == 2 and len(result.losses) == 4
 
 
