@@ -1,9 +1,10 @@
 """The memory plan: how much a run needs, how much a device has, and the refusals before anything runs.
 
-One place for the rules the CLI, the web page and :func:`~nst_jax.sweeps.sweep` follow:
-:func:`available_memory` (what one device holds), :func:`check_roughly` (from the sizes alone,
-before any image is decoded), :func:`check` (XLA's analysis of the compiled loop, near the limit)
-and :func:`plan` (``--dry-run``'s report). Each constant cites its measurement.
+One place for the rules :func:`~nst_jax.stylize`, :func:`~nst_jax.sweep`, the CLI and the web
+page follow: :func:`available_memory` (what one device holds), :func:`check_roughly` (from the
+sizes alone, before any image is decoded), :func:`check` (XLA's analysis of the compiled loop,
+near the limit), :func:`batch_size` (a sweep's batch that fits) and :func:`plan` (``--dry-run``'s
+report). Each constant cites its measurement.
 """
 
 from __future__ import annotations
@@ -137,6 +138,35 @@ def check_roughly(config: StyleConfig, final: tuple[int, int], styles, devices: 
                 f"a style image at {style[0]}x{style[1]} px needs about {needed / 2**30:.0f} GiB for its features, "
                 f"more than the {free / 2**30:.1f} GiB available; use a smaller `size` or `style_scale`"
             )
+
+
+def batch_size(
+    total: int,
+    asked: int | None,
+    devices: int,
+    limit: int | None,
+    fraction: float,
+    needed: Callable[[int], int],
+) -> int:
+    """A sweep's batch: ``asked`` (or all ``total`` members), rounded up to a multiple of ``devices``,
+    halved until XLA's analysis of its program, ``needed(size)`` bytes per device, is within
+    ``fraction`` of ``limit`` (the device's free memory; ``None``: unknown, no limit).
+
+    Raises:
+      MemoryLimitError: an ``asked`` batch that does not fit, or one batch per device that does not.
+    """
+    round_up = lambda n: devices * math.ceil(n / devices)
+    size = round_up(min(total, asked) if asked else total)
+    while True:
+        bytes_needed = needed(size)
+        if limit is None or bytes_needed <= fraction * limit:
+            return size
+        if asked is not None or size <= devices:
+            raise MemoryLimitError(
+                f"`batch_size` {size} needs about {bytes_needed / 2**30:.1f} GiB per device, more than "
+                f"{fraction:.0%} of the {limit / 2**30:.1f} GiB free; use a smaller batch or image size"
+            )
+        size = round_up(size // 2)
 
 
 def sharding_hint(needed_on_one: float, devices: int) -> str:

@@ -729,23 +729,16 @@ class _BatchRunner:
         return init, run
 
     def choose_batch_size(self, total: int, batch_size: int | None, memory_fraction: float) -> int:
-        """The largest batch (a multiple of the device count) whose program fits; compiles it."""
-        num_devices = self.mesh.devices.size
-        round_up = lambda n: num_devices * math.ceil(n / num_devices)
-        size = round_up(min(total, batch_size) if batch_size else total)
-        limit = self.limit_bytes = memory.available_memory(self.mesh.devices.flat[0])
-        while True:
+        """The largest batch (a multiple of the device count) whose program fits (:func:`nst_jax.memory.batch_size`);
+        compiles it."""
+        self.limit_bytes = memory.available_memory(self.mesh.devices.flat[0])
+
+        def needed(size: int) -> int:
             self.programs = self._compile(size)
-            needed = max(optim.program_bytes(p) for p in self.programs)
-            self.bytes_per_device = needed
-            if limit is None or needed <= memory_fraction * limit:
-                return size
-            if batch_size is not None or size <= num_devices:
-                raise MemoryLimitError(
-                    f"`batch_size` {size} needs about {needed / 2**30:.1f} GiB per device, more than "
-                    f"{memory_fraction:.0%} of the {limit / 2**30:.1f} GiB free; use a smaller batch or image size"
-                )
-            size = round_up(size // 2)
+            self.bytes_per_device = max(optim.program_bytes(p) for p in self.programs)
+            return self.bytes_per_device
+
+        return memory.batch_size(total, batch_size, self.mesh.devices.size, self.limit_bytes, memory_fraction, needed)
 
     def __call__(self, chosen: range, size: int, batch: int, num_batches: int, callback, start: float):
         init, run = self.programs

@@ -70,7 +70,7 @@ import json, math, time
 import jax, jax.numpy as jnp, numpy as np
 from nst_jax import StyleConfig, load_params, stylize
 from nst_jax.transfer import memory_needed
-from nst_jax.memory import RSS_OVER_ANALYSIS, ROUGH_BYTES_PER_PIXEL, available_memory
+from nst_jax.memory import RSS_OVER_ANALYSIS, available_memory, rough_bytes
 
 params, _ = load_params()
 params = jax.tree.map(jnp.asarray, params)
@@ -87,7 +87,7 @@ a = analysed(2048)
 out["analysis_2048"] = a
 out["bytes_per_pixel_2048"] = round(a / 2048**2, 1)
 side = int(math.sqrt(free / (a / 2048**2))) // 64 * 64
-out["cli_rough_largest"] = int(math.sqrt(free / (RSS_OVER_ANALYSIS * ROUGH_BYTES_PER_PIXEL)))
+out["cli_rough_largest"] = int(math.sqrt(free / rough_bytes(1, 1)))  # the side whose rough guess is all the memory free
 out["cli_largest"] = int(side / math.sqrt(RSS_OVER_ANALYSIS))
 print(json.dumps(out), flush=True)
 while True:
