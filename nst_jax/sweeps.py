@@ -531,12 +531,9 @@ def _sweep(
         raise ValueError(f"`batch_size` must be an integer >= 1 or None, got {batch_size!r}")
     if not 0 < memory_fraction <= 1:
         raise ValueError(f"`memory_fraction` must be in (0, 1], got {memory_fraction!r}")
-    if params is None:
-        if network is not None:
-            raise ValueError("`params` is None: give the parameters of `network`")
-        from nst_jax.weights import load_params
+    from nst_jax.weights import params_or_default
 
-        params, _ = load_params(config.weights)
+    params = params_or_default(params, config, network)
     final = tuple(jnp.shape(content)[:2]) if content is not None else tuple(shape or ())  # shape: checked above
     from nst_jax.transfer import check_sizes
 

@@ -132,12 +132,9 @@ def stylize(
       Interrupted: on Ctrl-C (a ``KeyboardInterrupt`` carrying the result so far).
     """
     check_network(config, network)
-    if params is None:
-        if network is not None:
-            raise ValueError("`params` is None: give the parameters of `network`")
-        from nst_jax.weights import load_params
+    from nst_jax.weights import params_or_default
 
-        params, _ = load_params(config.weights)
+    params = params_or_default(params, config, network)
     if content is not None:
         final = tuple(jnp.shape(content)[:2])
     elif shape is not None:

