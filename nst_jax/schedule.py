@@ -94,11 +94,12 @@ def at_stage(inputs: Inputs, stage: Stage) -> Inputs:
 
 
 class StageCallback:
-    """Passes a stage's progress on with the stage and the number of stages filled in; remembers a stop."""
+    """Passes a stage's progress on with the stage and the number of stages filled in; remembers any stop."""
 
     def __init__(self, callback: Callable[[Any], bool | None], stage: Stage):
         self.callback, self.stage, self.stopped = callback, stage, False
 
     def __call__(self, progress) -> bool:
-        self.stopped = bool(self.callback(progress._replace(stage=self.stage.number, num_stages=self.stage.num_stages)))
-        return self.stopped
+        stop = bool(self.callback(progress._replace(stage=self.stage.number, num_stages=self.stage.num_stages)))
+        self.stopped = self.stopped or stop  # a stop anywhere in the stage (a sweep goes on to its next batch)
+        return stop

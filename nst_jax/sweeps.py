@@ -453,7 +453,9 @@ def sweep(
         Rounded up to a multiple of the device count.
       devices: devices to shard the batch over (default: ``jax.devices()``).
       shape: ``(height, width)`` of the output when ``content`` is None.
-      callback: called between chunks with a :class:`SweepProgress`; returning ``True`` stops the batch.
+      callback: called between chunks with a :class:`SweepProgress`; returning ``True`` ends the batch in
+        hand, and no later coarse-to-fine stage runs (the result is then that stage's images, smaller
+        in a coarser stage).
       memory_fraction: share of the free memory a batch may use.
       init: ``[B, h, w, 3]`` initial images, one per member (default: ``config.init`` for each).
       progress: draw a progress bar per batch (tqdm's ``auto``; see :mod:`nst_jax.progress`).
@@ -667,8 +669,9 @@ def _coarse_to_fine(inputs: schedule.Inputs, config: StyleConfig, axes, options)
         previous = inputs.init if result is None else result.images
         init_images = None if previous is None else jnp.stack([resize(image, stage.shape) for image in previous])
         stage_options = dict(options)
+        stage_callback = None
         if options.get("callback") is not None:
-            stage_options["callback"] = schedule.StageCallback(options["callback"], stage)
+            stage_callback = stage_options["callback"] = schedule.StageCallback(options["callback"], stage)
         stage_result = _sweep(
             stage_inputs.content,
             None if stage_inputs.styles is None else stage_inputs.styles[0],
@@ -685,6 +688,8 @@ def _coarse_to_fine(inputs: schedule.Inputs, config: StyleConfig, axes, options)
             anchor = anchor_thumbnail(result.images)
         stage_totals = (result.steps, result.evals, result.iterations, result.seconds)
         totals = stage_totals if totals is None else tuple(a + b for a, b in zip(totals, stage_totals, strict=True))
+        if stage_callback is not None and stage_callback.stopped:
+            break  # as stylize: a callback's stop ends the whole sweep, not just its stage
     assert result is not None and totals is not None  # there is always a stage
     steps, evals, iterations, seconds = totals
     return result._replace(steps=steps, evals=evals, iterations=iterations, seconds=seconds, config=config)

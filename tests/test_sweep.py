@@ -146,6 +146,18 @@ def test_coarse_to_fine_sweep_continues_each_member_from_its_own_result(small_ne
         sweep(content, None, single, axes, params=params, network=network, init=init[:1])
 
 
+def test_a_stop_in_a_coarser_stage_ends_the_sweep(small_network, pictures):
+    """As stylize: the page's cancel of a staged sweep does not go on to the next stage."""
+    content, style, _ = pictures
+    _, network, params = small_network
+    seen = []
+    stop = lambda progress: seen.append(progress.stage) or True
+    config = NET.replace(scales=(20, 40), coarse_steps=10, num_steps=10, chunk_size=2)
+    result = sweep(content, style, config, {"style_weight": [1.0, 10.0]}, params=params, network=network, callback=stop)
+    assert seen == [0] and result.images.shape == (2, 16, 20, 3)
+    assert (result.steps <= 2).all() and result.config == config
+
+
 def test_noise_seeds_and_adam(real_params, pictures):
     content, style, _ = pictures
     config = SMALL.replace(init="noise", optimizer="adam", num_steps=6)
