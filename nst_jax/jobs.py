@@ -85,7 +85,7 @@ class Upload:
     id: str
     session: str
     name: str  # what the client called it: shown, never used as a path
-    path: Path  # our PNG of the decoded image
+    path: Path  # our PNG of the decoded image, or the JPEG as sent where that is smaller (read with load_image)
     shape: tuple[int, int]  # (height, width) as decoded
     thumbnail: bytes  # PNG, long side THUMBNAIL_SIDE at most
     stored_bytes: int = 0  # what it holds on disk and in memory (counted against max_stored_bytes)
@@ -362,7 +362,8 @@ class Jobs:
     # --- uploads --------------------------------------------------------------------------
 
     def add_upload(self, session: str, data: bytes, name: str = "") -> Upload:
-        """Checks, decodes and keeps an uploaded image (as our own PNG, under a name made here).
+        """Checks, decodes and keeps an uploaded image, under a name made here: as our own PNG, or
+        a JPEG as sent where its bytes are fewer.
 
         The checks are :func:`nst_jax.io.load_image`'s (the CLI's reader of foreign files),
         after this server's caps on bytes and on the pixels the header declares.
@@ -402,12 +403,22 @@ class Jobs:
                         f"{self.limits.max_upload_pixels // 10**6} megapixels"
                     )
                 image = load_image(raw, what="upload")
+                with Image.open(raw) as opened:  # its header again, after load_image's checks
+                    jpeg = opened.format == "JPEG"
             except ValueError as e:
                 message = str(e).replace(repr(str(raw)), repr(name)).removeprefix("`upload`: ")
                 raise JobError(message) from None
         finally:
             raw.unlink(missing_ok=True)
         path = save_image(self.folder / f"image-{upload_id}.png", image)
+        if jpeg and len(data) < path.stat().st_size:
+            # A JPEG's pixels as PNG can be 20x its bytes (noise: 381 KB as 8.9 MB), and a second
+            # lossy encoding would change them: the bytes as sent are kept instead, under our
+            # name. They have just passed load_image's checks, and each run reads them with it.
+            kept = self.folder / f"image-{upload_id}.jpg"
+            kept.write_bytes(data)
+            path.unlink()
+            path = kept
         thumbnail = Image.fromarray(to_uint8(image))
         thumbnail.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
         upload = Upload(upload_id, session, name, path, image.shape[:2], png_bytes(np.asarray(thumbnail) / 255.0))

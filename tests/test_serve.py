@@ -563,6 +563,28 @@ def test_sessions_expire_and_the_server_caps_what_all_of_them_hold(tmp_path):
         jobs.close()
 
 
+def test_a_jpeg_is_kept_as_sent_where_a_png_of_its_pixels_would_be_larger(tmp_path):
+    """Issue 25: a 381 KB noise JPEG was stored as an 8.9 MB PNG."""
+    from nst_jax.io import load_image
+
+    jobs = jobs_module.Jobs(vgg.init_params(jax.random.key(0)), jobs_module.Limits(), folder=tmp_path)
+    try:
+        session = jobs.new_session()
+        noise = png(96, 128, fmt="JPEG")
+        kept = jobs.add_upload(session, noise, "noise.jpg")
+        assert kept.path.suffix == ".jpg" and kept.path.read_bytes() == noise
+        assert kept.stored_bytes == len(noise) + len(kept.thumbnail)
+        sent = tmp_path / "sent.jpg"
+        sent.write_bytes(noise)
+        np.testing.assert_array_equal(load_image(kept.path), load_image(sent))  # the pixels a run reads
+        flat = io.BytesIO()
+        Image.new("RGB", (128, 96), (40, 90, 200)).save(flat, "JPEG")
+        assert jobs.add_upload(session, flat.getvalue(), "flat.jpg").path.suffix == ".png"  # the PNG is smaller
+        assert jobs.add_upload(session, png(96, 128), "noise.png").path.suffix == ".png"
+    finally:
+        jobs.close()
+
+
 def test_a_strip_no_size_can_fix_is_told_to_crop_in_the_settings_own_names(client, images):
     _, strip = client.upload(png(1, 20000, 3), "strip.png")
     status, body = client.submit(strip["id"], [images[1]["id"]], QUICK)
