@@ -170,7 +170,9 @@ def batch_size(
 
 
 def sharding_hint(needed_on_one: float, devices: int) -> str:
-    """ "; it would fit with --shard-image ..." where splitting the rows over every device would make it fit.
+    """ "; it would fit with its rows split ..." where splitting the rows over every device would make it fit.
+
+    It names both ways to split them: the CLI's --shard-image and the library's ``mesh=``.
 
     A rough share (the replicated weights and the halos come on top); nothing where the split adds no
     memory (forced host devices of one CPU) or is already in use.
@@ -180,7 +182,10 @@ def sharding_hint(needed_on_one: float, devices: int) -> str:
     if devices > 1 or count == 1 or budget is None or needed_on_one / count > budget:
         return ""
     each = needed_on_one / count / 2**30
-    return f"; it would fit with --shard-image over the {count} devices (about {each:.1f} GiB each)"
+    return (
+        f"; it would fit with its rows split over the {count} devices (about {each:.1f} GiB each: --shard-image, "
+        "or mesh=nst_jax.optim.image_mesh() in the library)"
+    )
 
 
 def check(config: StyleConfig, final: tuple[int, int], needed: Callable[[], int], devices: int = 1) -> None:
