@@ -97,6 +97,14 @@ def _add_device_arguments(parser: argparse.ArgumentParser, shard: bool = True) -
     )  # fmt: skip
 
 
+def _add_bits_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bits", type=int, choices=(8, 16), default=None,
+        help="bits per channel of the output: 16 (.png or .tif, with an embedded sRGB profile) for print; "
+        "default 16 for .tif/.tiff, 8 otherwise",
+    )  # fmt: skip
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from nst_jax import __version__
 
@@ -107,6 +115,7 @@ def _build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("content", help="content image")
     stylize.add_argument("style", nargs="+", help="style image(s); several are blended (--style-blend)")
     stylize.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, ...)")
+    _add_bits_argument(stylize)
     stylize.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     stylize.add_argument("--resume", metavar="DIR", help="continue from a checkpoint (OUT.ckpt of an earlier run)")
     stylize.add_argument(
@@ -129,6 +138,7 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, ...)")
+    _add_bits_argument(demo)
     demo.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     demo.add_argument("--save-inputs", action="store_true", help="also write the demo's content and style images")
     _add_config_arguments(demo, commands.DEMO_DEFAULTS)
@@ -138,6 +148,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     texture.add_argument("style", nargs="+", help="style image(s)")
     texture.add_argument("-o", "--output", required=True, help="output image")
+    _add_bits_argument(texture)
     texture.add_argument("--size", dest="shape", type=_shape, default=(512, 512), metavar="WxH", help="output size")
     texture.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     texture.add_argument("--resume", metavar="DIR", help="continue from a checkpoint (OUT.ckpt of an earlier run)")
@@ -148,6 +159,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     reconstruct.add_argument("image", help="the image to reconstruct")
     reconstruct.add_argument("-o", "--output", required=True, help="output image")
+    _add_bits_argument(reconstruct)
     reconstruct.add_argument("--from", dest="source", choices=("content", "style"), default="content",
                              help="content: match feature maps; style: match Gram matrices (a texture)")  # fmt: skip
     reconstruct.add_argument("--layers", required=True, help="comma-separated layers, e.g. relu4_2 or relu1_1,relu2_1")

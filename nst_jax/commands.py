@@ -249,15 +249,16 @@ def _rescue_folder(name: str) -> Path:
     raise OSError(f"no folder to rescue {name} into")
 
 
-def _save_result(output: Path, image) -> Path | None:
-    """Saves ``image`` to ``output``; if that fails now (disk full), to a rescue folder, returning its path."""
+def _save_result(output: Path, image, bits: int | None = None) -> Path | None:
+    """Saves ``image`` to ``output`` (``bits`` per channel, see :func:`nst_jax.io.output_bits`); if that
+    fails now (disk full), to a rescue folder, returning its path."""
     from nst_jax.io import save_image
 
     try:
-        save_image(output, image)
+        save_image(output, image, bits)
         return None
     except OSError as e:
-        rescued = save_image(_rescue_folder(output.stem) / output.name, image)
+        rescued = save_image(_rescue_folder(output.stem) / output.name, image, bits)
         print(f"nst-jax: could not write {output} ({e.strerror or e}); saved the result to {rescued}", file=sys.stderr)
         return rescued
 
@@ -269,12 +270,13 @@ def prepare(args: argparse.Namespace):
     from nst_jax.io import check_output_image, load_image, load_masks
     from nst_jax.weights import load_params
 
-    output = check_output_image(args.output)  # format, folder, not a folder: now, not after the optimisation
+    bits = getattr(args, "bits", None)
+    output = check_output_image(args.output, bits=bits)  # format, bits, folder, not a folder: now, not after the run
     side_outputs = []
     if getattr(args, "save_inputs", False):
         side_outputs = [output.with_name(f"{output.stem}.{name}{output.suffix}") for name in ("content", "style")]
     for side in side_outputs:
-        check_output_image(side, "--save-inputs")
+        check_output_image(side, "--save-inputs", bits)
     resume = getattr(args, "resume", None)
     checkpoint = _checkpoint_path(output)  # written on Ctrl-C by every command that optimises
     if resume is None or Path(resume).absolute() != checkpoint.absolute():
@@ -346,7 +348,7 @@ def prepare(args: argparse.Namespace):
         from nst_jax.io import save_image
 
         for side, image in zip(side_outputs, (content, style[0]), strict=True):
-            save_image(side, image)
+            save_image(side, image, bits)
     return Prepared(content, style, init, params, config, output, shape, resume, masks, style_masks, mesh)
 
 
@@ -436,6 +438,7 @@ def _side_file(output: Path, what: str) -> Path:
 def run(args: argparse.Namespace, prepared: Prepared) -> int:
     """Optimises a prepared picture and writes it: only a finished result replaces the named output."""
     quiet, config, output = args.quiet, prepared.config, prepared.output
+    bits = getattr(args, "bits", None)
     import jax
 
     from nst_jax.checkpoint import CheckpointError
@@ -462,7 +465,7 @@ def run(args: argparse.Namespace, prepared: Prepared) -> int:
             return 130
         # The named output is replaced only by a finished result; the unfinished one goes beside it.
         side = _side_file(output, "interrupted")
-        _save_result(side, e.result.image)
+        _save_result(side, e.result.image, bits)
         where = f" and a checkpoint to {e.checkpoint} (continue with --resume {e.checkpoint})" if e.checkpoint else ""
         print(
             f"\nnst-jax: interrupted at step {e.result.num_steps}; saved the image so far to {side}{where}; "
@@ -479,14 +482,14 @@ def run(args: argparse.Namespace, prepared: Prepared) -> int:
             print("nst-jax: the loss was not finite at the first step; nothing written", file=sys.stderr)
             return 1
         side = _side_file(output, "failed")
-        _save_result(side, result.image)
+        _save_result(side, result.image, bits)
         print(
             f"nst-jax: the loss became non-finite after step {result.num_steps}; saved the last finite image "
             f"to {side}; {output} was not written",
             file=sys.stderr,
         )
         return 1
-    if _save_result(output, result.image) is not None:
+    if _save_result(output, result.image, bits) is not None:
         return 1
     if not quiet:
         print(

@@ -18,6 +18,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+from nst_jax import bits16
+from nst_jax.checks import check_choice
 from nst_jax.image import fit_long_side
 
 # The largest image read, in pixels: an 8K frame is 33 MP, a 61 MP camera's photo fits.
@@ -52,15 +54,38 @@ def output_format(path: str | os.PathLike, what: str = "output") -> str:
     return fmt
 
 
-def check_output_image(path: str | os.PathLike, what: str = "output") -> Path:
-    """Everything about writing an image to ``path`` that can be checked before the work: format, folder, path.
+# Bits per channel an output can have; 16 only where bits16 has an encoder.
+BITS = (8, 16)
+_SIXTEEN_BIT = {"PNG": bits16.png16, "TIFF": bits16.tiff16}
+
+
+def output_bits(path: str | os.PathLike, bits: int | None = None, what: str = "output") -> int:
+    """Bits per channel :func:`save_image` writes to ``path``: ``bits``, or by default 16 for
+    .tif/.tiff (a print file) and 8 for every other format.
+
+    Raises:
+      ValueError: an unknown format (:func:`output_format`), ``bits`` not in :data:`BITS`, or 16
+        bits for a format written at 8 only.
+    """
+    fmt = output_format(path, what)
+    if bits is None:
+        return 16 if fmt == "TIFF" else 8
+    check_choice("bits", bits, BITS)
+    if bits == 16 and fmt not in _SIXTEEN_BIT:
+        raise ValueError(f"`bits` 16 needs a .png or .tif output; `{what}` {str(path)!r} is {fmt}, written at 8 bits")
+    return bits
+
+
+def check_output_image(path: str | os.PathLike, what: str = "output", bits: int | None = None) -> Path:
+    """Everything about writing an image to ``path`` that can be checked before the work: format,
+    bits per channel, folder, path.
 
     Raises:
       ValueError: naming ``what`` (see :func:`nst_jax.files.check_output_file`).
     """
     from nst_jax.files import check_output_file
 
-    return check_output_file(path, what, encode=lambda: output_format(path, what))
+    return check_output_file(path, what, encode=lambda: output_bits(path, bits, what))
 
 
 def _png_data_complete(path: Path) -> bool:
@@ -241,18 +266,24 @@ def png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
-def save_image(path: str | os.PathLike, image: ArrayLike) -> Path:
+def save_image(path: str | os.PathLike, image: ArrayLike, bits: int | None = None) -> Path:
     """Writes a ``[h, w, 3]`` image in [0, 1] atomically (temporary file, then rename).
 
     The format follows the extension (:func:`output_format`); no partial file is
     ever left at ``path``. Values are clipped to [0, 1]; an integer array, NaN or values
     far outside [0, 1] (a 0-255 image) are refused (:func:`nst_jax.checks.check_image`).
+    ``bits``: per channel (:func:`output_bits`; default 16 for .tif/.tiff, 8 otherwise). At 16
+    the float image is written with no 8-bit step, in sRGB with the profile embedded
+    (:mod:`nst_jax.bits16`).
     """
     from nst_jax.checks import check_image
 
     path = Path(path)
     fmt = output_format(path)
     check_image(image, "image")
+    if output_bits(path, bits) == 16:
+        data = _SIXTEEN_BIT[fmt](image)
+        return _write_atomically(path, lambda f: f.write(data))
     img = Image.fromarray(to_uint8(image), "RGB")
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     return _write_atomically(path, lambda f: img.save(f, format=fmt, **options))

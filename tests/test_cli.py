@@ -66,11 +66,11 @@ def test_stylize_writes_output(tmp_path, capsys, images, real_params):
 
 
 def test_demo_and_weights_commands(tmp_path, capsys, real_params):
-    out = tmp_path / "demo.png"
+    out = tmp_path / "demo.tif"  # a print file: 16 bits per channel by default, the inputs beside it too
     assert cli.main(["demo", "-o", str(out), "--size", "32", "--steps", "2", "-q", "--save-inputs"]) == 0
-    with Image.open(out) as img:
-        assert img.size == (32, 24)
-    assert (tmp_path / "demo.content.png").exists() and (tmp_path / "demo.style.png").exists()
+    for path in (out, tmp_path / "demo.content.tif", tmp_path / "demo.style.tif"):
+        with Image.open(path) as img:
+            assert img.size == (32, 24) and img.tag_v2[258] == (16, 16, 16)
     assert cli.main(["weights"]) == 0
     shown = capsys.readouterr().out
     assert "vgg_normalised.pth" in shown and "loaded from cache" in shown
