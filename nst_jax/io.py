@@ -25,6 +25,8 @@ from nst_jax.image import fit_long_side
 # The largest image read, in pixels: an 8K frame is 33 MP, a 61 MP camera's photo fits.
 # Checked on the header, before anything is decoded (a 131-byte PNG can claim 13000 x 13000).
 MAX_IMAGE_PIXELS = 80_000_000
+# The largest embedded ICC profile read: a printer's CMYK profile is a few MB, an RGB one a few KB.
+MAX_PROFILE_BYTES = 16 * 2**20
 # What a user's format name is checked for: an RGB image round-trips through it.
 _COMMON_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".bmp")
 
@@ -176,14 +178,18 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
     """Reads an image as float32 ``[h, w, 3]`` RGB in [0, 1].
 
     EXIF orientation is applied; any Pillow mode (palette, greyscale, CMYK,
-    16-bit, with alpha) becomes RGB (alpha is composited on white). With
+    16-bit, with alpha) becomes RGB (alpha is composited on white), and an embedded ICC
+    profile (Adobe RGB, Display P3, a CMYK press) is converted to sRGB by LittleCMS, relative
+    colorimetric; without one the pixels are taken as sRGB. 16-bit greyscale without a
+    profile keeps its levels (no 8-bit step). With
     ``size``, the long side is resized to it (Lanczos), keeping the aspect ratio.
 
     Raises:
       FileNotFoundError: no such file.
       IsADirectoryError: a folder.
       ValueError: not a readable image, a truncated one, more than :data:`MAX_IMAGE_PIXELS`,
-        or ``size`` below 1; every message names ``what`` (the argument) and the file.
+        an ICC profile that cannot be read or does not fit the pixels, or ``size`` below 1;
+        every message names ``what`` (the argument) and the file.
     """
     path = Path(path)
     if size is not None and (not isinstance(size, int | np.integer) or size < 1):
@@ -198,19 +204,64 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
         raise ValueError(f"`{what}`: {str(path)!r} is not a readable image ({e})") from None
     if not _png_data_complete(path):
         raise ValueError(f"`{what}`: {str(path)!r} is truncated (its image data ends before the last row)")
+    profile = img.info.get("icc_profile")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(img, np.float32)
-        img = Image.fromarray(np.clip(array / (65535.0 if array.max() > 255 else 255.0) * 255, 0, 255).astype(np.uint8))
+        array = np.clip(array / (65535.0 if array.max() > 255 else 255.0), 0.0, 1.0)
+        if not profile:  # 16-bit greyscale reaches the network with all its levels (no 8-bit step)
+            grey = Image.fromarray(array, "F")
+            if size is not None and max(grey.size) != size:
+                h, w = fit_long_side((grey.height, grey.width), size)
+                grey = grey.resize((w, h), Image.Resampling.LANCZOS)
+            return np.repeat(np.clip(np.asarray(grey, np.float32), 0.0, 1.0)[..., None], 3, axis=-1)
+        img = Image.fromarray((array * 255 + 0.5).astype(np.uint8))  # LittleCMS converts it at 8 bits
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
+    if profile:
+        img = _to_srgb(img, profile, f"`{what}`: {str(path)!r}")
     img = img.convert("RGB")
     if size is not None:
         h, w = fit_long_side((img.height, img.width), size)
         if (h, w) != (img.height, img.width):
             img = img.resize((w, h), Image.Resampling.LANCZOS)
     return np.asarray(img, np.float32) / 255.0
+
+
+def _to_srgb(img: Image.Image, profile: bytes, where: str) -> Image.Image:
+    """``img`` converted from its embedded ICC ``profile`` to sRGB (LittleCMS, relative colorimetric).
+
+    Raises:
+      ValueError: a profile over :data:`MAX_PROFILE_BYTES`, one LittleCMS cannot read, or one that
+        does not fit the pixels (an RGB profile on CMYK pixels).
+    """
+    from PIL import ImageCms
+
+    if not isinstance(profile, bytes) or len(profile) > MAX_PROFILE_BYTES:
+        size = len(profile) if isinstance(profile, bytes) else type(profile).__name__
+        raise ValueError(f"{where} embeds an ICC profile of {size} bytes; nst-jax reads up to {MAX_PROFILE_BYTES}")
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
+        raise ValueError(f"{where} embeds an ICC profile that cannot be read ({e})") from None
+    if img.mode not in ("RGB", "CMYK", "L", "LAB"):  # after alpha was composited: what LittleCMS converts
+        img = img.convert("RGB")  # palette and the like: their colours are the profile's RGB
+    try:
+        converted = ImageCms.profileToProfile(
+            img, source, _srgb_profile(), renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC, outputMode="RGB"
+        )
+    except (ImageCms.PyCMSError, OSError, ValueError) as e:
+        raise ValueError(f"{where} embeds an ICC profile that does not fit its {img.mode} pixels ({e})") from None
+    assert converted is not None  # None only with inPlace=True
+    return converted
+
+
+@functools.cache
+def _srgb_profile():
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def load_masks(path, style_mask_paths, shape: tuple[int, int], styles):
@@ -285,7 +336,9 @@ def save_image(path: str | os.PathLike, image: ArrayLike, bits: int | None = Non
         data = _SIXTEEN_BIT[fmt](image)
         return _write_atomically(path, lambda f: f.write(data))
     img = Image.fromarray(to_uint8(image), "RGB")
-    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    options: dict = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    if fmt in ("PNG", "JPEG", "WEBP", "TIFF"):
+        options["icc_profile"] = bits16.srgb_profile()  # the pixels are sRGB, and say so
     return _write_atomically(path, lambda f: img.save(f, format=fmt, **options))
 
 

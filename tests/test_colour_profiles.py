@@ -1,0 +1,107 @@
+"""Embedded ICC profiles (issue 29): inputs converted to sRGB by LittleCMS, outputs say they are sRGB."""
+
+import io
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from nst_jax import bits16
+from nst_jax.io import MAX_PROFILE_BYTES, load_image, save_image
+
+
+def _s15(values) -> bytes:
+    return b"".join(struct.pack(">i", round(v * 65536)) for v in values)
+
+
+def matrix_profile(red, green, blue, gamma: float, name: str = "test RGB") -> bytes:
+    """An ICC v2 RGB display profile of three D50 primaries and one gamma (as Adobe RGB (1998) is)."""
+    xyz = lambda v: b"XYZ \0\0\0\0" + _s15(v)
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    text = name.encode() + b"\0"
+    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + struct.pack(">II", 0, 0) + b"\0" * 70
+    tags = [
+        (b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"rXYZ", xyz(red)), (b"gXYZ", xyz(green)),
+        (b"bXYZ", xyz(blue)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve),
+        (b"cprt", b"text\0\0\0\0no copyright\0"),
+    ]  # fmt: skip
+    at = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += signature + struct.pack(">II", at + len(body), len(data))
+        body += data
+    size = at + len(body)
+    header = struct.pack(">I4sI4s4s4s", size, b"lcms", 0x02100000, b"mntr", b"RGB ", b"XYZ ") + b"\0" * 12
+    header += b"acsp" + b"\0" * 24 + struct.pack(">I", 0) + _s15((0.9642, 1.0, 0.8249)) + b"\0" * 48
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+# Adobe RGB (1998), its primaries adapted to D50 as in Adobe's own profile.
+ADOBE_RGB = matrix_profile((0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446), 563 / 256)
+PATCHES = np.array(
+    [[[40, 200, 60], [200, 40, 60], [60, 90, 220]], [[128, 128, 128], [250, 250, 250], [5, 5, 5]]], np.uint8
+)
+
+
+def littlecms(pixels: np.ndarray, profile: bytes) -> np.ndarray:
+    """What LittleCMS computes on its own for ``pixels`` in ``profile``, to sRGB."""
+    source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    intent = ImageCms.Intent.RELATIVE_COLORIMETRIC
+    return np.asarray(ImageCms.profileToProfile(Image.fromarray(pixels), source, srgb, renderingIntent=intent))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "TIFF"])
+def test_an_adobe_rgb_photo_is_converted_to_srgb(tmp_path, fmt):
+    pixels = np.repeat(np.repeat(PATCHES, 8, 0), 8, 1)  # patches of 8 x 8, so JPEG keeps their centres
+    path = tmp_path / f"adobe.{fmt.lower()}"
+    Image.fromarray(pixels).save(path, fmt, icc_profile=ADOBE_RGB, **({"quality": 100} if fmt == "JPEG" else {}))
+    with Image.open(path) as sent:
+        expected = littlecms(np.asarray(sent), ADOBE_RGB)[4::8, 4::8] / 255
+    loaded = load_image(path)[4::8, 4::8]
+    assert np.abs(loaded - expected).max() <= 1 / 255 + 1e-6
+    assert np.abs(loaded - PATCHES / 255).max() > 20 / 255  # the profile was applied: Adobe's green is not sRGB's
+
+
+def test_an_srgb_profile_changes_nothing_and_no_profile_means_srgb(tmp_path):
+    for name, options in (("tagged.png", {"icc_profile": bits16.srgb_profile()}), ("plain.png", {})):
+        Image.fromarray(PATCHES).save(tmp_path / name, **options)
+        assert np.abs(load_image(tmp_path / name) - PATCHES / 255).max() <= 1 / 255 + 1e-6
+
+
+def test_a_cmyk_jpeg_with_a_profile_is_refused_in_one_line_when_the_profile_is_rgb(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (16, 16), (0, 200, 200, 0)).save(path, icc_profile=ADOBE_RGB)
+    with pytest.raises(ValueError, match=r"`content`: '.*cmyk.jpg' embeds an ICC profile that does not fit its CMYK"):
+        load_image(path, what="content")
+
+
+def test_a_broken_or_oversized_profile_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "broken.png"
+    Image.fromarray(PATCHES).save(path, icc_profile=b"not a profile at all" * 10)
+    with pytest.raises(ValueError, match=r"`style`: '.*broken.png' embeds an ICC profile that cannot be read"):
+        load_image(path, what="style")
+    Image.fromarray(PATCHES).save(path, icc_profile=ADOBE_RGB)
+    monkeypatch.setattr("nst_jax.io.MAX_PROFILE_BYTES", len(ADOBE_RGB) - 1)
+    with pytest.raises(ValueError, match=rf"embeds an ICC profile of {len(ADOBE_RGB)} bytes; nst-jax reads up to"):
+        load_image(path)
+    assert MAX_PROFILE_BYTES >= 2**20
+
+
+def test_16_bit_greyscale_keeps_its_levels(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 1200).round().astype(np.uint16), (4, 1))
+    path = tmp_path / "scan.png"
+    Image.fromarray(ramp).save(path)  # mode I;16
+    loaded = load_image(path)
+    assert loaded.shape == (4, 1200, 3) and len(np.unique(loaded[..., 0])) > 256
+    np.testing.assert_allclose(loaded[0, :, 1], ramp[0] / 65535, atol=1e-6)
+    assert load_image(path, size=600).shape == (2, 600, 3)
+
+
+def test_outputs_embed_the_srgb_profile(tmp_path):
+    for name in ("out.png", "out.jpg", "out.webp", "out.tif"):
+        with Image.open(save_image(tmp_path / name, PATCHES / 255)) as img:
+            assert img.info["icc_profile"] == bits16.srgb_profile(), name
