@@ -127,6 +127,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--style-masks", nargs="+", metavar="IMAGE",
         help="with --masks: one mask per STYLE, white where its Gram matrices are taken from",
     )  # fmt: skip
+    stylize.add_argument(
+        "--fine-style", nargs="+", metavar="IMAGE",
+        help="scale control (Gatys et al. 2017): style image(s) of every coarse-to-fine stage after the first; "
+        "STYLE makes the composition and the large strokes, these the finer texture (blended as STYLE is)",
+    )  # fmt: skip
     _add_config_arguments(stylize, {})
     _add_device_arguments(stylize)
     demo = subcommands.add_parser(

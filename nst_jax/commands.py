@@ -113,6 +113,7 @@ class Prepared:
     masks: Any  # spatial control's region masks, or None
     style_masks: list[Any] | None  # per-style masks, or None
     mesh: Any  # --shard-image's mesh, or None
+    fine_style: list[Any] | None = None  # --fine-style's images (scale control), or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +294,7 @@ def prepare(args: argparse.Namespace):
         config = config.replace(**{which: layers})
     mesh = _image_mesh(args)
     _check_shapes(args, config, mesh)  # from the files' headers: nothing large is decoded or resized before this
+    fine_style = None
     content: typing.Any  # an image; for --dry-run's demo, only its shape (jax.ShapeDtypeStruct)
     style: list[typing.Any] | None
     if args.command == "stylize":
@@ -305,6 +307,11 @@ def prepare(args: argparse.Namespace):
             masks, style_masks = load_masks(args.masks, args.style_masks, content.shape[:2], style)
         elif args.style_masks:
             raise ValueError("--style-masks needs --masks")
+        if args.fine_style:
+            from nst_jax.transfer import check_fine_style
+
+            fine_style = [load_image(path, config.size, what="fine-style") for path in args.fine_style]
+            check_fine_style(config, content.shape[:2], fine_style, style, masks)
     elif args.command == "texture":
         shape = args.shape
         content, style = None, [load_image(path, config.size, what="style") for path in args.style]
@@ -349,7 +356,9 @@ def prepare(args: argparse.Namespace):
 
         for side, image in zip(side_outputs, (content, style[0]), strict=True):
             save_image(side, image, bits)
-    return Prepared(content, style, init, params, config, output, shape, resume, masks, style_masks, mesh)
+    return Prepared(
+        content, style, init, params, config, output, shape, resume, masks, style_masks, mesh, fine_style=fine_style
+    )
 
 
 def _image_mesh(args: argparse.Namespace):
@@ -455,7 +464,7 @@ def run(args: argparse.Namespace, prepared: Prepared) -> int:
         result = stylize(
             prepared.content, prepared.style, config, params=prepared.params, init=prepared.init, callback=progress,
             shape=prepared.shape, checkpoint=checkpoint, resume=prepared.resume, masks=prepared.masks,
-            style_masks=prepared.style_masks, mesh=prepared.mesh,
+            style_masks=prepared.style_masks, mesh=prepared.mesh, fine_style=prepared.fine_style,
         )  # fmt: skip
     except (CheckpointError, MemoryLimitError) as e:  # raised before the first step: nothing lost
         print(f"nst-jax: error: {e}", file=sys.stderr)

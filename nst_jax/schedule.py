@@ -32,6 +32,7 @@ class Inputs(NamedTuple):
     init: Any = None  # where the first stage starts: a name or an image (a sweep's: one per member); None: the config's
     masks: Any = None  # [R, h, w] output regions for spatial control, at ``shape``
     style_masks: Sequence[Any] | None = None  # per-style masks (None entries allowed), each at its style's size
+    fine_styles: Sequence[Any] | None = None  # scale control: every later stage's styles (None: ``styles``)
 
 
 class Stage(NamedTuple):
@@ -76,10 +77,12 @@ def scaled(image, ratio: float):
 
 
 def at_stage(inputs: Inputs, stage: Stage) -> Inputs:
-    """The inputs as ``stage`` sees them: the content and the masks at its shape, the styles and their
-    masks scaled by its ratio. The init is left as it is (the caller starts a later stage from the
-    previous one's result)."""
+    """The inputs as ``stage`` sees them: the content and the masks at its shape, the styles (a later
+    stage's: ``fine_styles`` where given) and their masks scaled by its ratio. The init is left as it
+    is (the caller starts a later stage from the previous one's result)."""
     content, styles, masks, style_masks = inputs.content, inputs.styles, inputs.masks, inputs.style_masks
+    if stage.number > 0 and inputs.fine_styles is not None:  # scale control: the first stage's composition, restyled
+        styles = inputs.fine_styles
     if content is not None:
         content = resize(content, stage.shape)
     if styles is not None:

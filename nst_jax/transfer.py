@@ -94,6 +94,7 @@ def stylize(
     progress: bool = False,
     network: FeatureNetwork | None = None,
     mesh: Mesh | None = None,
+    fine_style: jax.Array | Sequence[jax.Array] | None = None,
 ) -> Result:
     """Optimises an image to match ``content``'s features and ``style``'s Gram matrices.
 
@@ -124,6 +125,11 @@ def stylize(
         (:func:`nst_jax.optim.image_mesh`), for images larger than one device holds; the
         output's row count must divide by the number of devices (coarser stages that do not
         divide run on one device). ``None``: one device.
+      fine_style: scale control (Gatys et al., CVPR 2017): the style image(s) of every
+        coarse-to-fine stage after the first, which keeps the first stage's composition
+        (``config.anchor_weight``) and its large strokes, made with ``style``, and restyles
+        the finer detail: one painting's brush strokes filled with another's texture. Mixed by
+        ``config.style_blend`` as ``style`` is. Needs stages (:func:`check_fine_style`).
 
     Returns:
       A :class:`Result` (in Jupyter, it displays as its image).
@@ -142,7 +148,10 @@ def stylize(
     else:
         raise ValueError("`shape` is needed when `content` is None")
     _check_inputs(content, style, init, checkpoint, resume)
+    fine_styles = None if fine_style is None else as_images(fine_style)
+    check_fine_style(config, final, fine_styles, style, masks)
     style_shapes = [] if style is None else [jnp.shape(s)[:2] for s in as_images(style) if s is not None]
+    style_shapes += [] if fine_styles is None else [jnp.shape(s)[:2] for s in fine_styles]
     check_sizes(config, final, style_shapes, content is not None, network=network)
     check_rows(final[0], mesh, "output")
     check_memory(
@@ -150,7 +159,11 @@ def stylize(
         network=network, mesh=mesh,
     )  # fmt: skip
     styles = None if style is None else as_images(style)
-    inputs = schedule.Inputs(content, styles, (int(final[0]), int(final[1])), init, masks, style_masks)
+    out_shape = (int(final[0]), int(final[1]))
+    inputs = schedule.Inputs(content, styles, out_shape, init, masks, style_masks, fine_styles)
+    if fine_styles is not None:  # check_memory counted the coarse styles' features
+        devices = 1 if mesh is None else mesh.size
+        memory.check_roughly(config, out_shape, [jnp.shape(s)[:2] for s in fine_styles], devices)
     bar = None
     if progress:
         from nst_jax.progress import ProgressBar
@@ -252,6 +265,34 @@ def check_sizes(
                     f"{deepest(config.style_layers)} needs ({need} px a side); use a larger style image or a "
                     "larger `style_scale`"
                 )
+
+
+def check_fine_style(config: StyleConfig, final: tuple[int, ...], fine_styles, style, masks) -> None:
+    """Refuses, before anything runs, a ``fine_style`` that cannot be honoured.
+
+    Raises:
+      ValueError: a run of one stage (nothing after the first to restyle), no ``style``, spatial
+        control, a ``None`` entry, or another count of images than ``config.style_blend`` weighs.
+    """
+    if fine_styles is None:
+        return
+    if not schedule.is_staged(config, final) or len(schedule.stages(config, final)) < 2:
+        raise ValueError(
+            f"`fine_style` restyles the coarse-to-fine stages after the first, but this run has one stage "
+            f"(output {max(final)} px, `base_size` {config.base_size}); make `size` larger than `base_size`, "
+            "or give two or more `scales`"
+        )
+    if style is None or masks is not None:
+        raise ValueError("`fine_style` needs a `style`, and does not combine with spatial control (`masks`)")
+    for image in fine_styles:
+        if image is None:
+            raise ValueError("`fine_style` has a None entry; every fine style must be an image")
+        check_image(image, "fine_style")
+    if config.style_blend is not None and len(config.style_blend) != len(fine_styles):
+        raise ValueError(
+            f"`style_blend` has {len(config.style_blend)} weights, which mix `style` and `fine_style` alike, "
+            f"but `fine_style` has {len(fine_styles)} images"
+        )
 
 
 def _check_inputs(content, style, init, checkpoint, resume) -> None:

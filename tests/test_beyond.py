@@ -438,3 +438,48 @@ def test_cli_masks(tmp_path, capsys, real_params):
     assert cli.main(bad) == 2
     assert "`masks` has 2 colours for 3 style images" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_scale_control_restyles_the_stages_after_the_first(small_network):
+    """Gatys et al. 2017's scale control: the first stage made with `style`, every later one with `fine_style`."""
+    _, network, params = small_network
+    content, coarse = samples.village(32, 48), samples.swirls(32, 48)
+    fine = np.ascontiguousarray(samples.swirls(48, 32).transpose(1, 0, 2)[:, ::-1])  # another texture
+    config = SMALL_NETWORK_CONFIG.replace(scales=(24, 48), coarse_steps=4, num_steps=6, chunk_size=2)
+    run = lambda **kw: stylize(content, coarse, config, params=params, network=network, **kw)
+    plain, same = run(), run(fine_style=coarse)
+    np.testing.assert_array_equal(same.image, plain.image)  # fine_style = style: the run as without it
+    seen = []
+    scaled = run(fine_style=fine, callback=lambda p: seen.append(p.stage))
+    assert sorted(set(seen)) == [0, 1] and scaled.num_steps == plain.num_steps
+    # The first stage is the same run; only the later one sees the fine style.
+    first = lambda **kw: run(callback=lambda p: p.stage == 0 and p.step >= 4, **kw).image  # stops after stage 0
+    assert first().shape == (16, 24, 3)
+    np.testing.assert_array_equal(first(fine_style=fine), first())
+    assert not np.allclose(scaled.image, plain.image)
+    final = (content.shape[0], content.shape[1])
+    grams = lambda image: gram(network.features(params, jnp.asarray(image), ("c1",))["c1"])
+    gap = lambda image, target: float(jnp.linalg.norm(grams(image) - grams(resize(target, final))))
+    assert gap(scaled.image, fine) < gap(plain.image, fine)  # its fine texture moved towards the fine style
+
+
+def test_scale_control_is_refused_where_it_cannot_be_honoured(small_network, tmp_path, capsys):
+    _, network, params = small_network
+    content, style = samples.village(32, 48), samples.swirls(32, 48)
+    config = SMALL_NETWORK_CONFIG.replace(num_steps=2)
+    run = lambda config, **kw: stylize(content, style, config, params=params, network=network, **kw)
+    with pytest.raises(ValueError, match=r"`fine_style` restyles the coarse-to-fine stages after the first, but this"):
+        run(config, fine_style=style)  # 48 px: one stage, at the output's size
+    staged = config.replace(scales=(24, 48))
+    with pytest.raises(ValueError, match=r"`style_blend` has 2 weights, which mix `style` and `fine_style` alike"):
+        stylize(content, [style, style], staged.replace(style_blend=(1.0, 1.0)), params=params, network=network,
+                fine_style=style)  # fmt: skip
+    with pytest.raises(ValueError, match=r"does not combine with spatial control"):
+        run(staged, fine_style=style, masks=np.ones((1, 32, 48), np.float32))
+    with pytest.raises(ValueError, match=r"`fine_style`.*NaN"):
+        run(staged, fine_style=np.full((32, 48, 3), np.nan, np.float32))
+    content_path, style_path = save_image(tmp_path / "c.png", content), save_image(tmp_path / "s.png", style)
+    args = ["stylize", str(content_path), str(style_path), "--fine-style", str(style_path), "--size", "64"]
+    (tmp_path / "out").mkdir()
+    one_line_error(capsys, [*args, "-o", str(tmp_path / "out" / "x.png")], "this run has one stage (output 64 px")
+    assert not any((tmp_path / "out").iterdir())

@@ -43,3 +43,11 @@ def test_stage_callback_fills_in_the_stage_and_remembers_a_stop():
     assert callback(progress) is False and not callback.stopped
     assert (seen[0].stage, seen[0].num_stages) == (1, 2)
     assert callback(progress._replace(step=2)) is True and callback.stopped
+
+
+def test_a_later_stage_sees_the_fine_styles(rng):
+    style, fine = rng.random((80, 60, 3), np.float32), rng.random((60, 80, 3), np.float32)
+    inputs = schedule.Inputs(rng.random((40, 60, 3), np.float32), [style], (40, 60), fine_styles=[fine])
+    first, last = schedule.stages(StyleConfig(scales=(30, 60)), (40, 60))
+    np.testing.assert_array_equal(schedule.at_stage(inputs, first).styles[0], schedule.scaled(style, first.ratio))
+    np.testing.assert_array_equal(schedule.at_stage(inputs, last).styles[0], schedule.scaled(fine, last.ratio))
