@@ -154,7 +154,14 @@ def params_or_default(params, config, network=None):
 
     Raises:
       ValueError: ``params`` is ``None`` with a custom ``network`` (there are no default weights for it).
+      TypeError: ``params`` is the ``(params, info)`` pair :func:`load_params` returns (jit would
+        otherwise fail deep inside on the info).
     """
+    if isinstance(params, tuple) and len(params) == 2 and isinstance(params[1], WeightsInfo):
+        raise TypeError(
+            "`params` is the (params, info) pair load_params returns; pass its first item: "
+            "params, info = nst_jax.load_params()"
+        )
     if params is not None:
         return params
     if network is not None:

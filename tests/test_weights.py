@@ -103,3 +103,12 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("NST_JAX_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert weights.cache_dir() == tmp_path / "xdg" / "nst-jax"
+
+
+def test_the_pair_load_params_returns_is_refused_as_params_by_name():
+    from nst_jax import StyleConfig, stylize
+
+    info = weights.WeightsInfo.__new__(weights.WeightsInfo)  # what load_params returns beside the params
+    image = np.full((16, 16, 3), 0.5, np.float32)
+    with pytest.raises(TypeError, match=r"`params` is the \(params, info\) pair load_params returns; pass its first"):
+        stylize(image, image, StyleConfig(num_steps=1), params=({}, info))
