@@ -98,8 +98,10 @@ def _add_device_arguments(parser: argparse.ArgumentParser, shard: bool = True) -
 
 
 def _add_bits_argument(parser: argparse.ArgumentParser) -> None:
+    from nst_jax.io import BITS
+
     parser.add_argument(
-        "--bits", type=int, choices=(8, 16), default=None,
+        "--bits", type=int, choices=BITS, default=None,
         help="bits per channel of the output: 16 (.png or .tif, with an embedded sRGB profile) for print; "
         "default 16 for .tif/.tiff, 8 otherwise",
     )  # fmt: skip

@@ -259,9 +259,10 @@ def _to_srgb(img: Image.Image, profile: bytes, where: str) -> Image.Image:
 
 @functools.cache
 def _srgb_profile():
+    """The profile inputs are converted to: the one every output embeds (:func:`bits16.srgb_profile`)."""
     from PIL import ImageCms
 
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    return ImageCms.ImageCmsProfile(io.BytesIO(bits16.srgb_profile()))
 
 
 def load_masks(path, style_mask_paths, shape: tuple[int, int], styles):
