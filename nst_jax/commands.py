@@ -527,11 +527,16 @@ def serve(args: argparse.Namespace) -> int:
     if serve.allowed_hosts_for(args.host) is None:
         print(
             f"nst-jax: warning: --host {args.host} makes the page reachable from other machines; anyone who reaches "
-            f"port {args.port} can upload images and use this machine's {serve.describe_devices()} (there is no login)",
+            f"port {args.port} can upload images and run them on this machine (there is no login)",
             file=sys.stderr,
         )
     sock = serve.bind(args.host, args.port)
     try:
+        # The runs happen in a child process, which takes the accelerator; this one only serves,
+        # so it stays on the CPU (a GPU held here too would leave the child a quarter of its memory).
+        import jax
+
+        jax.config.update("jax_platforms", "cpu")
         params, _ = load_params(args.weights)
         limits = Limits(max_size=args.max_size, max_upload_bytes=int(args.max_upload_mb * 2**20))
 

@@ -3,7 +3,7 @@
 No web framework here: :mod:`nst_jax.serve` turns requests into calls of :class:`Jobs`, and
 :class:`Jobs` calls the same code as the CLI (:func:`~nst_jax.io.load_image` with its checks
 of foreign files, :class:`~nst_jax.config.StyleConfig`, :func:`~nst_jax.transfer.stylize`,
-:func:`~nst_jax.sweeps.sweep`, the CLI's memory checks). One run at a time on the device, in
+:func:`~nst_jax.sweeps.sweep`, the CLI's memory checks). One run at a time on the device, fed by
 one worker thread; later runs wait in one queue, first come first served.
 
 Who sees what: every browser gets a session (a random cookie, :mod:`nst_jax.serve`). The
@@ -11,6 +11,10 @@ queue is shared, because the device is: a session sees how many runs are ahead o
 but never another session's uploads, pictures, settings or results (asking for one by its
 id answers "no such ..."). Tabs of one browser share the cookie, so they share their
 uploads, queue and results: they are one person's.
+
+Runs happen in a child process (:mod:`nst_jax.runner`): a cancelled run that has not
+stopped within seconds is ended with its process, and a run whose process dies fails alone,
+so the shared queue always moves.
 
 Nothing a client sends becomes a path: uploads are stored under names made here, in a
 temporary folder of this server's, removed by :meth:`Jobs.close`.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import math
 import secrets
@@ -35,6 +40,7 @@ import numpy as np
 
 from nst_jax import settings as app_settings
 from nst_jax.config import INITS, StyleConfig, short_repr
+from nst_jax.runner import ProcessRunner, RunEnded, RunFailed, RunSpec, ThreadRunner
 
 log = logging.getLogger("nst_jax.serve")
 
@@ -49,6 +55,7 @@ SERVER_ONLY_FIELDS = ("weights", "save_every", "checkpoint_every", "network")
 MAX_SWEEP_MEMBERS = 8
 THUMBNAIL_SIDE = 192
 ID_LENGTH = 16  # bytes of randomness in every id (uploads, jobs, sessions)
+ISOLATIONS = ("process", "thread")  # where runs happen: a child process the server can end, or its own thread
 
 
 class JobError(ValueError):
@@ -78,6 +85,7 @@ class Limits:
     session_idle: float = 6 * 3600.0  # seconds after which a session without a run is ended
     max_stored_uploads: int = 1000  # uploads kept over all sessions
     max_stored_bytes: int = 4 * 2**30  # bytes of stored uploads over all sessions (disk)
+    cancel_grace: float = 3.0  # seconds a cancelled run may take to finish its chunk before its process is ended
 
 
 @dataclasses.dataclass
@@ -284,16 +292,26 @@ def _scalar(value, kind: type, bad: JobError):
 
 
 class Jobs:
-    """Uploads and runs of one server; a worker thread runs the queue, one job at a time.
+    """Uploads and runs of one server; a worker thread feeds the queue to a runner, one job at a time.
 
     Args:
       params: the network's parameters (loaded once, by the server, from its --weights).
       limits: the caps (:class:`Limits`).
       folder: where uploads and results go; default a new temporary folder, removed by :meth:`close`.
+      isolation: ``"process"`` (runs in a child process, ended when a cancelled run does not stop
+        within ``limits.cancel_grace`` seconds: :class:`~nst_jax.runner.ProcessRunner`) or
+        ``"thread"`` (runs in the worker thread; a cancel waits for the chunk in hand).
     """
 
-    def __init__(self, params, limits: Limits = Limits(), folder: str | Path | None = None):
+    def __init__(self, params, limits: Limits = Limits(), folder: str | Path | None = None, isolation: str = "process"):
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"`isolation` must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
+        if not 0 < limits.cancel_grace <= 600:
+            raise ValueError(f"`cancel_grace` must be in (0, 600] seconds, got {limits.cancel_grace!r}")
         self.params, self.limits = params, limits
+        self.runner: ProcessRunner | ThreadRunner = (
+            ProcessRunner(params, limits.cancel_grace) if isolation == "process" else ThreadRunner(params)
+        )
         self.folder = Path(tempfile.mkdtemp(prefix="nst-jax-serve-", dir=folder))
         self.uploads: dict[str, Upload] = {}
         self.jobs: dict[str, Job] = {}
@@ -520,7 +538,8 @@ class Jobs:
         return name, values, [f"{name}={value_label(v)}" for v in values]
 
     def cancel(self, session: str, job_id: str) -> Job:
-        """Cancels a queued run (it leaves the queue) or a running one (it stops after its current chunk)."""
+        """Cancels a queued run (it leaves the queue) or a running one: it stops after its current chunk,
+        or (isolation "process") its process is ended ``limits.cancel_grace`` seconds after the cancel."""
         job = self.job(session, job_id)
         with self._lock:
             if job.state == "queued":
@@ -566,12 +585,58 @@ class Jobs:
                 self.version += 1
                 self._lock.notify_all()
             try:
-                self._run(job)
+                self.runner.run(self._spec(job), functools.partial(self._apply, job), self._stopper(job))
+            except RunEnded as e:
+                log.warning("nst-jax serve: run %s: %s", job.id, e)
+                seconds = {"seconds": round(time.time() - (job.started or time.time()), 1)}
+                self._finish(job, "cancelled" if e.cancelled else "failed", None if e.cancelled else str(e), seconds)
+            except RunFailed as e:
+                if not e.user:
+                    log.error("nst-jax serve: run %s failed:\n%s", job.id, e.details)
+                    e = RunFailed(f"internal error ({e}); see the server's log", user=False)
+                self._finish(job, "failed", error=str(e))
             except (ValueError, FileNotFoundError, MemoryError) as e:  # what the CLI reports in one line
                 self._finish(job, "failed", error=" ".join(str(e).splitlines()))
             except Exception as e:  # a bug: the page says so, the server's terminal keeps the traceback
                 log.error("nst-jax serve: run %s failed:\n%s", job.id, traceback.format_exc())
                 self._finish(job, "failed", error=f"internal error ({type(e).__name__}: {e}); see the server's log")
+            if job.state == "running":  # the runner returned without a finish: a bug here, not the user's
+                self._finish(
+                    job, "failed", error="internal error (the run ended without a result); see the server's log"
+                )
+
+    def _stopper(self, job: Job):
+        return lambda: job.cancel.is_set() or self._closed
+
+    def _spec(self, job: Job) -> RunSpec:
+        from nst_jax.image import fit_long_side
+
+        side = max(fit_long_side(job.content.shape, job.config.size))
+        return RunSpec(
+            job.kind, job.config, job.content.path, tuple(s.path for s in job.styles), job.axis,
+            tuple(job.values), tuple(job.labels), tuple(stage_costs(job.config, side)),
+        )  # fmt: skip
+
+    def _apply(self, job: Job, message: tuple) -> None:
+        """A runner's message (:mod:`nst_jax.runner`) on ``job``: previews and progress, or its end."""
+        if message[0] == "update":
+            _, images, progress = message
+            if "preview" in images:
+                job.preview = images["preview"]
+            for k, data in images.get("members", {}).items():
+                if 0 <= k < len(job.member_previews):
+                    job.member_previews[k] = data
+            job.progress = progress
+            job.version += 1
+            return self._changed()
+        _, state, error, summary, images = message  # finish
+        job.preview = images.get("preview", job.preview)
+        if images.get("members") is not None:
+            job.member_previews = list(images["members"])
+        result = images.get("result")
+        job.result = job.preview if result == "preview" else result
+        job.version += 1
+        self._finish(job, state, error=error, summary=summary)
 
     def _finish(self, job: Job, state: str, error: str | None = None, summary: dict | None = None) -> None:
         same = job.result is not None and job.result is job.preview
@@ -592,123 +657,11 @@ class Jobs:
         path.write_bytes(data)
         return path
 
-    def _inputs(self, job: Job):
-        from nst_jax.io import load_image
-
-        size = job.config.size
-        content = load_image(job.content.path, size, what="content")
-        styles = [load_image(s.path, size, what="style") for s in job.styles]
-        return content, styles
-
-    def _run(self, job: Job) -> None:
-        if job.kind == "sweep":
-            return self._run_sweep(job)
-        from nst_jax.io import png_bytes
-        from nst_jax.transfer import stylize
-
-        content, styles = self._inputs(job)
-        config = job.config
-        costs = stage_costs(config, max(content.shape[:2]))
-
-        def callback(progress) -> bool:
-            job.preview = png_bytes(progress.image)
-            within = progress.step / progress.num_steps if progress.num_steps else 1.0
-            fraction, eta = run_estimate(costs, progress.stage, within, progress.steps_per_second)
-            job.progress = {
-                "fraction": fraction,
-                "eta_total": eta,
-                "step": progress.step,
-                "num_steps": progress.num_steps,
-                "stage": progress.stage,
-                "num_stages": progress.num_stages,
-                "side": int(max(progress.image.shape[:2])),
-                "loss": float(progress.loss),
-                "steps_per_second": progress.steps_per_second,
-                "eta": progress.eta,
-                "seconds": progress.seconds,
-            }
-            job.version += 1
-            self._changed()
-            return job.cancel.is_set() or self._closed
-
-        result = stylize(content, styles, config, params=self.params, init=config.init, callback=callback)
-        summary = {"steps": result.num_steps, "evaluations": result.num_evals, "loss": result.loss}
-        summary["seconds"] = round(time.time() - (job.started or time.time()), 1)
-        job.preview = png_bytes(result.image)
-        job.version += 1
-        if job.cancel.is_set() or self._closed:
-            return self._finish(job, "cancelled", summary=summary)
-        if not result.finite:
-            error = (
-                "the loss was not finite at the first step"
-                if result.num_steps == 0
-                else f"the loss became non-finite after step {result.num_steps}; the preview is the last finite image"
-            )
-            return self._finish(job, "failed", error=error, summary=summary)
-        job.result = job.preview
-        self._finish(job, "done", summary=summary)
-
-    def _run_sweep(self, job: Job) -> None:
-        from nst_jax.io import png_bytes
-        from nst_jax.sweeps import SweepResult, failed_members, sweep
-
-        content, styles = self._inputs(job)
-        config = job.config
-        axes: dict[str, Any]
-        if job.axis == "style":
-            axes, style = {"style": {label: s for label, s in zip(job.labels, styles, strict=True)}}, None
-        else:
-            axes, style = {str(job.axis): job.values}, styles[0]
-
-        costs = stage_costs(config, max(content.shape[:2]))
-
-        def callback(progress) -> bool:
-            if progress.images is not None:
-                images = np.asarray(progress.images)
-                for member, image in zip(progress.members, images, strict=False):
-                    job.member_previews[member] = png_bytes(image)
-            num_steps = config.stage_steps(progress.stage, progress.num_stages)
-            within = (
-                progress.batch + min(1.0, float(np.min(progress.steps)) / max(num_steps, 1))
-            ) / progress.num_batches
-            job.progress = {
-                "fraction": run_estimate(costs, progress.stage, within)[0],
-                "batch": progress.batch,
-                "num_batches": progress.num_batches,
-                "stage": progress.stage,
-                "num_stages": progress.num_stages,
-                "side": None if progress.images is None else int(max(progress.images.shape[1:3])),
-                "steps": [int(s) for s in progress.steps],
-                "members": [progress.members.start, progress.members.stop],
-                "num_steps": num_steps,
-                "loss": float(np.min(progress.losses)),
-                "seconds": progress.seconds,
-            }
-            job.version += 1
-            self._changed()
-            return job.cancel.is_set() or self._closed
-
-        result = sweep(content, style, config, axes, params=self.params, callback=callback)
-        assert isinstance(result, SweepResult)  # not a dry run
-        job.member_previews = [png_bytes(image) for image in result.images]
-        job.version += 1
-        summary = {
-            "seconds": round(time.time() - (job.started or time.time()), 1),
-            "evaluations": int(result.iterations),
-        }
-        if job.cancel.is_set() or self._closed:
-            return self._finish(job, "cancelled", summary=summary)
-        failed = failed_members(result)
-        job.result = result._repr_png_()  # the labelled contact sheet, as save_sweep's grid.png
-        if failed:
-            error = f"{len(failed)} of {len(job.labels)} failed: {', '.join(failed)}"
-            return self._finish(job, "failed", error=error, summary=summary)
-        self._finish(job, "done", summary=summary)
-
     # --- the end --------------------------------------------------------------------------
 
     def close(self, timeout: float = 30.0) -> None:
-        """Cancels every run, waits up to ``timeout`` seconds for the running one's chunk, removes the folder."""
+        """Cancels every run, waits up to ``timeout`` seconds for the running one to stop (its process is
+        ended after ``limits.cancel_grace``), ends the runner, removes the folder."""
         with self._lock:
             self._closed = True
             for job in self.queue:
@@ -716,6 +669,7 @@ class Jobs:
             self.queue.clear()
             self._lock.notify_all()
         self._worker.join(timeout)
+        self.runner.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     @property

@@ -74,6 +74,12 @@ _HEAD_TIMEOUT = 10.0
 # Connections and tasks at once; past it uvicorn answers 503 (each open page holds one event
 # stream, so this is about 100 open pages).
 _MAX_CONNECTIONS = 128
+# An upload declared at most this many bytes over the cap is read and thrown away before its
+# 413 is sent: browsers and urllib send the whole body before they read the answer, and a
+# connection closed under them shows as a reset, not as the message. Larger ones are answered
+# at once (their senders see a reset: nothing of theirs is read).
+_DRAIN_OVER = 8 * 2**20
+_DRAIN_STALL = 1.0  # seconds of silence that end such a drain (a client that declares and sends nothing)
 
 
 class _TooSlow(Exception):
@@ -104,6 +110,18 @@ async def _read_body(request: Request, cap: int) -> bytes | None:
         body += chunk
         if len(body) > cap:
             return None
+
+
+async def _discard_body(request: Request) -> None:
+    """Reads the body and throws it away, while it keeps coming (a pause of ``_DRAIN_STALL`` ends it)."""
+    try:
+        chunks = request.stream().__aiter__()
+        deadline = asyncio.get_running_loop().time() + _READ_TOTAL
+        while True:
+            wait = min(_DRAIN_STALL, deadline - asyncio.get_running_loop().time())
+            await asyncio.wait_for(chunks.__anext__(), max(wait, 0.001))
+    except (StopAsyncIteration, TimeoutError, ClientDisconnect):
+        pass
 
 
 def _no_constant(name: str):
@@ -222,6 +240,8 @@ def create_app(
         if length is None or not length.isdigit():
             return _error(411, "the upload needs a Content-Length")
         if int(length) > cap:
+            if int(length) <= cap + _DRAIN_OVER:
+                await _discard_body(request)
             return _error(413, f"the file is {int(length) / 2**20:.1f} MB; this server takes images up to "
                                f"{cap / 2**20:.1f} MB")  # fmt: skip
         if receiving[0] >= _MAX_UPLOADS_IN_PROGRESS:
@@ -345,19 +365,6 @@ def allowed_hosts_for(host: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys((host.lower(), *local))) if host in local else (host.lower(),)
 
 
-def describe_devices() -> str:
-    """Where the runs go, in words: "CPU, 16 cores" or "GPU: 2 x NVIDIA H100 80GB HBM3"."""
-    import os
-
-    import jax
-
-    devices = jax.devices()
-    if devices[0].platform == "cpu":
-        return f"CPU, {os.cpu_count()} cores"
-    count = f"{len(devices)} x " if len(devices) > 1 else ""
-    return f"{devices[0].platform.upper()}: {count}{devices[0].device_kind}"
-
-
 @dataclasses.dataclass
 class Running:
     """What ``serve``'s ``ready`` callback gets: the page's address, the jobs, and the server (``stop()`` ends it)."""
@@ -377,19 +384,30 @@ def serve(
     limits: Limits | None = None,
     sock: socket.socket | None = None,
     ready: Callable[[Running], None] | None = None,
+    isolation: str = "process",
 ) -> None:
     """Runs the page until Ctrl-C (or :meth:`Running.stop`); then cancels the runs, removes uploads and results.
 
     ``sock``: an already bound socket (:func:`bind`); ``ready`` is called once the server listens.
+    ``isolation``: where runs happen (:class:`~nst_jax.jobs.Jobs`). With ``"process"`` a child
+    process takes the accelerator: on a GPU, the calling process should not hold it (the CLI
+    keeps itself on the CPU; a library caller sets ``JAX_PLATFORMS=cpu`` or
+    ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` for itself, or uses ``"thread"``), and a script
+    that calls this needs the ``if __name__ == "__main__":`` guard of every spawned process.
     """
     import uvicorn
 
     sock = sock or bind(host, port)
-    jobs = Jobs(params, limits or Limits())
+    jobs = Jobs(params, limits or Limits(), isolation=isolation)
     server: Any = None
+    try:
+        device = jobs.runner.device  # waits for the child to start, so the first run does not
+    except BaseException:
+        jobs.close()
+        raise
     app = create_app(
         jobs,
-        device=describe_devices(),
+        device=device,
         allowed_hosts=allowed_hosts_for(host),
         stopping=lambda: server is not None and server.should_exit,
     )

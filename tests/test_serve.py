@@ -542,7 +542,7 @@ def test_the_page_caps_steps_below_the_library(client, images):
 def test_sessions_expire_and_the_server_caps_what_all_of_them_hold(tmp_path):
     """No server: the Jobs object, with small caps; an idle session's files go with it."""
     limits = jobs_module.Limits(max_sessions=2, session_idle=60.0, max_stored_uploads=2)
-    jobs = jobs_module.Jobs(vgg.init_params(jax.random.key(0)), limits, folder=tmp_path)
+    jobs = jobs_module.Jobs(vgg.init_params(jax.random.key(0)), limits, folder=tmp_path, isolation="thread")
     try:
         first = jobs.new_session()
         upload = jobs.add_upload(first, png(8, 8), "a.png")
@@ -567,7 +567,8 @@ def test_a_jpeg_is_kept_as_sent_where_a_png_of_its_pixels_would_be_larger(tmp_pa
     """Issue 25: a 381 KB noise JPEG was stored as an 8.9 MB PNG."""
     from nst_jax.io import load_image
 
-    jobs = jobs_module.Jobs(vgg.init_params(jax.random.key(0)), jobs_module.Limits(), folder=tmp_path)
+    params = vgg.init_params(jax.random.key(0))
+    jobs = jobs_module.Jobs(params, jobs_module.Limits(), folder=tmp_path, isolation="thread")
     try:
         session = jobs.new_session()
         noise = png(96, 128, fmt="JPEG")
@@ -593,3 +594,65 @@ def test_a_strip_no_size_can_fix_is_told_to_crop_in_the_settings_own_names(clien
     _, narrow = client.upload(png(10, 200, 4), "narrow.png")
     status, body = client.submit(narrow["id"], [images[1]["id"]], QUICK)
     assert status == 400 and "use a long side of at least" in body["error"] and "--" not in body["error"], body
+
+
+def test_a_run_inside_a_long_chunk_is_ended_within_seconds_and_the_queue_moves(server, client, images):
+    """Issue 25: a cancel waited for the chunk in hand (a chunk of 10000 steps, or a hang, held
+    everyone's queue). The run's process is ended ``cancel_grace`` seconds after the cancel."""
+    runner = server.jobs.runner
+    starts = runner.starts
+    endless = {**QUICK, "num_steps": 10**6, "chunk_size": 10**4}  # no callback for 10000 steps
+    _, running = client.submit(images[0]["id"], [images[1]["id"]], endless)
+    _, queued = client.submit(images[0]["id"], [images[1]["id"]], QUICK)
+    client.wait(running["id"], states=("running",))
+    time.sleep(1.0)  # inside its first chunk
+    asked = time.monotonic()
+    assert client.json("POST", f"api/jobs/{running['id']}/cancel")[0] == 200
+    job = client.wait(running["id"], timeout=60)
+    took = time.monotonic() - asked
+    assert job["state"] == "cancelled" and not job["has_result"] and job["error"] is None, job
+    assert LIMITS.cancel_grace <= took < LIMITS.cancel_grace + 5, took
+    assert client.wait(queued["id"], timeout=120)["state"] == "done"
+    assert runner.starts == starts + 1  # in a fresh process
+
+
+def test_a_run_whose_process_dies_fails_alone(server, client, images):
+    """A child killed from outside (the kernel's out-of-memory killer) fails its run, not the server."""
+    import os
+    import signal
+
+    runner = server.jobs.runner
+    _, doomed = client.submit(images[0]["id"], [images[1]["id"]], {**QUICK, "num_steps": 10**6, "chunk_size": 10**4})
+    client.wait(doomed["id"], states=("running",))
+    time.sleep(0.5)
+    os.kill(runner._process.pid, signal.SIGKILL)
+    job = client.wait(doomed["id"], timeout=60)
+    assert job["state"] == "failed" and "ended unexpectedly, exit code -9 (killed: out of memory?)" in job["error"]
+    _, after = client.submit(images[0]["id"], [images[1]["id"]], QUICK)
+    assert client.wait(after["id"], timeout=120)["state"] == "done"
+
+
+def test_in_a_thread_a_cancel_stops_after_the_chunk_and_isolation_is_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"`isolation` must be one of process, thread, got 'fork'"):
+        jobs_module.Jobs({}, folder=tmp_path, isolation="fork")
+    with pytest.raises(ValueError, match=r"`cancel_grace` must be in \(0, 600\] seconds, got 0"):
+        jobs_module.Jobs({}, jobs_module.Limits(cancel_grace=0), folder=tmp_path, isolation="thread")
+    jobs = jobs_module.Jobs(vgg.init_params(jax.random.key(0)), LIMITS, folder=tmp_path, isolation="thread")
+    try:
+        session = jobs.new_session()
+        content, style = jobs.add_upload(session, png(24, 32), "c.png"), jobs.add_upload(session, png(40, 40, 1))
+        request = {"content": content.id, "styles": [style.id], "settings": {**QUICK, "num_steps": 10**6}}
+        job = jobs.submit(session, {**request, "settings": {**QUICK, "num_steps": 10**6, "chunk_size": 5}})
+        end = time.time() + 120
+        while job.progress.get("step", 0) == 0 and time.time() < end:
+            time.sleep(0.05)
+        jobs.cancel(session, job.id)
+        while job.state == "running" and time.time() < end:
+            time.sleep(0.05)
+        assert job.state == "cancelled" and job.preview is not None and job.result is None
+        done = jobs.submit(session, {**request, "settings": QUICK})
+        while done.state in ("queued", "running") and time.time() < end:
+            time.sleep(0.05)
+        assert done.state == "done" and done.result is done.preview and done.summary["steps"] == 20
+    finally:
+        jobs.close()
