@@ -40,7 +40,7 @@ import numpy as np
 
 from nst_jax import settings as app_settings
 from nst_jax.config import INITS, StyleConfig, short_repr
-from nst_jax.runner import ProcessRunner, RunEnded, RunFailed, RunSpec, ThreadRunner
+from nst_jax.runner import ProcessRunner, RunEnded, RunFailed, RunSpec, ThreadRunner, stage_costs
 
 log = logging.getLogger("nst_jax.serve")
 
@@ -156,32 +156,6 @@ class Job:
 def stored(value: bytes | Path | None) -> bytes | None:
     """A job's PNG, wherever it is kept."""
     return value.read_bytes() if isinstance(value, Path) else value
-
-
-def stage_costs(config: StyleConfig, side: int) -> list[tuple[int, float]]:
-    """(steps, relative cost of a step) of each coarse-to-fine stage: a step costs as its pixels do."""
-    sizes = config.stage_sizes(side)
-    return [(config.stage_steps(i, len(sizes)), (size / sizes[-1]) ** 2) for i, size in enumerate(sizes)]
-
-
-def run_estimate(
-    costs: list[tuple[int, float]], stage: int, within: float, steps_per_second: float | None = None
-) -> tuple[float, float | None]:
-    """(share of the whole run done, seconds left in it) from the stage, the share of it done and its speed.
-
-    Every stage weighs its steps times its pixels, so the last stage, where most of the time
-    goes, fills most of the bar; the time left counts later stages at this stage's speed per
-    pixel (their compilation and an early L-BFGS stop are not foreseen: it is an estimate).
-    """
-    work = [steps * cost for steps, cost in costs]
-    total = sum(work) or 1.0
-    fraction = min(1.0, (sum(work[:stage]) + min(1.0, within) * work[stage]) / total)
-    if steps_per_second is None or not steps_per_second > 0:
-        return fraction, None
-    per_cost = 1.0 / steps_per_second / costs[stage][1]
-    here = max(0.0, costs[stage][0] * (1 - min(1.0, within)))
-    later = sum(steps * cost for steps, cost in costs[stage + 1 :])
-    return fraction, (here * costs[stage][1] + later) * per_cost
 
 
 def changed_settings(config: StyleConfig) -> dict:

@@ -64,7 +64,7 @@ class RunSpec:
     axis: str | None = None  # sweep: the swept setting ("style": the styles)
     values: tuple = ()  # sweep: its values
     labels: tuple[str, ...] = ()  # sweep: one per member
-    costs: tuple[tuple[int, float], ...] = ()  # jobs.stage_costs: each stage's steps and pixel weight
+    costs: tuple[tuple[int, float], ...] = ()  # stage_costs: each stage's steps and pixel weight
 
 
 class RunFailed(Exception):
@@ -97,6 +97,32 @@ def describe_devices() -> str:
     return f"{devices[0].platform.upper()}: {count}{devices[0].device_kind}"
 
 
+def stage_costs(config: StyleConfig, side: int) -> list[tuple[int, float]]:
+    """(steps, relative cost of a step) of each coarse-to-fine stage: a step costs as its pixels do."""
+    sizes = config.stage_sizes(side)
+    return [(config.stage_steps(i, len(sizes)), (size / sizes[-1]) ** 2) for i, size in enumerate(sizes)]
+
+
+def run_estimate(
+    costs: list[tuple[int, float]], stage: int, within: float, steps_per_second: float | None = None
+) -> tuple[float, float | None]:
+    """(share of the whole run done, seconds left in it) from the stage, the share of it done and its speed.
+
+    Every stage weighs its steps times its pixels, so the last stage, where most of the time
+    goes, fills most of the bar; the time left counts later stages at this stage's speed per
+    pixel (their compilation and an early L-BFGS stop are not foreseen: it is an estimate).
+    """
+    work = [steps * cost for steps, cost in costs]
+    total = sum(work) or 1.0
+    fraction = min(1.0, (sum(work[:stage]) + min(1.0, within) * work[stage]) / total)
+    if steps_per_second is None or not steps_per_second > 0:
+        return fraction, None
+    per_cost = 1.0 / steps_per_second / costs[stage][1]
+    here = max(0.0, costs[stage][0] * (1 - min(1.0, within)))
+    later = sum(steps * cost for steps, cost in costs[stage + 1 :])
+    return fraction, (here * costs[stage][1] + later) * per_cost
+
+
 # --- one run ------------------------------------------------------------------------------
 
 
@@ -114,7 +140,6 @@ def execute(spec: RunSpec, params, emit: Emit, stopped: Stopped) -> None:
 
 def _stylize(spec: RunSpec, params, content, styles, emit: Emit, stopped: Stopped, started: float) -> None:
     from nst_jax.io import png_bytes
-    from nst_jax.jobs import run_estimate
     from nst_jax.transfer import stylize
 
     config = spec.config
@@ -157,7 +182,6 @@ def _stylize(spec: RunSpec, params, content, styles, emit: Emit, stopped: Stoppe
 
 def _sweep(spec: RunSpec, params, content, styles, emit: Emit, stopped: Stopped, started: float) -> None:
     from nst_jax.io import png_bytes
-    from nst_jax.jobs import run_estimate
     from nst_jax.sweeps import SweepResult, failed_members, sweep
 
     config = spec.config

@@ -17,7 +17,7 @@ pytest.importorskip("starlette", reason="the ui extra (starlette, uvicorn) is no
 pytest.importorskip("uvicorn", reason="the ui extra (starlette, uvicorn) is not installed")
 
 from nst_jax import jobs as jobs_module
-from nst_jax import serve, vgg
+from nst_jax import runner, serve, vgg
 
 # Every run at one shape and one set of static settings: the suite compiles the loop once.
 QUICK = {"size": 32, "num_steps": 20, "num_scales": 1}
@@ -407,17 +407,17 @@ def test_the_whole_runs_share_and_time_left_weigh_each_stage_by_its_pixels():
     from nst_jax.config import StyleConfig
 
     config = StyleConfig(num_steps=150, coarse_steps=200, base_size=128, num_scales=3)
-    costs = jobs_module.stage_costs(config, 512)  # 128, 256, 512 px
+    costs = runner.stage_costs(config, 512)  # 128, 256, 512 px
     assert costs == [(200, 1 / 16), (200, 1 / 4), (150, 1.0)]
     total = 200 / 16 + 200 / 4 + 150
-    fraction, eta = jobs_module.run_estimate(costs, 1, 0.5, steps_per_second=2.0)
+    fraction, eta = runner.run_estimate(costs, 1, 0.5, steps_per_second=2.0)
     assert fraction == pytest.approx((200 / 16 + 100 / 4) / total)
     # 100 steps left here at 0.5 s each, then 150 steps at 4x the pixels: 2 s each.
     assert eta == pytest.approx(100 * 0.5 + 150 * 2.0)
-    assert jobs_module.run_estimate(costs, 2, 1.0, steps_per_second=1.0) == (1.0, 0.0)
-    assert jobs_module.run_estimate(costs, 0, 0.0) == (0.0, None)  # no speed yet: compiling
+    assert runner.run_estimate(costs, 2, 1.0, steps_per_second=1.0) == (1.0, 0.0)
+    assert runner.run_estimate(costs, 0, 0.0) == (0.0, None)  # no speed yet: compiling
     ladder = [(120, 0.25), (120, (362 / 512) ** 2), (120, 1.0)]  # the defaults: 256, 362, 512 px
-    assert jobs_module.stage_costs(StyleConfig(num_steps=120), 512) == ladder
+    assert runner.stage_costs(StyleConfig(num_steps=120), 512) == ladder
 
 
 def test_cli_serve_without_the_ui_extra_says_how_to_get_it(capsys, monkeypatch):
