@@ -118,6 +118,11 @@ def _build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("style", nargs="+", help="style image(s); several are blended (--style-blend)")
     stylize.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, ...)")
     _add_bits_argument(stylize)
+    stylize.add_argument(
+        "--keep-profile", action="store_true",
+        help="write the output back in the content's embedded ICC profile (Adobe RGB, a CMYK press: .jpg or .tif), "
+        "8 bits per channel; without one, sRGB as always",
+    )  # fmt: skip
     stylize.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     stylize.add_argument("--resume", metavar="DIR", help="continue from a checkpoint (OUT.ckpt of an earlier run)")
     stylize.add_argument(
@@ -131,8 +136,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     stylize.add_argument(
         "--fine-style", nargs="+", metavar="IMAGE",
-        help="scale control (Gatys et al. 2017): style image(s) of every coarse-to-fine stage after the first; "
-        "STYLE makes the composition and the large strokes, these the finer texture (blended as STYLE is)",
+        help="scale control (Gatys et al. 2017): STYLE makes the composition and the large strokes, these image(s) "
+        "the finer texture: they set --fine-style-layers in every coarse-to-fine stage after the first (blended "
+        "as STYLE is)",
     )  # fmt: skip
     _add_config_arguments(stylize, {})
     _add_device_arguments(stylize)

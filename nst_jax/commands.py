@@ -114,6 +114,7 @@ class Prepared:
     style_masks: list[Any] | None  # per-style masks, or None
     mesh: Any  # --shard-image's mesh, or None
     fine_style: list[Any] | None = None  # --fine-style's images (scale control), or None
+    profile: bytes | None = None  # --keep-profile: the content's ICC profile, the output is written back in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,16 +251,16 @@ def _rescue_folder(name: str) -> Path:
     raise OSError(f"no folder to rescue {name} into")
 
 
-def _save_result(output: Path, image, bits: int | None = None) -> Path | None:
-    """Saves ``image`` to ``output`` (``bits`` per channel, see :func:`nst_jax.io.output_bits`); if that
-    fails now (disk full), to a rescue folder, returning its path."""
+def _save_result(output: Path, image, bits: int | None = None, profile: bytes | None = None) -> Path | None:
+    """Saves ``image`` to ``output`` (``bits`` per channel, see :func:`nst_jax.io.output_bits`; back in
+    ``profile``, --keep-profile's); if that fails now (disk full), to a rescue folder, returning its path."""
     from nst_jax.io import save_image
 
     try:
-        save_image(output, image, bits)
+        save_image(output, image, bits, profile)
         return None
     except OSError as e:
-        rescued = save_image(_rescue_folder(output.stem) / output.name, image, bits)
+        rescued = save_image(_rescue_folder(output.stem) / output.name, image, bits, profile)
         print(f"nst-jax: could not write {output} ({e.strerror or e}); saved the result to {rescued}", file=sys.stderr)
         return rescued
 
@@ -295,6 +296,7 @@ def prepare(args: argparse.Namespace):
     mesh = _image_mesh(args)
     _check_shapes(args, config, mesh)  # from the files' headers: nothing large is decoded or resized before this
     fine_style = None
+    profile: bytes | None = None
     content: typing.Any  # an image; for --dry-run's demo, only its shape (jax.ShapeDtypeStruct)
     style: list[typing.Any] | None
     if args.command == "stylize":
@@ -307,6 +309,11 @@ def prepare(args: argparse.Namespace):
             masks, style_masks = load_masks(args.masks, args.style_masks, content.shape[:2], style)
         elif args.style_masks:
             raise ValueError("--style-masks needs --masks")
+        if args.keep_profile:  # read from the header and checked against the output now, not after the run
+            from nst_jax.io import check_output_profile, embedded_profile
+
+            profile = embedded_profile(args.content, what="content")
+            check_output_profile(output, profile, bits)
         if args.fine_style:
             from nst_jax.transfer import check_fine_style
 
@@ -357,7 +364,19 @@ def prepare(args: argparse.Namespace):
         for side, image in zip(side_outputs, (content, style[0]), strict=True):
             save_image(side, image, bits)
     return Prepared(
-        content, style, init, params, config, output, shape, resume, masks, style_masks, mesh, fine_style=fine_style
+        content,
+        style,
+        init,
+        params,
+        config,
+        output,
+        shape,
+        resume,
+        masks,
+        style_masks,
+        mesh,
+        fine_style=fine_style,
+        profile=profile,
     )
 
 
@@ -447,7 +466,7 @@ def _side_file(output: Path, what: str) -> Path:
 def run(args: argparse.Namespace, prepared: Prepared) -> int:
     """Optimises a prepared picture and writes it: only a finished result replaces the named output."""
     quiet, config, output = args.quiet, prepared.config, prepared.output
-    bits = getattr(args, "bits", None)
+    bits, profile = getattr(args, "bits", None), prepared.profile
     import jax
 
     from nst_jax.checkpoint import CheckpointError
@@ -474,7 +493,7 @@ def run(args: argparse.Namespace, prepared: Prepared) -> int:
             return 130
         # The named output is replaced only by a finished result; the unfinished one goes beside it.
         side = _side_file(output, "interrupted")
-        _save_result(side, e.result.image, bits)
+        _save_result(side, e.result.image, bits, profile)
         where = f" and a checkpoint to {e.checkpoint} (continue with --resume {e.checkpoint})" if e.checkpoint else ""
         print(
             f"\nnst-jax: interrupted at step {e.result.num_steps}; saved the image so far to {side}{where}; "
@@ -491,14 +510,14 @@ def run(args: argparse.Namespace, prepared: Prepared) -> int:
             print("nst-jax: the loss was not finite at the first step; nothing written", file=sys.stderr)
             return 1
         side = _side_file(output, "failed")
-        _save_result(side, result.image, bits)
+        _save_result(side, result.image, bits, profile)
         print(
             f"nst-jax: the loss became non-finite after step {result.num_steps}; saved the last finite image "
             f"to {side}; {output} was not written",
             file=sys.stderr,
         )
         return 1
-    if _save_result(output, result.image, bits) is not None:
+    if _save_result(output, result.image, bits, profile) is not None:
         return 1
     if not quiet:
         print(

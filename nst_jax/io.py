@@ -229,6 +229,63 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
     return np.asarray(img, np.float32) / 255.0
 
 
+def _read_profile(profile, where: str):
+    """An embedded ICC profile, parsed by LittleCMS after its size is checked against :data:`MAX_PROFILE_BYTES`."""
+    from PIL import ImageCms
+
+    if not isinstance(profile, bytes) or len(profile) > MAX_PROFILE_BYTES:
+        size = len(profile) if isinstance(profile, bytes) else type(profile).__name__
+        raise ValueError(f"{where} embeds an ICC profile of {size} bytes; nst-jax reads up to {MAX_PROFILE_BYTES}")
+    try:
+        return ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
+        raise ValueError(f"{where} embeds an ICC profile that cannot be read ({e})") from None
+
+
+def embedded_profile(path: str | os.PathLike, what: str = "image") -> bytes | None:
+    """The ICC profile embedded in an image file (None: none, so sRGB), checked as :func:`load_image`
+    checks it (size, readable by LittleCMS), from the file's header: nothing is decoded.
+
+    Raises:
+      FileNotFoundError, IsADirectoryError, ValueError: as :func:`load_image`.
+    """
+    with _open(Path(path), what) as opened:
+        profile = opened.info.get("icc_profile")
+    if not profile:
+        return None
+    _read_profile(profile, f"`{what}`: {str(path)!r}")
+    return profile
+
+
+# The Pillow mode an output is written in for each colour space a kept profile may have, and
+# the formats that hold that mode.
+_PROFILE_MODES = {"RGB": ("RGB", ("PNG", "JPEG", "WEBP", "TIFF")), "CMYK": ("CMYK", ("JPEG", "TIFF")),
+                  "GRAY": ("L", ("PNG", "JPEG", "WEBP", "TIFF"))}  # fmt: skip
+
+
+def check_output_profile(path: str | os.PathLike, profile: bytes | None, bits: int | None = None) -> str | None:
+    """The Pillow mode ``path`` will be written in, back in ``profile`` (None: no profile given), or
+    a ValueError now, before the run: a profile of another colour space than RGB, CMYK or grey,
+    one the format cannot hold (CMYK in a PNG), or 16 bits per channel asked for (a kept profile
+    is written at 8 bits, a .tif too: Pillow's LittleCMS converts 8-bit images)."""
+    if profile is None:
+        return None
+    where = f"the output {str(path)!r}"
+    space = _read_profile(profile, "the kept profile").profile.xcolor_space.strip()
+    if space not in _PROFILE_MODES:
+        raise ValueError(f"`keep_profile`: the content's profile is for {space}; nst-jax writes RGB, CMYK or grey")
+    mode, formats = _PROFILE_MODES[space]
+    fmt = output_format(path)
+    if fmt not in formats:
+        raise ValueError(
+            f"`keep_profile`: {where} is {fmt}, which cannot hold the content's {space} pixels; "
+            f"use {' or '.join('.' + f.lower().replace('jpeg', 'jpg').replace('tiff', 'tif') for f in formats)}"
+        )
+    if bits is not None and bits != 8:
+        raise ValueError(f"`keep_profile` writes 8 bits per channel (LittleCMS converts 8-bit images here), not {bits}")
+    return mode
+
+
 def _to_srgb(img: Image.Image, profile: bytes, where: str) -> Image.Image:
     """``img`` converted from its embedded ICC ``profile`` to sRGB (LittleCMS, relative colorimetric).
 
@@ -238,13 +295,7 @@ def _to_srgb(img: Image.Image, profile: bytes, where: str) -> Image.Image:
     """
     from PIL import ImageCms
 
-    if not isinstance(profile, bytes) or len(profile) > MAX_PROFILE_BYTES:
-        size = len(profile) if isinstance(profile, bytes) else type(profile).__name__
-        raise ValueError(f"{where} embeds an ICC profile of {size} bytes; nst-jax reads up to {MAX_PROFILE_BYTES}")
-    try:
-        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
-    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
-        raise ValueError(f"{where} embeds an ICC profile that cannot be read ({e})") from None
+    source = _read_profile(profile, where)
     if img.mode not in ("RGB", "CMYK", "L", "LAB"):  # after alpha was composited: what LittleCMS converts
         img = img.convert("RGB")  # palette and the like: their colours are the profile's RGB
     try:
@@ -318,7 +369,9 @@ def png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
-def save_image(path: str | os.PathLike, image: ArrayLike, bits: int | None = None) -> Path:
+def save_image(
+    path: str | os.PathLike, image: ArrayLike, bits: int | None = None, profile: bytes | None = None
+) -> Path:
     """Writes a ``[h, w, 3]`` image in [0, 1] atomically (temporary file, then rename).
 
     The format follows the extension (:func:`output_format`); no partial file is
@@ -326,13 +379,27 @@ def save_image(path: str | os.PathLike, image: ArrayLike, bits: int | None = Non
     far outside [0, 1] (a 0-255 image) are refused (:func:`nst_jax.checks.check_image`).
     ``bits``: per channel (:func:`output_bits`; default 16 for .tif/.tiff, 8 otherwise). At 16
     the float image is written with no 8-bit step, in sRGB with the profile embedded
-    (:mod:`nst_jax.bits16`).
+    (:mod:`nst_jax.bits16`). ``profile``: an ICC profile (the content's, ``--keep-profile``) to
+    write the image back in, converted from sRGB by LittleCMS (relative colorimetric) and
+    embedded; 8 bits only, and checked first by :func:`check_output_profile`.
     """
     from nst_jax.checks import check_image
 
     path = Path(path)
     fmt = output_format(path)
     check_image(image, "image")
+    mode = check_output_profile(path, profile, bits)
+    if mode is not None:
+        from PIL import ImageCms
+
+        srgb = Image.fromarray(to_uint8(image), "RGB")
+        intent = ImageCms.Intent.RELATIVE_COLORIMETRIC
+        back = ImageCms.profileToProfile(
+            srgb, _srgb_profile(), _read_profile(profile, "the kept profile"), renderingIntent=intent, outputMode=mode
+        )
+        assert back is not None  # None only with inPlace=True
+        kept: dict = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+        return _write_atomically(path, lambda f: back.save(f, format=fmt, icc_profile=profile, **kept))
     if output_bits(path, bits) == 16:
         data = _SIXTEEN_BIT[fmt](image)
         return _write_atomically(path, lambda f: f.write(data))

@@ -105,3 +105,59 @@ def test_outputs_embed_the_srgb_profile(tmp_path):
     for name in ("out.png", "out.jpg", "out.webp", "out.tif"):
         with Image.open(save_image(tmp_path / name, PATCHES / 255)) as img:
             assert img.info["icc_profile"] == bits16.srgb_profile(), name
+
+
+def test_keep_profile_writes_the_picture_back_in_the_contents_profile(tmp_path):
+    """--keep-profile: sRGB -> the content's profile by LittleCMS, the profile embedded; loads back as it was."""
+    image = np.repeat(np.repeat(PATCHES, 8, 0), 8, 1) / 255
+    for name in ("kept.png", "kept.jpg", "kept.tif"):
+        path = save_image(tmp_path / name, image, profile=ADOBE_RGB)
+        with Image.open(path) as written:
+            assert written.info["icc_profile"] == ADOBE_RGB and written.mode == "RGB", name
+            raw = np.asarray(written)[4::8, 4::8]
+        assert np.abs(raw / 255 - PATCHES / 255).max() > 20 / 255, name  # Adobe RGB's numbers, not sRGB's
+        if name != "kept.jpg":  # lossless: only the two 8-bit conversions round (a JPEG's chroma loses more)
+            back = load_image(path)[4::8, 4::8]  # converted to sRGB again on reading
+            assert np.abs(back - PATCHES / 255).max() <= 2 / 255 + 1e-6, name
+
+
+def test_keep_profile_is_refused_before_the_run_where_it_cannot_be_written(tmp_path, capsys):
+    from conftest import one_line_error
+
+    from nst_jax.io import check_output_profile
+
+    cmyk = ADOBE_RGB[:16] + b"CMYK" + ADOBE_RGB[20:]  # a header that says CMYK: what the checks read
+    assert check_output_profile(tmp_path / "o.jpg", cmyk) == "CMYK"
+    assert check_output_profile(tmp_path / "o.png", None) is None  # no profile: sRGB, as without --keep-profile
+    cannot = (
+        r"`keep_profile`: the output .*o\.png' is PNG, which cannot hold the content's CMYK pixels; use \.jpg or \.tif"
+    )
+    with pytest.raises(ValueError, match=cannot):
+        check_output_profile(tmp_path / "o.png", cmyk)
+    with pytest.raises(ValueError, match=r"`keep_profile` writes 8 bits per channel .*, not 16"):
+        check_output_profile(tmp_path / "o.tif", ADOBE_RGB, 16)
+    assert check_output_profile(tmp_path / "o.tif", ADOBE_RGB) == "RGB"  # a .tif with a kept profile: 8 bits
+    content = tmp_path / "adobe.png"
+    Image.fromarray(np.repeat(np.repeat(PATCHES, 8, 0), 8, 1)).save(content, icc_profile=ADOBE_RGB)
+    style = save_image(tmp_path / "style.png", np.random.default_rng(0).random((24, 24, 3)))
+    (tmp_path / "out").mkdir()
+    argv = ["stylize", str(content), str(style), "--keep-profile", "--size", "24", "--steps", "1"]
+    one_line_error(capsys, [*argv, "--bits", "16", "-o", str(tmp_path / "out" / "x.tif")], "writes 8 bits per channel")
+    assert not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.slow
+def test_keep_profile_on_the_command_line(tmp_path):
+    from nst_jax import cli
+
+    content = tmp_path / "adobe.png"
+    Image.fromarray(np.repeat(np.repeat(PATCHES, 8, 0), 8, 1)).save(content, icc_profile=ADOBE_RGB)
+    style = save_image(tmp_path / "style.png", np.random.default_rng(0).random((24, 24, 3)))
+    argv = ["stylize", str(content), str(style), "--keep-profile", "--size", "24", "--steps", "2", "-q"]
+    assert cli.main([*argv, "--num-scales", "1", "-o", str(tmp_path / "out.tif")]) == 0
+    with Image.open(tmp_path / "out.tif") as written:
+        assert written.info["icc_profile"] == ADOBE_RGB and written.mode == "RGB"
+    plain = save_image(tmp_path / "plain.png", np.repeat(np.repeat(PATCHES, 8, 0), 8, 1) / 255)
+    assert cli.main(["stylize", str(plain), *argv[2:], "--num-scales", "1", "-o", str(tmp_path / "plain.jpg")]) == 0
+    with Image.open(tmp_path / "plain.jpg") as written:  # an sRGB content: sRGB out, as always
+        assert written.info["icc_profile"] == bits16.srgb_profile()
