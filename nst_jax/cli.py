@@ -201,6 +201,11 @@ def _build_parser() -> argparse.ArgumentParser:
             "layer_weights (vectors joined by ':')"
         ),
     )
+    sweep.add_argument(
+        "--fine-style", metavar="IMAGE",
+        help="scale control, as stylize's: this image sets --fine-style-layers in the stages after the first, "
+        "for every member",
+    )  # fmt: skip
     sweep.add_argument("--zip", action="store_true", help="pair the axes' values (equal lengths) instead of crossing")
     sweep.add_argument("--batch-size", type=int, default=None, help="members per compiled batch (default: what fits)")
     sweep.add_argument("--extension", default=".png", help="image format of the members (default: .png)")

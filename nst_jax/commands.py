@@ -127,6 +127,7 @@ class PreparedSweep:
     params: Any  # the feature network's parameters
     config: StyleConfig  # every setting the members share
     output: Path  # the output folder
+    fine_style: Any = None  # --fine-style's image (scale control, every member's), or None
 
 
 def prepare_sweep(args: argparse.Namespace):
@@ -156,12 +157,18 @@ def prepare_sweep(args: argparse.Namespace):
     check_axes(config, axes, product=not args.zip)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    fine_style = None
+    if args.fine_style:
+        from nst_jax.transfer import check_fine_style
+
+        fine_style = load_image(args.fine_style, config.size, what="fine-style")
+        check_fine_style(config, content.shape[:2], [fine_style], styles[0], None)
     params, _ = load_params(config.weights)
     style = styles[0] if len(styles) == 1 else None
     if args.dry_run:
         print(json.dumps(_sweep_plan(content, style, axes, params, config, args)))
         return None
-    return PreparedSweep(content, style, axes, params, config, Path(args.output))
+    return PreparedSweep(content, style, axes, params, config, Path(args.output), fine_style)
 
 
 def _sweep_plan(content, style, axes, params, config: StyleConfig, args: argparse.Namespace) -> dict:
@@ -202,7 +209,7 @@ def run_sweep(args: argparse.Namespace, prepared: PreparedSweep) -> int:
     try:
         result = sweep(
             prepared.content, prepared.style, config, prepared.axes, params=prepared.params, product=not args.zip,
-            batch_size=args.batch_size, callback=SweepLineProgress(args.quiet),
+            batch_size=args.batch_size, callback=SweepLineProgress(args.quiet), fine_style=prepared.fine_style,
         )  # fmt: skip
     except MemoryLimitError as e:
         print(f"nst-jax: error: {e}", file=sys.stderr)

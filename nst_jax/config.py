@@ -152,6 +152,18 @@ class StyleConfig:
         (),
         "coarse-to-fine long sides, e.g. 256,512,1024: optimise at each, upsample, continue (the last is the output)",
     )
+    # Departure: scale control (Gatys et al., CVPR 2017). Their code restyles the later
+    # coarse-to-fine stages with the fine style alone, every layer; measured at 362 px
+    # (Tübingen, Starry Night coarse, The Scream fine: docs/beyond.md) that repaints the deep
+    # statistics too (relu4_1 0.72 from Starry Night, 0.25 from The Scream). Here only these
+    # layers take the fine style's statistics from the second stage on, the rest keep the
+    # style's: relu3_1..relu5_1 then end 0.26 / 0.32 / 0.39 from Starry Night, relu1_1 and
+    # relu2_1 0.35 / 0.27 from The Scream (with relu3_1 fine too, relu4_1 0.40 from Starry Night).
+    fine_style_layers: tuple[str, ...] = _f(
+        ("relu1_1", "relu2_1"),
+        "scale control: the style layers the fine style sets in the stages after the first (the rest keep the "
+        "style's); every style layer gives the authors' form",
+    )
     # Departure: the paper optimises at the output's size only. Coarse to fine by default
     # (docs/loss.md): every picture is composed at base_size, where an
     # evaluation is cheap, and refined up to the output's size in stages at most sqrt(2)
@@ -243,6 +255,13 @@ class StyleConfig:
             for name in ("content_layers", "style_layers"):
                 value = getattr(self, name)
                 object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        fine = self.fine_style_layers
+        fine = (fine,) if isinstance(fine, str) else tuple(fine)
+        if self.network == "vgg":
+            fine = check_layers("fine_style_layers", fine)
+        if not fine:  # that they are style layers is checked with a fine style (transfer.check_fine_style)
+            raise ValueError("`fine_style_layers` is empty; give one or more style layers")
+        object.__setattr__(self, "fine_style_layers", fine)
         for layer in self.style_layers if self.network == "vgg" else ():
             if layer.startswith("pool"):
                 raise ValueError(f"`style_layers` has pooling layer {layer!r}; use conv* or relu* layers")

@@ -50,7 +50,8 @@ KINDS = ("stylize", "sweep")
 COMMON_FIELDS = ("size", "num_steps", "style_weight", "preserve_colour", "style_scale", "padding", "init", "seed")
 # Settings the page may not set: they name files on the server's disk (the weights are the
 # server's --weights; init takes a name, never a path) or write beside an output it does not have.
-SERVER_ONLY_FIELDS = ("weights", "save_every", "checkpoint_every", "network")
+# The scale control's layers too: the page has no fine style to give them (CLI and library only).
+SERVER_ONLY_FIELDS = ("weights", "save_every", "checkpoint_every", "network", "fine_style_layers")
 # Values a sweep may have on the page (each value is a whole run at the batch's size).
 MAX_SWEEP_MEMBERS = 8
 THUMBNAIL_SIDE = 192
@@ -112,6 +113,7 @@ class Job:
     styles: list[Upload]
     axis: str | None = None  # sweep: the swept setting ("style": the uploaded styles)
     values: list = dataclasses.field(default_factory=list)  # sweep: its values
+    fine_style: Upload | None = None  # scale control: the fine style (every stage after the first)
     state: str = "queued"
     created: float = dataclasses.field(default_factory=time.time)
     started: float | None = None
@@ -145,6 +147,7 @@ class Job:
             "has_result": self.result is not None,
             "content": self.content.id,
             "styles": [s.id for s in self.styles],
+            "fine_style": None if self.fine_style is None else self.fine_style.id,
             "settings": changed_settings(self.config),
             "axis": self.axis,
             "labels": self.labels,
@@ -205,7 +208,9 @@ def config_from_settings(settings: Any, limits: Limits) -> StyleConfig:
     values = {}
     for name, value in settings.items():
         if name in SERVER_ONLY_FIELDS:
-            raise JobError(f"`{name}` cannot be set from the page (the server's command line sets it)")
+            cli_only = name == "fine_style_layers"
+            why = "scale control is in the CLI and the library" if cli_only else "the server's command line sets it"
+            raise JobError(f"`{name}` cannot be set from the page ({why})")
         if name not in known:
             valid = ", ".join(n for n in known if n not in SERVER_ONLY_FIELDS)
             raise JobError(f"unknown setting {str(name)[:40]!r}; valid settings are {valid}")
@@ -463,12 +468,13 @@ class Jobs:
             app_settings.check_shapes(config, final, loaded_styles, True, source=content.shape)
         except ValueError as e:
             raise JobError(str(e)) from None
+        fine_style = self._fine_style(session, request.get("fine_style"), config, final, len(styles))
         axis: str | None = None
         values: list = []
         labels: list[str] = []
         if kind == "sweep":
             axis, values, labels = self._sweep_axis(request.get("vary"), config, styles)
-        job = Job(new_id(), session, kind, config, content, styles, axis, values, labels=labels)
+        job = Job(new_id(), session, kind, config, content, styles, axis, values, fine_style, labels=labels)
         job.member_previews = [None] * len(labels)
         with self._lock:
             if self._closed:
@@ -481,6 +487,24 @@ class Jobs:
             self.version += 1
             self._lock.notify_all()
         return job
+
+    def _fine_style(self, session: str, fine_id, config: StyleConfig, final, num_styles: int) -> Upload | None:
+        """Scale control's fine style (an upload id, or None), checked as stylize checks it."""
+        if fine_id is None:
+            return None
+        if not isinstance(fine_id, str):
+            raise JobError("`fine_style` must be the id of an uploaded image")
+        fine = self.upload(session, fine_id)
+        from nst_jax.image import fit_long_side
+        from nst_jax.transfer import check_fine_style
+
+        pixel = np.zeros((1, 1, 3), np.float32)  # the images' values are checked when the run loads them
+        try:  # one fine style for every style, blended as they are (runner._stylize)
+            check_fine_style(config, final, [pixel] * num_styles, pixel, None)
+            app_settings.check_shapes(config, final, [fit_long_side(fine.shape, config.size)], True)
+        except ValueError as e:
+            raise JobError(str(e)) from None
+        return fine
 
     def _sweep_axis(self, vary, config: StyleConfig, styles: list[Upload]) -> tuple[str, list, list[str]]:
         from nst_jax.sweeps import parse_axis, value_label
@@ -589,6 +613,7 @@ class Jobs:
         return RunSpec(
             job.kind, job.config, job.content.path, tuple(s.path for s in job.styles), job.axis,
             tuple(job.values), tuple(job.labels), tuple(stage_costs(job.config, side)),
+            None if job.fine_style is None else job.fine_style.path,
         )  # fmt: skip
 
     def _apply(self, job: Job, message: tuple) -> None:

@@ -65,6 +65,7 @@ class RunSpec:
     values: tuple = ()  # sweep: its values
     labels: tuple[str, ...] = ()  # sweep: one per member
     costs: tuple[tuple[int, float], ...] = ()  # stage_costs: each stage's steps and pixel weight
+    fine_style: Path | None = None  # scale control: the fine style's stored upload
 
 
 class RunFailed(Exception):
@@ -133,12 +134,13 @@ def execute(spec: RunSpec, params, emit: Emit, stopped: Stopped) -> None:
     started = time.time()
     content = load_image(spec.content, spec.config.size, what="content")
     styles = [load_image(s, spec.config.size, what="style") for s in spec.styles]
+    fine = None if spec.fine_style is None else load_image(spec.fine_style, spec.config.size, what="fine_style")
     if spec.kind == "sweep":
-        return _sweep(spec, params, content, styles, emit, stopped, started)
-    return _stylize(spec, params, content, styles, emit, stopped, started)
+        return _sweep(spec, params, content, styles, fine, emit, stopped, started)
+    return _stylize(spec, params, content, styles, fine, emit, stopped, started)
 
 
-def _stylize(spec: RunSpec, params, content, styles, emit: Emit, stopped: Stopped, started: float) -> None:
+def _stylize(spec: RunSpec, params, content, styles, fine, emit: Emit, stopped: Stopped, started: float) -> None:
     from nst_jax.io import png_bytes
     from nst_jax.transfer import stylize
 
@@ -164,7 +166,8 @@ def _stylize(spec: RunSpec, params, content, styles, emit: Emit, stopped: Stoppe
         emit(("update", {"preview": png_bytes(progress.image)}, report))
         return stopped()
 
-    result = stylize(content, styles, config, params=params, init=config.init, callback=callback)
+    fine_style = None if fine is None else [fine] * len(styles)  # blended as the styles are
+    result = stylize(content, styles, config, params=params, init=config.init, callback=callback, fine_style=fine_style)
     summary = {"steps": result.num_steps, "evaluations": result.num_evals, "loss": result.loss}
     summary["seconds"] = round(time.time() - started, 1)
     images: dict[str, Any] = {"preview": png_bytes(result.image)}
@@ -180,7 +183,7 @@ def _stylize(spec: RunSpec, params, content, styles, emit: Emit, stopped: Stoppe
     emit(("finish", "done", None, summary, {**images, "result": "preview"}))
 
 
-def _sweep(spec: RunSpec, params, content, styles, emit: Emit, stopped: Stopped, started: float) -> None:
+def _sweep(spec: RunSpec, params, content, styles, fine, emit: Emit, stopped: Stopped, started: float) -> None:
     from nst_jax.io import png_bytes
     from nst_jax.sweeps import SweepResult, failed_members, sweep
 
@@ -215,7 +218,7 @@ def _sweep(spec: RunSpec, params, content, styles, emit: Emit, stopped: Stopped,
         emit(("update", {"members": members}, report))
         return stopped()
 
-    result = sweep(content, style, config, axes, params=params, callback=callback)
+    result = sweep(content, style, config, axes, params=params, callback=callback, fine_style=fine)
     assert isinstance(result, SweepResult)  # not a dry run
     summary = {"seconds": round(time.time() - started, 1), "evaluations": int(result.iterations)}
     images: dict[str, Any] = {"members": [png_bytes(image) for image in result.images]}

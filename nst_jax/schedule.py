@@ -32,7 +32,7 @@ class Inputs(NamedTuple):
     init: Any = None  # where the first stage starts: a name or an image (a sweep's: one per member); None: the config's
     masks: Any = None  # [R, h, w] output regions for spatial control, at ``shape``
     style_masks: Sequence[Any] | None = None  # per-style masks (None entries allowed), each at its style's size
-    fine_styles: Sequence[Any] | None = None  # scale control: every later stage's styles (None: ``styles``)
+    fine_styles: Sequence[Any] | None = None  # scale control: the later stages' styles of the fine layers (None: none)
 
 
 class Stage(NamedTuple):
@@ -77,23 +77,28 @@ def scaled(image, ratio: float):
 
 
 def at_stage(inputs: Inputs, stage: Stage) -> Inputs:
-    """The inputs as ``stage`` sees them: the content and the masks at its shape, the styles (a later
-    stage's: ``fine_styles`` where given) and their masks scaled by its ratio. The init is left as it
-    is (the caller starts a later stage from the previous one's result)."""
+    """The inputs as ``stage`` sees them: the content and the masks at its shape, the styles (and a
+    later stage's ``fine_styles``; the first stage's are None) and their masks scaled by its ratio.
+    The init is left as it is (the caller starts a later stage from the previous one's result)."""
     content, styles, masks, style_masks = inputs.content, inputs.styles, inputs.masks, inputs.style_masks
-    if stage.number > 0 and inputs.fine_styles is not None:  # scale control: the first stage's composition, restyled
-        styles = inputs.fine_styles
+    # Scale control: the first stage composes with the styles alone; the later ones also see the
+    # fine styles, which set the layers in config.fine_style_layers (transfer._setup).
+    fine = None if stage.number == 0 or inputs.fine_styles is None else inputs.fine_styles
     if content is not None:
         content = resize(content, stage.shape)
     if styles is not None:
         styles = [None if s is None else scaled(s, stage.ratio) for s in styles]
+    if fine is not None:
+        fine = [scaled(s, stage.ratio) for s in fine]
     if masks is not None:
         masks = jnp.stack([resize(m[..., None], stage.shape)[..., 0] for m in jnp.asarray(masks, jnp.float32)])
     if style_masks is not None:
         style_masks = [
             None if m is None else scaled(jnp.asarray(m)[..., None], stage.ratio)[..., 0] for m in style_masks
         ]
-    return inputs._replace(content=content, styles=styles, shape=stage.shape, masks=masks, style_masks=style_masks)
+    return inputs._replace(
+        content=content, styles=styles, shape=stage.shape, masks=masks, style_masks=style_masks, fine_styles=fine
+    )
 
 
 class StageCallback:

@@ -372,6 +372,7 @@ def sweep(
     init: jax.Array | None = None,
     progress: bool = False,
     network: FeatureNetwork | None = None,
+    fine_style: jax.Array | None = None,
     dry_run: Literal[False] = False,
 ) -> SweepResult: ...
 
@@ -393,6 +394,7 @@ def sweep(
     init: jax.Array | None = None,
     progress: bool = False,
     network: FeatureNetwork | None = None,
+    fine_style: jax.Array | None = None,
     dry_run: Literal[True],
 ) -> SweepPlan: ...
 
@@ -414,6 +416,7 @@ def sweep(
     init: jax.Array | None = None,
     progress: bool = False,
     network: FeatureNetwork | None = None,
+    fine_style: jax.Array | None = None,
     dry_run: bool = False,
 ) -> SweepResult | SweepPlan: ...
 
@@ -434,6 +437,7 @@ def sweep(
     init: jax.Array | None = None,
     progress: bool = False,
     network: FeatureNetwork | None = None,
+    fine_style: jax.Array | None = None,
     dry_run: bool = False,
 ) -> SweepResult | SweepPlan:
     """Optimises one image per combination of the swept settings, B at a time in one compiled program.
@@ -461,6 +465,9 @@ def sweep(
       progress: draw a progress bar per batch (tqdm's ``auto``; see :mod:`nst_jax.progress`).
       network: any feature network (:func:`nst_jax.network.from_flax`) with ``config.network ==
         "custom"`` and its parameters as ``params``; ``None``: VGG.
+      fine_style: scale control, as :func:`~nst_jax.transfer.stylize`'s: an image whose statistics
+        set ``config.fine_style_layers`` in every coarse-to-fine stage after the first, for every
+        member (the first stage composes with each member's style).
       dry_run: return the :class:`SweepPlan` of the output's size (the batch that fits and its
         memory per device, from the compiled program) instead of optimising.
 
@@ -475,7 +482,7 @@ def sweep(
     return _sweep(
         content, style, config, axes, params=params, product=product, batch_size=batch_size, devices=devices,
         shape=shape, callback=callback, memory_fraction=memory_fraction, init=init, progress=progress,
-        network=network, dry_run=dry_run,
+        network=network, fine_style=fine_style, dry_run=dry_run,
     )  # fmt: skip
 
 
@@ -495,11 +502,14 @@ def _sweep(
     init: jax.Array | None = None,
     progress: bool = False,
     network: FeatureNetwork | None = None,
+    fine_style: jax.Array | None = None,
     dry_run: bool = False,
     anchor: jax.Array | None = None,
+    stage_fine_style: jax.Array | None = None,
 ) -> SweepResult | SweepPlan:
     """:func:`sweep`; ``anchor``: ``[B, h', w', 3]`` thumbnails (:func:`~nst_jax.objective.anchor_thumbnail`)
-    of each member's first coarse-to-fine stage, whose composition this stage keeps."""
+    of each member's first coarse-to-fine stage, whose composition this stage keeps; ``stage_fine_style``:
+    a later stage's fine style, scaled to it (``fine_style`` is the caller's, checked and staged)."""
     if progress:
         from nst_jax.progress import ProgressBar
 
@@ -507,8 +517,8 @@ def _sweep(
         try:
             return _sweep(
                 content, style, config, axes, params=params, product=product, batch_size=batch_size, devices=devices,
-                shape=shape, callback=bar, memory_fraction=memory_fraction, init=init, network=network, dry_run=dry_run,
-                anchor=anchor,
+                shape=shape, callback=bar, memory_fraction=memory_fraction, init=init, network=network,
+                fine_style=fine_style, dry_run=dry_run, anchor=anchor, stage_fine_style=stage_fine_style,
             )  # fmt: skip
         finally:
             bar.close()
@@ -541,15 +551,22 @@ def _sweep(
 
     for member_config, member_styles in zip(configs, styles or [style] * len(configs), strict=True):
         check_sizes(member_config, final, [jnp.shape(member_styles)[:2]], content is not None, network=network)
+    if fine_style is not None:
+        from nst_jax.transfer import check_fine_style
+
+        check_fine_style(config, final, [fine_style], style if styles is None else styles[0], None)
     staged = schedule.is_staged(config, final)
-    if dry_run and staged:  # the last stage is the largest program
+    if dry_run and staged:  # the last stage is the largest program (the fine style only changes its targets)
         return sweep(
             content, style, config.replace(scales=(), num_scales=1, size=max(final)), axes, params=params,
             product=product, batch_size=batch_size, devices=devices, shape=shape, memory_fraction=memory_fraction,
             init=init, network=network, dry_run=True,
         )  # fmt: skip
     if staged:
-        inputs = schedule.Inputs(content, None if style is None else [style], (int(final[0]), int(final[1])), init)
+        fine = None if fine_style is None else [fine_style]
+        inputs = schedule.Inputs(
+            content, None if style is None else [style], (int(final[0]), int(final[1])), init, fine_styles=fine
+        )
         return _coarse_to_fine(
             inputs, config, axes,
             dict(params=params, product=product, batch_size=batch_size, devices=devices, callback=callback,
@@ -571,6 +588,15 @@ def _sweep(
         style_targets = jax.tree.map(lambda *t: jnp.stack(t), *targets)
     else:
         style_targets = base.style_targets
+    if stage_fine_style is not None:  # scale control: the fine layers take the fine style's statistics
+        fine_image: Any = stage_fine_style
+        if content is not None:
+            fine_image = prepare_styles(fine_image, jnp.shape(content)[:2], config, content=content)[0]
+        fine_targets = make_objective(params, None, fine_image, shared, network=network).style_targets
+        style_targets = dict(style_targets)
+        for layer in config.fine_style_layers:  # the same for every member
+            target = fine_targets[layer]
+            style_targets[layer] = jnp.broadcast_to(target, (len(configs), *target.shape)) if style_batched else target
     column = lambda values: jnp.asarray(values, jnp.float32)
     weights_size = max(final) if base.content_targets else None  # as make_objective's: textures at 512 px
     objectives = base.replace(
@@ -680,6 +706,7 @@ def _coarse_to_fine(inputs: schedule.Inputs, config: StyleConfig, axes, options)
             shape=stage.shape,
             init=init_images,
             anchor=anchor,
+            stage_fine_style=None if stage_inputs.fine_styles is None else stage_inputs.fine_styles[0],
             **stage_options,
         )
         assert isinstance(stage_result, SweepResult)  # not a dry run

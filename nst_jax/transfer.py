@@ -125,10 +125,11 @@ def stylize(
         (:func:`nst_jax.optim.image_mesh`), for images larger than one device holds; the
         output's row count must divide by the number of devices (coarser stages that do not
         divide run on one device). ``None``: one device.
-      fine_style: scale control (Gatys et al., CVPR 2017): the style image(s) of every
-        coarse-to-fine stage after the first, which keeps the first stage's composition
-        (``config.anchor_weight``) and its large strokes, made with ``style``, and restyles
-        the finer detail: one painting's brush strokes filled with another's texture. Mixed by
+      fine_style: scale control (Gatys et al., CVPR 2017): style image(s) whose statistics
+        set ``config.fine_style_layers`` (the shallow ones by default) in every coarse-to-fine
+        stage after the first. The first stage composes with ``style`` alone, and the later
+        ones keep its composition (``config.anchor_weight``) and its deep layers' statistics:
+        one painting's large brush strokes filled with another's texture. Mixed by
         ``config.style_blend`` as ``style`` is. Needs stages (:func:`check_fine_style`).
 
     Returns:
@@ -272,7 +273,8 @@ def check_fine_style(config: StyleConfig, final: tuple[int, ...], fine_styles, s
 
     Raises:
       ValueError: a run of one stage (nothing after the first to restyle), no ``style``, spatial
-        control, a ``None`` entry, or another count of images than ``config.style_blend`` weighs.
+        control, a ``None`` entry, another count of images than ``config.style_blend`` weighs, or
+        ``config.fine_style_layers`` that are not among the style layers.
     """
     if fine_styles is None:
         return
@@ -292,6 +294,11 @@ def check_fine_style(config: StyleConfig, final: tuple[int, ...], fine_styles, s
         raise ValueError(
             f"`style_blend` has {len(config.style_blend)} weights, which mix `style` and `fine_style` alike, "
             f"but `fine_style` has {len(fine_styles)} images"
+        )
+    if not set(config.fine_style_layers) <= set(config.style_layers):
+        raise ValueError(
+            f"`fine_style_layers` ({', '.join(config.fine_style_layers)}) must be among the style layers "
+            f"({', '.join(config.style_layers)})"
         )
 
 
@@ -333,6 +340,13 @@ def _setup(inputs: schedule.Inputs, config: StyleConfig, params, network=None):
         params, None if content is None else network_content, styles or None, config,
         masks=inputs.masks, style_masks=inputs.style_masks, network=network,
     )  # fmt: skip
+    if inputs.fine_styles is not None:  # scale control: the fine layers take the fine styles' statistics
+        fine_styles = prepare_styles(
+            inputs.fine_styles, reference.shape[:2], config, content=None if content is None else reference
+        )
+        fine = make_objective(params, None, fine_styles, config, network=network).style_targets
+        chosen = {layer: fine[layer] for layer in config.fine_style_layers}
+        objective = objective.replace(style_targets={**objective.style_targets, **chosen})
     return objective, image, reference
 
 

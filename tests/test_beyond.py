@@ -441,12 +441,14 @@ def test_cli_masks(tmp_path, capsys, real_params):
 
 
 def test_scale_control_restyles_the_stages_after_the_first(small_network):
-    """Gatys et al. 2017's scale control: the first stage made with `style`, every later one with `fine_style`."""
+    """Gatys et al. 2017's scale control: the first stage made with `style`; in the later ones the
+    fine style sets `fine_style_layers` and `style` the others."""
     _, network, params = small_network
     content, coarse = samples.village(32, 48), samples.swirls(32, 48)
     fine = np.ascontiguousarray(samples.swirls(48, 32).transpose(1, 0, 2)[:, ::-1])  # another texture
     config = SMALL_NETWORK_CONFIG.replace(scales=(24, 48), coarse_steps=4, num_steps=6, chunk_size=2)
-    run = lambda **kw: stylize(content, coarse, config, params=params, network=network, **kw)
+    split = config.replace(fine_style_layers=("c1",))  # c1 from the fine style, c2 from `style`
+    run = lambda config=split, **kw: stylize(content, coarse, config, params=params, network=network, **kw)
     plain, same = run(), run(fine_style=coarse)
     np.testing.assert_array_equal(same.image, plain.image)  # fine_style = style: the run as without it
     seen = []
@@ -457,10 +459,13 @@ def test_scale_control_restyles_the_stages_after_the_first(small_network):
     assert first().shape == (16, 24, 3)
     np.testing.assert_array_equal(first(fine_style=fine), first())
     assert not np.allclose(scaled.image, plain.image)
+    every = run(config.replace(fine_style_layers=("c1", "c2")), fine_style=fine)  # the authors' form
     final = (content.shape[0], content.shape[1])
-    grams = lambda image: gram(network.features(params, jnp.asarray(image), ("c1",))["c1"])
-    gap = lambda image, target: float(jnp.linalg.norm(grams(image) - grams(resize(target, final))))
-    assert gap(scaled.image, fine) < gap(plain.image, fine)  # its fine texture moved towards the fine style
+    grams = lambda image, layer: gram(network.features(params, jnp.asarray(image), (layer,))[layer])
+    gap = lambda image, target, layer: float(jnp.linalg.norm(grams(image, layer) - grams(resize(target, final), layer)))
+    assert gap(scaled.image, fine, "c1") < gap(plain.image, fine, "c1")  # its fine texture moved towards the fine style
+    assert gap(scaled.image, coarse, "c2") < gap(every.image, coarse, "c2")  # c2 kept closer to `style`
+    assert gap(every.image, fine, "c2") < gap(scaled.image, fine, "c2")
 
 
 def test_scale_control_is_refused_where_it_cannot_be_honoured(small_network, tmp_path, capsys):
@@ -478,6 +483,10 @@ def test_scale_control_is_refused_where_it_cannot_be_honoured(small_network, tmp
         run(staged, fine_style=style, masks=np.ones((1, 32, 48), np.float32))
     with pytest.raises(ValueError, match=r"`fine_style`.*NaN"):
         run(staged, fine_style=np.full((32, 48, 3), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"`fine_style_layers` \(relu1_1, relu2_1\) must be among the style"):
+        run(staged, fine_style=style)  # the default layers are VGG's; this network's are c1, c2
+    with pytest.raises(ValueError, match=r"`fine_style_layers` is empty; give one or more style layers"):
+        staged.replace(fine_style_layers=())
     content_path, style_path = save_image(tmp_path / "c.png", content), save_image(tmp_path / "s.png", style)
     args = ["stylize", str(content_path), str(style_path), "--fine-style", str(style_path), "--size", "64"]
     (tmp_path / "out").mkdir()

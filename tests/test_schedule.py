@@ -50,4 +50,7 @@ def test_a_later_stage_sees_the_fine_styles(rng):
     inputs = schedule.Inputs(rng.random((40, 60, 3), np.float32), [style], (40, 60), fine_styles=[fine])
     first, last = schedule.stages(StyleConfig(scales=(30, 60)), (40, 60))
     np.testing.assert_array_equal(schedule.at_stage(inputs, first).styles[0], schedule.scaled(style, first.ratio))
-    np.testing.assert_array_equal(schedule.at_stage(inputs, last).styles[0], schedule.scaled(fine, last.ratio))
+    assert schedule.at_stage(inputs, first).fine_styles is None  # the first stage composes with the style alone
+    later = schedule.at_stage(inputs, last)  # the later ones see both: the fine styles set the fine layers
+    np.testing.assert_array_equal(later.styles[0], schedule.scaled(style, last.ratio))
+    np.testing.assert_array_equal(later.fine_styles[0], schedule.scaled(fine, last.ratio))

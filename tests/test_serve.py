@@ -656,3 +656,18 @@ def test_in_a_thread_a_cancel_stops_after_the_chunk_and_isolation_is_checked(tmp
         assert done.state == "done" and done.result is done.preview and done.summary["steps"] == 20
     finally:
         jobs.close()
+
+
+def test_a_run_with_a_fine_style_is_checked_at_once_and_runs(client, images):
+    """Scale control on the page: the fine style is an upload, checked as stylize checks it."""
+    _, fine = client.upload(png(40, 40, 5), "scream.png")
+    content, style = images[0]["id"], images[1]["id"]
+    status, body = client.submit(content, [style], QUICK, fine_style=fine["id"])
+    assert status == 400 and "`fine_style` restyles the coarse-to-fine stages after the first" in body["error"], body
+    status, body = client.submit(content, [style], QUICK, fine_style=7)
+    assert status == 400 and body["error"] == "`fine_style` must be the id of an uploaded image", body
+    staged = {"size": 48, "num_steps": 3, "scales": [32, 48]}
+    status, job = client.submit(content, [style], staged, fine_style=fine["id"])
+    assert status == 201 and job["fine_style"] == fine["id"], job
+    done = client.wait(job["id"], timeout=180)
+    assert done["state"] == "done" and done["summary"]["steps"] == 6, done

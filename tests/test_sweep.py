@@ -158,6 +158,33 @@ def test_a_stop_in_a_coarser_stage_ends_the_sweep(small_network, pictures):
     assert (result.steps <= 2).all() and result.config == config
 
 
+def test_scale_control_in_a_sweep_sets_the_fine_layers_of_every_member(small_network, pictures):
+    """Issue 29: `fine_style` in a sweep, as in stylize: the first stage composes with each member's
+    style; the later ones take `fine_style_layers` from the fine style, the rest from the style."""
+    content, style_a, style_b = pictures
+    _, network, params = small_network
+    config = NET.replace(scales=(20, 40), coarse_steps=4, num_steps=4, fine_style_layers=("c1",))
+    axes = {"style": {"a": style_a, "b": style_b}}
+    run = lambda **kw: sweep(content, None, config, axes, params=params, network=network, **kw)
+    plain, scaled = run(), run(fine_style=style_b)
+    np.testing.assert_array_equal(scaled.images[1], plain.images[1])  # member b: its fine style is its style
+    assert not np.allclose(scaled.images[0], plain.images[0])
+    # The second stage by hand: member a's c1 target is style_b's, its c2 target style_a's.
+    first = sweep(content, None, config.replace(scales=(20,), num_steps=4), axes, params=params, network=network)
+    init = np.stack([np.asarray(resize(image, (32, 40))) for image in first.images])
+    single = config.replace(scales=(), num_scales=1)
+    second = sweep_module._sweep(
+        content, None, single, axes, params=params, network=network, init=init,
+        anchor=anchor_thumbnail(first.images), stage_fine_style=style_b,
+    )  # fmt: skip
+    np.testing.assert_array_equal(scaled.images, second.images)
+    shared = sweep(content, style_a, config, {"style_weight": [1.0, 5.0]}, params=params, network=network,
+                   fine_style=style_b)  # fmt: skip
+    assert shared.images.shape == (2, 32, 40, 3) and np.isfinite(shared.images).all()
+    with pytest.raises(ValueError, match=r"`fine_style` restyles the coarse-to-fine stages after the first"):
+        sweep(content, style_a, NET, {"style_weight": [1.0]}, params=params, network=network, fine_style=style_b)
+
+
 def test_noise_seeds_and_adam(real_params, pictures):
     content, style, _ = pictures
     config = SMALL.replace(init="noise", optimizer="adam", num_steps=6)
@@ -337,3 +364,14 @@ def test_style_scale_and_histogram_colour_apply_to_sweeps_as_to_stylize(real_par
     expected = make_objective(real_params, content, prepared, config)(content)[0]
     np.testing.assert_allclose(swept.losses[0], expected, rtol=1e-4)
     assert abs(swept.losses[0] - plain.losses[0]) > 1e-3 * plain.losses[0]
+
+
+def test_cli_sweep_fine_style_is_checked_before_the_run(tmp_path, capsys):
+    from nst_jax import save_image
+
+    content = save_image(tmp_path / "c.png", samples.village(16, 16))
+    out = tmp_path / "out"
+    argv = ["sweep", str(content), str(content), "-o", str(out), "--fine-style", str(content), "--vary", "ratio=1,2"]
+    one_line_error(capsys, [*argv, "--size", "200"], "`fine_style` restyles the coarse-to-fine stages after the first")
+    one_line_error(capsys, [*argv, "--fine-style-layers", "relu4_2"], "`fine_style_layers` (relu4_2) must be among")
+    assert not out.exists()

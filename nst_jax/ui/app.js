@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  options: [], limits: {}, content: null, styles: [], mode: "stylize", jobs: [], selected: null,
+  options: [], limits: {}, content: null, styles: [], fine: null, mode: "stylize", jobs: [], selected: null,
   follow: true, shown: {}, snapshot: null,
 };
 const POST = { "X-NST-JAX": "1" };
@@ -133,7 +133,7 @@ function setMode(mode) {
 
 function updateStart() {
   $("start").disabled = !(state.content && state.styles.length && !state.content.loading
-    && !state.styles.some((s) => s.loading));
+    && !state.styles.some((s) => s.loading) && !(state.fine && state.fine.loading));
 }
 
 // ---- uploads ----
@@ -157,6 +157,10 @@ function renderUploads() {
   contentThumbs.replaceChildren();
   if (state.content) contentThumbs.append(thumb(state.content, () => { state.content = null; renderUploads(); }));
   $("content-zone").classList.toggle("filled", !!state.content);
+  const fineThumbs = $("fine-thumbs");
+  fineThumbs.replaceChildren();
+  if (state.fine) fineThumbs.append(thumb(state.fine, () => { state.fine = null; renderUploads(); }));
+  $("fine-zone").classList.toggle("filled", !!state.fine);
   const styleThumbs = $("style-thumbs");
   styleThumbs.replaceChildren(...state.styles.map((upload, i) => thumb(upload, () => {
     state.styles.splice(i, 1);
@@ -181,19 +185,20 @@ async function uploadFile(file) {
 
 async function addFiles(files, which) {
   show("upload-message", "");
-  const list = which === "content" ? [...files].slice(0, 1) : [...files];
+  const single = which !== "style";  // the content and the fine style are one image each
+  const list = single ? [...files].slice(0, 1) : [...files];
   const errors = [];
   await Promise.all(list.map(async (file) => {
     const placeholder = { name: file.name, loading: true };
-    if (which === "content") state.content = placeholder; else state.styles.push(placeholder);
+    if (single) state[which] = placeholder; else state.styles.push(placeholder);
     renderUploads();
     try {
       const upload = await uploadFile(file);
-      if (which === "content") { if (state.content === placeholder) state.content = upload; }
+      if (single) { if (state[which] === placeholder) state[which] = upload; }
       else state.styles[state.styles.indexOf(placeholder)] = upload;
     } catch (error) {
       errors.push(error.message);
-      if (which === "content") { if (state.content === placeholder) state.content = null; }
+      if (single) { if (state[which] === placeholder) state[which] = null; }
       else state.styles.splice(state.styles.indexOf(placeholder), 1);
     }
     renderUploads();
@@ -222,6 +227,7 @@ async function start() {
   const request = {
     kind: state.mode, content: state.content.id, styles: state.styles.map((s) => s.id), settings: settings(),
   };
+  if (state.fine && state.fine.id) request.fine_style = state.fine.id;
   if (state.mode === "sweep") {
     const axis = $("sweep-axis").value;
     request.vary = axis === "style" ? "style" : `${axis}=${$("sweep-values").value}`;
@@ -464,6 +470,7 @@ async function main() {
   buildForm();
   dropZone("content-zone", "content-file", "content");
   dropZone("style-zone", "style-file", "style");
+  dropZone("fine-zone", "fine-file", "fine");
   $("mode-stylize").addEventListener("click", () => setMode("stylize"));
   $("mode-sweep").addEventListener("click", () => setMode("sweep"));
   $("start").addEventListener("click", start);
