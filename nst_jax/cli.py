@@ -202,9 +202,9 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     sweep.add_argument(
-        "--fine-style", metavar="IMAGE",
-        help="scale control, as stylize's: this image sets --fine-style-layers in the stages after the first, "
-        "for every member",
+        "--fine-style", nargs="+", metavar="IMAGE",
+        help="scale control, as stylize's: the image sets --fine-style-layers in the stages after the first, "
+        "for every member; several are swept (one member per fine style)",
     )  # fmt: skip
     sweep.add_argument("--zip", action="store_true", help="pair the axes' values (equal lengths) instead of crossing")
     sweep.add_argument("--batch-size", type=int, default=None, help="members per compiled batch (default: what fits)")

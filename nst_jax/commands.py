@@ -152,26 +152,33 @@ def prepare_sweep(args: argparse.Namespace):
             _style_label(path, i, args.style): image
             for i, (path, image) in enumerate(zip(args.style, styles, strict=True))
         }
+    fine_style = None
+    if args.fine_style:  # one: every member's; several: an axis of its own, as several STYLE images
+        from nst_jax.transfer import check_fine_style
+
+        fines = [load_image(path, config.size, what="fine-style") for path in args.fine_style]
+        check_fine_style(config, content.shape[:2], fines[:1], styles[0], None)
+        if len(fines) == 1:
+            fine_style = fines[0]
+        else:
+            axes["fine_style"] = {
+                _style_label(path, i, args.fine_style): image
+                for i, (path, image) in enumerate(zip(args.fine_style, fines, strict=True))
+            }
     if not axes:
-        raise ValueError("nothing to sweep: give --vary NAME=V1,V2,... or several STYLE images")
+        raise ValueError("nothing to sweep: give --vary NAME=V1,V2,..., several STYLE images or several --fine-style")
     check_axes(config, axes, product=not args.zip)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    fine_style = None
-    if args.fine_style:
-        from nst_jax.transfer import check_fine_style
-
-        fine_style = load_image(args.fine_style, config.size, what="fine-style")
-        check_fine_style(config, content.shape[:2], [fine_style], styles[0], None)
     params, _ = load_params(config.weights)
     style = styles[0] if len(styles) == 1 else None
     if args.dry_run:
-        print(json.dumps(_sweep_plan(content, style, axes, params, config, args)))
+        print(json.dumps(_sweep_plan(content, style, axes, params, config, args, fine_style)))
         return None
     return PreparedSweep(content, style, axes, params, config, Path(args.output), fine_style)
 
 
-def _sweep_plan(content, style, axes, params, config: StyleConfig, args: argparse.Namespace) -> dict:
+def _sweep_plan(content, style, axes, params, config: StyleConfig, args: argparse.Namespace, fine_style=None) -> dict:
     """sweep --dry-run's report: the batch that fits at the output's size and its memory per device."""
     import jax
 
@@ -181,7 +188,7 @@ def _sweep_plan(content, style, axes, params, config: StyleConfig, args: argpars
     try:
         plan = sweep(
             content, style, config, axes, params=params, product=not args.zip, batch_size=args.batch_size,
-            dry_run=True,
+            fine_style=fine_style, dry_run=True,
         )._asdict()  # fmt: skip
         plan["fits"] = plan["limit_bytes"] is None or plan["bytes_per_device"] <= (
             plan["memory_fraction"] * plan["limit_bytes"]

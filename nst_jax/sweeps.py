@@ -48,8 +48,13 @@ from nst_jax.transfer import prepare_styles
 # this library's normalisation, default 1/36); it keeps content_weight and sets
 # style_weight = content_weight / ratio.
 # "style_layers" takes layer *sets*: each becomes a weight vector over the union of the
-# sets, zero outside the set. "style" takes several style images (label -> image).
-SWEEP_AXES = ("content_weight", "style_weight", "ratio", "tv_weight", "layer_weights", "style_layers", "style", "seed")
+# sets, zero outside the set. "style" takes several style images (label -> image), and
+# "fine_style" several fine styles for scale control (label -> image; the stages after the first).
+SWEEP_AXES = (
+    "content_weight", "style_weight", "ratio", "tv_weight", "layer_weights", "style_layers", "style", "fine_style",
+    "seed",
+)  # fmt: skip
+_IMAGE_AXES = ("style", "fine_style")
 _NUMBER_AXES = ("content_weight", "style_weight", "ratio", "tv_weight")
 
 
@@ -126,14 +131,14 @@ def parse_axis(text: str, what: str = "--vary") -> tuple[str, list]:
     """``NAME=V1,V2,...`` -> ``(name, values)`` for :func:`sweep` (the CLI's ``--vary`` and the web page's sweep).
 
     ``style_layers`` sets are joined by ``+`` (``relu1_1+relu2_1``), ``layer_weights`` vectors by ``:``.
-    A swept style takes images, not text: it is not an axis here.
+    A swept style or fine style takes images, not text: it is not an axis here.
     """
     name, sep, values = text.partition("=")
     name = name.strip().replace("-", "_")
     if not sep or not values.strip():
         raise ValueError(f"{what} must look like NAME=V1,V2,..., got {text!r}")
-    if name not in SWEEP_AXES or name == "style":
-        valid = ", ".join(a for a in SWEEP_AXES if a != "style")
+    if name not in SWEEP_AXES or name in _IMAGE_AXES:
+        valid = ", ".join(a for a in SWEEP_AXES if a not in _IMAGE_AXES)
         raise ValueError(
             f"{what} has unknown axis {name!r}; valid axes are {valid} (give several style images to sweep styles)"
         )
@@ -448,7 +453,8 @@ def sweep(
       config: the settings every member shares (:class:`~nst_jax.config.StyleConfig`).
       axes: swept axis -> values; axes are one of :data:`SWEEP_AXES`, e.g.
         ``{"style_layers": [("relu1_1",), ("relu1_1", "relu2_1")], "ratio": [1e-4, 1e-3]}``;
-        ``"style"`` takes ``{label: image}``.
+        ``"style"`` takes ``{label: image}``, and so does ``"fine_style"`` (scale control with one
+        fine style per member, as ``fine_style``).
       params: VGG-19 parameters; ``None`` loads ``config.weights``.
       product: members are the Cartesian product of the axes (the first axis varies slowest);
         ``False`` zips axes of equal length.
@@ -506,10 +512,12 @@ def _sweep(
     dry_run: bool = False,
     anchor: jax.Array | None = None,
     stage_fine_style: jax.Array | None = None,
+    stage: int | None = None,
 ) -> SweepResult | SweepPlan:
     """:func:`sweep`; ``anchor``: ``[B, h', w', 3]`` thumbnails (:func:`~nst_jax.objective.anchor_thumbnail`)
     of each member's first coarse-to-fine stage, whose composition this stage keeps; ``stage_fine_style``:
-    a later stage's fine style, scaled to it (``fine_style`` is the caller's, checked and staged)."""
+    a later stage's fine style, scaled to it (``fine_style`` is the caller's, checked and staged); ``stage``:
+    the coarse-to-fine stage this call is (None: the caller's sweep; a "fine_style" axis counts from stage 1)."""
     if progress:
         from nst_jax.progress import ProgressBar
 
@@ -518,7 +526,7 @@ def _sweep(
             return _sweep(
                 content, style, config, axes, params=params, product=product, batch_size=batch_size, devices=devices,
                 shape=shape, callback=bar, memory_fraction=memory_fraction, init=init, network=network,
-                fine_style=fine_style, dry_run=dry_run, anchor=anchor, stage_fine_style=stage_fine_style,
+                fine_style=fine_style, dry_run=dry_run, anchor=anchor, stage_fine_style=stage_fine_style, stage=stage,
             )  # fmt: skip
         finally:
             bar.close()
@@ -539,6 +547,11 @@ def _sweep(
         check_image(content, "content")
     for image in styles or ([] if style is None else [style]):
         check_image(image, "style")
+    fine_images = [member["fine_style"][1] for member in settings] if "fine_style" in settings[0] else None
+    for image in fine_images or []:
+        check_image(image, "fine_style")
+    if fine_images is not None and fine_style is not None:
+        raise ValueError("`fine_style` and a 'fine_style' axis were both given; sweep the fine styles or share one")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"`batch_size` must be an integer >= 1 or None, got {batch_size!r}")
     if not 0 < memory_fraction <= 1:
@@ -551,16 +564,18 @@ def _sweep(
 
     for member_config, member_styles in zip(configs, styles or [style] * len(configs), strict=True):
         check_sizes(member_config, final, [jnp.shape(member_styles)[:2]], content is not None, network=network)
-    if fine_style is not None:
+    if stage is None and (fine_style is not None or fine_images is not None):
         from nst_jax.transfer import check_fine_style
 
-        check_fine_style(config, final, [fine_style], style if styles is None else styles[0], None)
+        fine_check = [fine_style] if fine_images is None else fine_images[:1]
+        check_fine_style(config, final, fine_check, style if styles is None else styles[0], None)
     staged = schedule.is_staged(config, final)
-    if dry_run and staged:  # the last stage is the largest program (the fine style only changes its targets)
-        return sweep(
+    if dry_run and staged:  # the last stage is the largest program, with its fine styles' targets
+        return _sweep(
             content, style, config.replace(scales=(), num_scales=1, size=max(final)), axes, params=params,
             product=product, batch_size=batch_size, devices=devices, shape=shape, memory_fraction=memory_fraction,
-            init=init, network=network, dry_run=True,
+            init=init, network=network, dry_run=True, stage_fine_style=fine_style,
+            stage=len(schedule.stages(config, final)) - 1,
         )  # fmt: skip
     if staged:
         fine = None if fine_style is None else [fine_style]
@@ -588,15 +603,22 @@ def _sweep(
         style_targets = jax.tree.map(lambda *t: jnp.stack(t), *targets)
     else:
         style_targets = base.style_targets
-    if stage_fine_style is not None:  # scale control: the fine layers take the fine style's statistics
-        fine_image: Any = stage_fine_style
-        if content is not None:
-            fine_image = prepare_styles(fine_image, jnp.shape(content)[:2], config, content=content)[0]
-        fine_targets = make_objective(params, None, fine_image, shared, network=network).style_targets
+    fine_targets = None  # scale control in a later stage: the fine layers take the fine styles' statistics
+    if stage_fine_style is not None:  # one fine style for every member
+        fine_targets = _style_targets(params, content, stage_fine_style, config, shared, network)
+    elif fine_images is not None and stage:  # one per member (a "fine_style" axis, scaled to this stage)
+        per_member = [_style_targets(params, content, image, config, shared, network) for image in fine_images]
+        fine_targets = jax.tree.map(lambda *t: jnp.stack(t), *per_member)
+        if not style_batched:  # every member's targets, then: the style's repeated
+            style_targets = jax.tree.map(lambda t: jnp.broadcast_to(t, (len(configs), *t.shape)), style_targets)
+            style_batched = True
+    if fine_targets is not None:
         style_targets = dict(style_targets)
-        for layer in config.fine_style_layers:  # the same for every member
+        for layer in config.fine_style_layers:
             target = fine_targets[layer]
-            style_targets[layer] = jnp.broadcast_to(target, (len(configs), *target.shape)) if style_batched else target
+            if style_batched and target.ndim == style_targets[layer].ndim - 1:
+                target = jnp.broadcast_to(target, (len(configs), *target.shape))
+            style_targets[layer] = target
     column = lambda values: jnp.asarray(values, jnp.float32)
     weights_size = max(final) if base.content_targets else None  # as make_objective's: textures at 512 px
     objectives = base.replace(
@@ -677,6 +699,14 @@ def _sweep(
     )
 
 
+def _style_targets(params, content, image, config: StyleConfig, shared: StyleConfig, network) -> dict:
+    """A style image's Gram targets at the union of the sweep's layers (style_scale and colour matching
+    applied against ``content``, as the members' styles are)."""
+    if content is not None:
+        image = prepare_styles(image, jnp.shape(content)[:2], config, content=content)[0]
+    return make_objective(params, None, image, shared, network=network).style_targets
+
+
 def _coarse_to_fine(inputs: schedule.Inputs, config: StyleConfig, axes, options) -> SweepResult:
     """The sweep at each stage of :mod:`nst_jax.schedule` in turn, every member continuing from its own
     upsampled result (``inputs.init``: ``[B, h, w, 3]`` images the first stage starts from, or ``None``)."""
@@ -686,12 +716,13 @@ def _coarse_to_fine(inputs: schedule.Inputs, config: StyleConfig, axes, options)
     for stage in schedule.stages(config, inputs.shape):
         stage_inputs = schedule.at_stage(inputs, stage)
         stage_axes = dict(axes or {})
-        if isinstance(stage_axes.get("style"), Mapping):
-            stage_axes["style"] = {
-                label: schedule.scaled(image, stage.ratio) for label, image in stage_axes["style"].items()
-            }
-        elif "style" in stage_axes:
-            stage_axes["style"] = [(label, schedule.scaled(image, stage.ratio)) for label, image in stage_axes["style"]]
+        for name in _IMAGE_AXES:  # the images scaled with the stage, as stylize scales its styles
+            if isinstance(stage_axes.get(name), Mapping):
+                stage_axes[name] = {
+                    label: schedule.scaled(image, stage.ratio) for label, image in stage_axes[name].items()
+                }
+            elif name in stage_axes:
+                stage_axes[name] = [(label, schedule.scaled(image, stage.ratio)) for label, image in stage_axes[name]]
         previous = inputs.init if result is None else result.images
         init_images = None if previous is None else jnp.stack([resize(image, stage.shape) for image in previous])
         stage_options = dict(options)
@@ -707,6 +738,7 @@ def _coarse_to_fine(inputs: schedule.Inputs, config: StyleConfig, axes, options)
             init=init_images,
             anchor=anchor,
             stage_fine_style=None if stage_inputs.fine_styles is None else stage_inputs.fine_styles[0],
+            stage=stage.number,
             **stage_options,
         )
         assert isinstance(stage_result, SweepResult)  # not a dry run

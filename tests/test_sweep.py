@@ -183,6 +183,21 @@ def test_scale_control_in_a_sweep_sets_the_fine_layers_of_every_member(small_net
     assert shared.images.shape == (2, 32, 40, 3) and np.isfinite(shared.images).all()
     with pytest.raises(ValueError, match=r"`fine_style` restyles the coarse-to-fine stages after the first"):
         sweep(content, style_a, NET, {"style_weight": [1.0]}, params=params, network=network, fine_style=style_b)
+    # A "fine_style" axis: one fine style per member; each member is the run with that fine style alone.
+    swept = sweep(content, style_a, config, {"fine_style": {"a": style_a, "b": style_b}}, params=params,
+                  network=network)  # fmt: skip
+    one = lambda **kw: sweep(
+        content, style_a, config, {"tv_weight": [config.tv_weight]}, params=params, network=network, **kw
+    ).images[0]
+    np.testing.assert_allclose(swept.images[0], one(), atol=2e-2)  # its fine style is its style
+    np.testing.assert_allclose(swept.images[1], one(fine_style=style_b), atol=2e-2)
+    assert np.abs(swept.images[0] - swept.images[1]).max() > 0.04 and swept.settings[1] == {"fine_style": "b"}
+    plan = sweep(content, style_a, config, {"fine_style": {"a": style_a, "b": style_b}}, params=params,
+                 network=network, dry_run=True)  # fmt: skip
+    assert plan.shape == (32, 40) and plan.batch_size == 2
+    with pytest.raises(ValueError, match=r"`fine_style` and a 'fine_style' axis were both given"):
+        sweep(content, style_a, config, {"fine_style": {"b": style_b}}, params=params, network=network,
+              fine_style=style_b)  # fmt: skip
 
 
 def test_noise_seeds_and_adam(real_params, pictures):
