@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import multiprocessing
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -274,6 +275,7 @@ class ProcessRunner:
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._device: str | None = None
+        self._hello = threading.Lock()
         self._start()
 
     def _start(self) -> None:
@@ -288,16 +290,18 @@ class ProcessRunner:
         self.starts += 1
 
     def _ready(self, stopped: Stopped | None = None) -> bool:
-        """Waits for the child's hello (its devices); False when ``stopped()`` first."""
-        while self._device is None:
-            if stopped is not None and stopped():
-                return False
-            message = self._receive(0.1)
-            if message is not None:
-                self._device = message[1]  # ("hello", description)
-            elif time.monotonic() - self._started > START_TIMEOUT:
-                self._end()
-                raise RunEnded(f"the run's process did not start within {START_TIMEOUT:.0f} s", cancelled=False)
+        """Waits for the child's hello (its devices); False when ``stopped()`` first. One reader at a
+        time (``device`` may be asked from another thread while the worker starts a run)."""
+        with self._hello:
+            while self._device is None:
+                if stopped is not None and stopped():
+                    return False
+                message = self._receive(0.1)
+                if message is not None:
+                    self._device = message[1]  # ("hello", description)
+                elif time.monotonic() - self._started > START_TIMEOUT:
+                    self._end()
+                    raise RunEnded(f"the run's process did not start within {START_TIMEOUT:.0f} s", cancelled=False)
         return True
 
     def _receive(self, timeout: float):
@@ -339,7 +343,7 @@ class ProcessRunner:
         """
         if self._process is None:
             self._start()
-        if not self._ready(stopped):
+        if not self._ready(stopped) or stopped():
             raise RunEnded("cancelled before it started", cancelled=True)
         self._stop.clear()
         self._conn.send(spec)
