@@ -175,10 +175,10 @@ def test_a_full_disk_at_the_end_rescues_the_result(tmp_path, capsys, images, mon
 
     real_save = _module("io").save_image
 
-    def disk_full_for_the_output(path, image, bits=None):
+    def disk_full_for_the_output(path, image, bits=None, profile=None):
         if str(path) == str(tmp_path / "out.png"):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(path, image, bits)
+        return real_save(path, image, bits, profile)
 
     monkeypatch.setattr(_module("transfer"), "stylize", lambda *a, **k: _fake_result())
     monkeypatch.setattr(_module("io"), "save_image", disk_full_for_the_output)
