@@ -614,8 +614,8 @@ def _sweep(
             style_batched = True
     if fine_targets is not None:
         style_targets = dict(style_targets)
-        for layer in config.fine_style_layers:
-            target = fine_targets[layer]
+        for layer in (layer for layer in config.fine_style_layers if layer in fine_targets):
+            target = fine_targets[layer]  # (a layer no member's swept set has weighs zero: it is skipped)
             if style_batched and target.ndim == style_targets[layer].ndim - 1:
                 target = jnp.broadcast_to(target, (len(configs), *target.shape))
             style_targets[layer] = target
