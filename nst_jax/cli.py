@@ -219,6 +219,7 @@ def _build_parser() -> argparse.ArgumentParser:
         choices={"box": ("penalty", "none"), "preserve_colour": ("none", "histogram")},
     )
     _add_device_arguments(sweep, shard=False)
+    _add_video_parser(subcommands)
     serve = subcommands.add_parser(
         "serve",
         help="a web page on this machine: upload images, watch the picture form, download it (pip install "
@@ -255,6 +256,45 @@ def _build_parser() -> argparse.ArgumentParser:
     normalize.add_argument("--size", type=int, default=256, help="long side the images are resized to (default 256)")
     normalize.add_argument("--pooling", default="avg", choices=("avg", "max"), help="pooling while measuring")
     return parser
+
+
+def _add_video_parser(subcommands) -> None:
+    """``nst-jax video``: StyleConfig's options where they make sense for a clip, VideoConfig's, and a frame range."""
+    import dataclasses
+
+    from nst_jax.video import VideoConfig
+
+    video = subcommands.add_parser(
+        "video",
+        help="style a clip without flicker: its frames optimised together, held to their neighbours along the "
+        "optical flow (pip install 'nst-jax[video]' for video files)",
+        description="Styles every frame as stylize would, with a temporal loss (Ruder et al. 2016) between "
+        "neighbours. INPUT and OUTPUT are a video file (.mp4, .webm, .mov, .mkv, .avi), a .gif, or a folder of "
+        "numbered frames. Finished frames are kept in OUTPUT.partial until the clip is written.",
+    )
+    video.add_argument("input", help="the clip: a video file, a GIF, or a folder of numbered frames")
+    video.add_argument("style", nargs="+", help="style image(s); several are blended (--style-blend)")
+    video.add_argument("-o", "--output", required=True, help="output clip (.mp4, .webm, .gif, ...) or folder")
+    video.add_argument("--start", type=int, default=0, help="first frame (0-based; default 0)")
+    video.add_argument("--end", type=int, default=None, help="frame after the last (default: to the end)")
+    video.add_argument("--fps", type=float, default=None,
+                       help="frames per second of the output (default: the input's; 25 for a folder)")  # fmt: skip
+    video.add_argument("--fine-style", nargs="+", metavar="IMAGE", help="scale control, as stylize's")
+    video.add_argument("--resume", action="store_true", help="continue from the finished frames in OUTPUT.partial")
+    video.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    for f in dataclasses.fields(VideoConfig):
+        kind = {"temporal_weight": float, "window": int, "flow": str, "cut_share": float}[f.name]
+        video.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=argparse.SUPPRESS,
+            choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (default: {f.default})",
+        )  # fmt: skip
+    _add_config_arguments(
+        video, {}, skip=("save_every", "checkpoint_every"), choices={"preserve_colour": ("none", "histogram")}
+    )
+    video.add_argument(
+        "--dry-run", action="store_true",
+        help="print the plan as one JSON line (frames, shape, window, bytes) and exit: nothing is optimised or written",
+    )  # fmt: skip
 
 
 def _formats() -> tuple[str, ...]:
@@ -304,13 +344,18 @@ def main(argv: list[str] | None = None) -> int:
                 _, info = load_params(args.weights)
                 print(describe(info))
                 return 0
-            processes.join_processes(args)
-            prepared: commands.Prepared | commands.PreparedSweep | None = (
-                commands.prepare_sweep(args) if args.command == "sweep" else commands.prepare(args)
-            )
+            if args.command == "video":  # one process: its frames are optimised on this process's first device
+                prepared_video = commands.prepare_video(args)
+            else:
+                processes.join_processes(args)
+                prepared: commands.Prepared | commands.PreparedSweep | None = (
+                    commands.prepare_sweep(args) if args.command == "sweep" else commands.prepare(args)
+                )
         except _USER_ERRORS as e:
             print(f"nst-jax: error: {' '.join(str(e).splitlines())}", file=sys.stderr)  # always one line
             return 2
+        if args.command == "video":
+            return 0 if prepared_video is None else commands.run_video(args, prepared_video)
         if prepared is None:  # --dry-run: the plan is printed
             return 0
         if args.command == "sweep":

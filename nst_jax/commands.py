@@ -593,3 +593,135 @@ def serve(args: argparse.Namespace) -> int:
 
 def _checkpoint_path(output: Path) -> Path:
     return output.with_name(output.name + ".ckpt")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedVideo:
+    """A clip that passed every check: what :func:`run_video` needs."""
+
+    frames: Any  # [T, h, w, 3] the clip's frames at --size
+    fps: float  # frames per second of the output
+    audio_from: str | None  # the input video whose audio is copied into the output, or None
+    style: list[Any]  # the style images
+    fine_style: list[Any] | None  # --fine-style's images (scale control), or None
+    params: Any
+    config: StyleConfig
+    video: Any  # nst_jax.video.VideoConfig
+    output: Path  # the named output (a video file, a GIF or a folder), written only when every frame is done
+    partial: Path  # OUT.partial: the finished frames so far (kept on Ctrl-C, read by --resume)
+    finished: Any  # frames read back from OUT.partial with --resume, or None
+
+
+def _partial_folder(output: Path) -> Path:
+    return output.with_name(f"{output.name}.partial")
+
+
+def _video_config_from(args: argparse.Namespace):
+    from nst_jax.video import VideoConfig
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(VideoConfig) if f.name in args}
+    return VideoConfig(**given)
+
+
+def prepare_video(args: argparse.Namespace):
+    """Everything ``nst-jax video`` can get wrong, checked before any frame is optimised."""
+    import numpy as np
+
+    from nst_jax import clips, memory
+    from nst_jax.files import check_output_folder
+    from nst_jax.image import fit_long_side
+    from nst_jax.io import image_shape, load_image
+    from nst_jax.video import window_that_fits
+    from nst_jax.weights import load_params
+
+    config = _config_from(args, {})
+    video = _video_config_from(args)
+    if config.preserve_colour == "luminance":
+        raise ValueError("--preserve-colour luminance is not supported for video; use histogram or none")
+    output = Path(args.output)
+    clips.check_output_clip(output)
+    partial = _partial_folder(output)
+    check_output_folder(partial, clips.KIND + "-partial", what="the partial frames' folder")
+    info = clips.clip_info(args.input, "input")
+    span = clips.check_span(info.frames, info.shape, config.size, args.start, args.end, "input")
+    final = fit_long_side(info.shape, config.size)
+    styles = [fit_long_side(image_shape(p, "style"), config.size) for p in args.style]
+    fine = [fit_long_side(image_shape(p, "fine-style"), config.size) for p in args.fine_style or []]
+    settings.check_shapes(config, final, styles + fine, True, source=info.shape, memory=not args.dry_run)
+    settings.check_style_blend(config, len(args.style))
+    if args.fps is not None and not 0 < args.fps <= clips.MAX_FPS:
+        raise ValueError(f"--fps must be in (0, {clips.MAX_FPS:g}], got {args.fps}")
+    window = window_that_fits(config, final, min(video.window, len(span)))
+    if args.dry_run:
+        free = memory.limit_per_device(False)
+        plan = {"command": "video", "frames": len(span), "shape": list(final), "window": window,
+                "bytes_per_window": int(window * memory.rough_bytes(*final)), "limit_bytes": free}  # fmt: skip
+        print(json.dumps(plan))
+        return None
+    finished = None
+    if args.resume:
+        if not (partial / "frame_00001.png").is_file():
+            raise FileNotFoundError(f"--resume: no finished frames in {str(partial)!r}")
+        files = sorted(partial.glob("frame_*.png"))
+        finished = [load_image(f, what=f"--resume frame {f.name}") for f in files[: len(span)]]
+        if any(f.shape[:2] != tuple(final) for f in finished):
+            raise ValueError(f"--resume: the frames in {str(partial)!r} are not {final[1]}x{final[0]}: other settings")
+    style = [load_image(p, config.size, what="style") for p in args.style]
+    fine_style = [load_image(p, config.size, what="fine-style") for p in args.fine_style] if args.fine_style else None
+    clip = clips.read_clip(args.input, config.size, span.start, span.stop, "input")
+    whole = span.start == 0 and (args.end is None or args.end >= info.frames)
+    audio_from = str(args.input) if info.audio and whole else None
+    if info.audio and not whole and not args.quiet:
+        print("nst-jax: the audio is not kept for part of a clip (--start/--end)", file=sys.stderr)
+    params, _ = load_params(config.weights)
+    fps = args.fps if args.fps is not None else clip.fps
+    return PreparedVideo(clip.frames, fps, audio_from, style, fine_style, params, config, video, output, partial,
+                         None if finished is None else np.stack(finished))  # fmt: skip
+
+
+def run_video(args: argparse.Namespace, prepared: PreparedVideo) -> int:
+    """Styles the clip window by window, keeping finished frames in OUT.partial; writes OUT when all are done."""
+    import shutil
+
+    from nst_jax import clips
+    from nst_jax.files import write_marker
+    from nst_jax.io import save_image
+    from nst_jax.video import VideoInterrupted, stylize_video
+
+    _use_persistent_compilation_cache()
+    partial, count = prepared.partial, len(prepared.frames)
+    partial.mkdir(parents=True, exist_ok=True)
+    write_marker(partial, clips.KIND + "-partial")
+
+    def keep(span, images):
+        for index, image in zip(span, images, strict=True):
+            save_image(partial / clips.frame_name(index), image)
+        if not args.quiet:
+            print(f"nst-jax: frames {span.start + 1}-{span.stop} of {count} done", file=sys.stderr)
+
+    try:
+        result = stylize_video(
+            prepared.frames, prepared.style, prepared.config, prepared.video, params=prepared.params,
+            fine_style=prepared.fine_style, finished=prepared.finished, on_window=keep,
+        )  # fmt: skip
+    except VideoInterrupted as e:
+        print(
+            f"\nnst-jax: interrupted after {len(e.result.frames)} of {count} frames; the finished frames are in "
+            f"{partial} (continue with --resume); {prepared.output} was not written",
+            file=sys.stderr,
+        )
+        return 130
+    note = clips.write_clip(prepared.output, result.frames, prepared.fps, prepared.audio_from)
+    shutil.rmtree(partial, ignore_errors=True)  # ours, made by this run (or the one --resume continued)
+    if note and not args.quiet:
+        print(f"nst-jax: {note}", file=sys.stderr)
+    if not args.quiet:
+        error = float(result.temporal_error[1:].mean()) if count > 1 else 0.0
+        cuts = f", cuts before frames {', '.join(str(c + 1) for c in result.cuts)}" if result.cuts else ""
+        print(
+            f"wrote {prepared.output}: {count} frames, {result.evaluations:.0f} full-size evaluations per frame, "
+            f"window {result.window}, mean change along the flow {error:.4f}{cuts}, {result.seconds:.1f} s "
+            f"(flow {result.flow_seconds:.1f} s)",
+            file=sys.stderr,
+        )
+    return 0

@@ -1,0 +1,475 @@
+"""Video: a clip styled without flicker, its frames optimised together.
+
+Ruder, Dosovitskiy and Brox ("Artistic style transfer for videos", GCPR 2016) add to each
+frame's style-transfer loss a *temporal* term: the per-pixel squared difference between the
+frame and the previous stylised frame warped along the optical flow, where the flow is
+reliable (:mod:`nst_jax.flow`). They optimise the frames one after another, each from the
+warped previous result.
+
+Departure: here a *window* of frames is one optimisation. :class:`ClipObjective` is the mean
+of the frames' own objectives (one :class:`~nst_jax.objective.Objective` per frame, batched
+with ``jax.vmap``) plus the temporal terms between neighbours, all in one jitted loss of the
+window's ``[W, h, w, 3]`` pixels, so each temporal term pulls on both of its frames (as the
+paper's forward-and-backward multi-pass algorithm does, in one pass) and every evaluation
+steps every frame of the window at once. Windows follow one another: the first frame of a
+window is coupled to the last finished frame of the one before (held fixed), so a clip of any
+length is never held in memory all at once. ``window=1`` is the paper's frame-after-frame
+algorithm with its warped initialisation.
+
+Every frame runs the coarse-to-fine schedule of :func:`~nst_jax.transfer.stylize` (the
+window's stages one after another), so a frame of the clip is the picture ``stylize`` makes
+of it, held to its neighbours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import field
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax import flow, lbfgs, memory, schedule
+from nst_jax.checks import check_choice, check_image
+from nst_jax.config import MAX_WEIGHT, StyleConfig
+from nst_jax.flow import CUT_SHARE, FLOWS
+from nst_jax.image import as_images, resize
+from nst_jax.network import FeatureNetwork
+from nst_jax.objective import Objective, anchor_thumbnail, check_network, with_anchor
+
+MAX_FRAMES = 100_000  # frames of one clip (an hour at 25 fps is 90 000)
+MAX_WINDOW = 256  # frames optimised together (the memory plan decides what fits below it)
+
+
+def _f(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoConfig:
+    """The video settings that :class:`~nst_jax.config.StyleConfig` does not hold (``nst-jax video``'s own options)."""
+
+    # Departure: the paper's temporal weight (200 against its content 5 and style 100, on sums
+    # over pixels) belongs to its absolute terms; here the term is a mean over pixels and
+    # channels of [0, 1] values against relative content and style terms (docs/video.md).
+    temporal_weight: float = _f(
+        2000.0, "weight of the temporal loss: a frame against its warped stylised neighbour (0: frames apart)"
+    )
+    window: int = _f(8, "frames optimised together (one compiled program; the memory plan may lower it; 1: one by one)")
+    flow: str = _f("dis", "optical flow: dis or farneback (OpenCV)", choices=FLOWS)
+    cut_share: float = _f(
+        CUT_SHARE, "a frame whose flow is reliable on less than this share of the picture starts a new shot"
+    )
+
+    def __post_init__(self):
+        if not (0.0 <= self.temporal_weight <= MAX_WEIGHT) or math.isnan(self.temporal_weight):
+            raise ValueError(f"`temporal_weight` must be in [0, {MAX_WEIGHT:g}], got {self.temporal_weight!r}")
+        if not isinstance(self.window, int) or isinstance(self.window, bool) or not 1 <= self.window <= MAX_WINDOW:
+            raise ValueError(f"`window` must be an integer from 1 to {MAX_WINDOW}, got {self.window!r}")
+        check_choice("flow", self.flow, FLOWS)
+        if not (0.0 <= self.cut_share <= 1.0):
+            raise ValueError(f"`cut_share` must be in [0, 1], got {self.cut_share!r}")
+
+    def replace(self, **changes) -> VideoConfig:
+        return dataclasses.replace(self, **changes)
+
+
+class ClipObjective(flax.struct.PyTreeNode):
+    """The loss of a window of W frames: ``objective(images [W, h, w, 3]) -> (loss, aux)``.
+
+    ``loss = mean_t frame_loss_t(x_t) + temporal_weight * mean_t mean(c_t * (x_t - warp(x_{t-1}, b_t))^2)``,
+    ``x_{-1}`` the fixed ``previous`` frame (its mask zero when there is none). ``aux`` holds the
+    frames' terms averaged over the window and ``"temporal"``.
+    """
+
+    params: dict
+    frames: Objective  # the frames' objectives, every leaf stacked on a leading axis; params None
+    flows: jax.Array  # [W, h, w, 2]: backward flow of frame t to frame t-1 (t = 0: to `previous`)
+    masks: jax.Array  # [W, h, w]: where that flow is reliable (1) or not (0)
+    previous: jax.Array  # [h, w, 3]: the finished frame before the window (any values where masks[0] is 0)
+    temporal_weight: jax.Array
+
+    def __call__(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        params = self.params
+
+        def one(objective, image):
+            return objective.replace(params=params)(image)
+
+        losses, aux = jax.vmap(one)(self.frames, images)
+        before = jnp.concatenate([self.previous[None], images[:-1]])
+        temporal = temporal_errors(images, before, self.flows, self.masks)
+        terms = {name: jnp.mean(value) for name, value in aux.items()}
+        terms["temporal"] = self.temporal_weight * jnp.mean(temporal)
+        return jnp.mean(losses) + terms["temporal"], terms
+
+    def value(self, images: jax.Array) -> jax.Array:
+        return self(images)[0]
+
+
+def temporal_errors(images, before, flows, masks) -> jax.Array:
+    """Per frame, ``mean(c_t * (x_t - warp(before_t, flow_t))^2)`` over pixels and channels ([W])."""
+    warped = jax.vmap(flow.warp)(before, flows)
+    return jnp.mean(masks[..., None] * jnp.square(images - warped), axis=(1, 2, 3))
+
+
+class VideoProgress(NamedTuple):
+    """What a :func:`stylize_video` callback sees between chunks."""
+
+    frames: range  # the frames of the window being optimised
+    num_frames: int  # frames in the clip
+    stage: int  # coarse-to-fine stage of the window (0-based)
+    num_stages: int
+    step: int  # steps taken in this stage
+    num_steps: int  # steps of this stage
+    loss: float
+    images: Any  # [len(frames), h, w, 3] the window's current frames, clipped to [0, 1]
+    seconds: float  # since the clip started
+
+
+class VideoResult(NamedTuple):
+    """Outcome of :func:`stylize_video`."""
+
+    frames: np.ndarray  # [T, h, w, 3] in [0, 1]
+    cuts: list[int]  # frames that start a new shot (no temporal term to the frame before)
+    temporal_error: np.ndarray  # [T] mean |x_t - warp(x_{t-1})| over reliable pixels (0 for the first and cuts)
+    evaluations: float  # full-size evaluation-equivalents per frame (stage evaluations weighted by pixels)
+    batched_evaluations: int  # loss+gradient evaluations of whole windows, summed over windows and stages
+    seconds: float  # wall time, compilation and flow included
+    flow_seconds: float  # of which optical flow
+    window: int  # frames optimised together
+
+
+class VideoInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or a callback's stop) in :func:`stylize_video`; ``result`` holds the frames finished so far."""
+
+    def __init__(self, result: VideoResult):
+        super().__init__("interrupted")
+        self.result = result
+
+
+def check_frames(frames) -> np.ndarray:
+    """The clip as a float32 ``[T, h, w, 3]`` array in [0, 1]; refuses anything else, naming what is wrong."""
+    if isinstance(frames, (list, tuple)):
+        if not frames:
+            raise ValueError("`frames` is empty: give at least one frame")
+        shapes = {tuple(np.shape(f)) for f in frames}
+        if len(shapes) > 1:
+            raise ValueError(f"`frames` differ in shape: {sorted(shapes)[:3]}; every frame must have one size")
+        check_image(frames[0], "frames[0]")
+        frames = np.stack([np.asarray(f, np.float32) for f in frames])
+    shape = tuple(np.shape(frames))
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"`frames` has shape {shape}; a clip is [frames, height, width, 3]")
+    if not 1 <= shape[0] <= MAX_FRAMES:
+        raise ValueError(f"`frames` has {shape[0]} frames; a clip has 1 to {MAX_FRAMES}")
+    check_image(np.asarray(frames[0]), "frames[0]")
+    frames = np.asarray(frames, np.float32)
+    if not np.isfinite(frames).all() or frames.min() < -0.5 or frames.max() > 1.5:
+        raise ValueError("`frames` has values outside [0, 1] (or NaN): frames are floats in [0, 1]")
+    return np.clip(frames, 0.0, 1.0)
+
+
+def window_that_fits(config: StyleConfig, shape: tuple[int, int], asked: int) -> int:
+    """The window (frames optimised together): ``asked``, halved until the memory plan's guess fits.
+
+    A window's program holds every frame's activations, so it needs about ``window`` times one
+    frame's (:func:`nst_jax.memory.rough_bytes`); it may use half the free memory.
+    """
+    free = memory.limit_per_device(False)
+    window = asked
+    if free is None:
+        return window
+    while window > 1 and window * memory.rough_bytes(*shape) > free / 2:
+        window //= 2
+    return window
+
+
+def stylize_video(
+    frames,
+    style,
+    config: StyleConfig = StyleConfig(),
+    video: VideoConfig = VideoConfig(),
+    *,
+    params=None,
+    network: FeatureNetwork | None = None,
+    fine_style=None,
+    flows: tuple[np.ndarray, np.ndarray, list[int]] | None = None,
+    finished=None,
+    callback: Callable[[VideoProgress], bool | None] | None = None,
+    on_window: Callable[[range, np.ndarray], None] | None = None,
+) -> VideoResult:
+    """Styles a clip: each frame as :func:`~nst_jax.transfer.stylize` would, held to its neighbours.
+
+    Args:
+      frames: ``[T, h, w, 3]`` RGB in [0, 1] (or a list of frames), used at the size given.
+      style: a style image or a sequence of them (blended by ``config.style_blend``).
+      config: every setting of :func:`~nst_jax.transfer.stylize` (masks and luminance-only
+        colour preservation are not supported for video).
+      video: the temporal settings (:class:`VideoConfig`).
+      params: VGG parameters (``None``: ``config.weights``); ``network`` as for ``stylize``.
+      fine_style: scale control, as for ``stylize``.
+      flows: ``(flows, masks, cuts)`` as :func:`nst_jax.flow.frame_flows` returns them, to skip
+        computing them (e.g. a clip's known motion).
+      finished: the first frames, already styled (``[k, h, w, 3]``, from an interrupted run):
+        the run starts at frame k, coupled to ``finished[-1]``.
+      callback: called between chunks with a :class:`VideoProgress`; ``True`` stops the run
+        (:class:`VideoInterrupted`, with the finished frames).
+      on_window: called with ``(frames range, styled frames)`` as each window is finished (to save them).
+
+    Returns:
+      A :class:`VideoResult`.
+    """
+    from nst_jax import transfer
+    from nst_jax.weights import params_or_default
+
+    check_network(config, network)
+    if not isinstance(video, VideoConfig):
+        raise TypeError(f"`video` must be a VideoConfig, got {type(video).__name__}")
+    if config.preserve_colour == "luminance":
+        raise ValueError(
+            "`preserve_colour` 'luminance' is not supported for video (the temporal term compares colour frames); "
+            "use 'histogram' or 'none'"
+        )
+    if config.optimizer != "lbfgs":
+        raise ValueError(
+            f"`optimizer` {config.optimizer!r} is not supported for video: its frames run the batched L-BFGS "
+            "of nst_jax.lbfgs (use 'lbfgs')"
+        )
+    frames = check_frames(frames)
+    count, h, w = frames.shape[:3]
+    styles = as_images(style)
+    for i, s in enumerate(styles):
+        check_image(s, "style" if len(styles) == 1 else f"style[{i}]")
+    fine_styles = None if fine_style is None else as_images(fine_style)
+    transfer.check_fine_style(config, (h, w), fine_styles, style, None)
+    style_shapes = [jnp.shape(s)[:2] for s in styles] + [jnp.shape(s)[:2] for s in fine_styles or []]
+    transfer.check_sizes(config, (h, w), style_shapes, True, network=network)
+    memory.check_roughly(config, (h, w), style_shapes)
+    done = 0 if finished is None else len(finished)
+    if finished is not None:
+        finished = check_frames(finished)
+        if finished.shape[1:] != frames.shape[1:] or done > count:
+            raise ValueError(
+                f"`finished` has shape {finished.shape}; it must be at most {count} frames of {h}x{w}, the clip's"
+            )
+    window = window_that_fits(config, (h, w), video.window)
+    params = params_or_default(params, config, network)
+    start = time.perf_counter()
+    if flows is None:
+        flows = flow.frame_flows(frames, video.flow, video.cut_share)
+    all_flows, all_masks, cuts = flows
+    all_flows, all_masks = np.asarray(all_flows, np.float32), np.asarray(all_masks, np.float32)
+    if all_flows.shape != (count, h, w, 2) or all_masks.shape != (count, h, w):
+        raise ValueError(f"`flows` must be ([{count}, {h}, {w}, 2], [{count}, {h}, {w}], cuts), got other shapes")
+    flow_seconds = time.perf_counter() - start
+    out = np.zeros_like(frames)
+    if finished is not None:
+        out[:done] = finished
+    evaluations, batched = 0.0, 0
+    stages = schedule.stages(config, (h, w))
+    first = done
+    try:
+        while first < count:
+            span = range(first, min(first + window, count))
+            images, evals, calls = _window(
+                frames, span, out[first - 1] if first > 0 else None, all_flows, all_masks, styles, fine_styles,
+                config, video, params, network, stages, callback, start, count,
+            )  # fmt: skip
+            out[span.start : span.stop] = images
+            evaluations += evals * len(span)
+            batched += calls
+            if on_window is not None:
+                on_window(span, images)
+            first = span.stop
+    except KeyboardInterrupt:
+        raise VideoInterrupted(
+            _result(out[:first], cuts, all_flows, all_masks, evaluations, batched, start, flow_seconds, window)
+        ) from None
+    return _result(out, cuts, all_flows, all_masks, evaluations, batched, start, flow_seconds, window)
+
+
+class FrameObjective(flax.struct.PyTreeNode):
+    """One frame's loss with its neighbours held: its own objective plus the temporal terms to both.
+
+    ``loss(params, x) = frame(x) + temporal_weight * (mean(c_t (x - warp(before, b_t))^2)
+    + mean(c_{t+1} (after - warp(x, b_{t+1}))^2))``. With the neighbours at their current images
+    its gradient is the window's :class:`ClipObjective` gradient for this frame (times the
+    window's length): a window of these, batched, descends the clip's loss one frame at a time.
+    """
+
+    frame: Objective  # the frame's own objective, params None (passed in: shared by the window)
+    before: jax.Array  # [h, w, 3] the previous frame, held
+    before_flow: jax.Array  # [h, w, 2] backward flow of this frame to the previous one
+    before_mask: jax.Array  # [h, w] where it is reliable (all 0: no previous frame, a cut)
+    after: jax.Array  # [h, w, 3] the next frame, held
+    after_flow: jax.Array  # [h, w, 2] backward flow of the next frame to this one
+    after_mask: jax.Array  # [h, w] (all 0: no next frame in the window, a cut)
+    temporal_weight: jax.Array
+
+    def loss(self, params, image: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        own, aux = self.frame.replace(params=params)(image)
+        back = jnp.mean(self.before_mask[..., None] * jnp.square(image - flow.warp(self.before, self.before_flow)))
+        ahead = jnp.mean(self.after_mask[..., None] * jnp.square(self.after - flow.warp(image, self.after_flow)))
+        temporal = self.temporal_weight * (back + ahead)
+        return own + temporal, {**aux, "temporal": temporal}
+
+
+def _value_and_grad(params, member: FrameObjective, image):
+    return jax.value_and_grad(lambda x: member.loss(params, x)[0])(image)
+
+
+@functools.partial(jax.jit, static_argnames=("memory_size",))
+def _init_window(params, members, images, num_steps, memory_size):
+    values, grads = jax.vmap(_value_and_grad, in_axes=(None, 0, 0))(params, members, images)
+    state = jax.vmap(lambda x, v, g: lbfgs.init(x, v, g, memory_size))(images, values, grads)
+    return state._replace(done=state.done | (num_steps <= 0))
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def _run_window(params, members, state, num_steps, max_iterations):
+    """Up to ``max_iterations`` batched L-BFGS iterations (:mod:`nst_jax.lbfgs`), every frame its own line search."""
+
+    def iteration(member, member_state):
+        value, grad = _value_and_grad(params, member, lbfgs.trial_point(member_state))
+        return lbfgs.advance(member_state, value, grad, num_steps)
+
+    def body(carry):
+        state, count = carry
+        return jax.vmap(iteration)(members, state), count + 1
+
+    def cond(carry):
+        state, count = carry
+        return (count < max_iterations) & ~jnp.all(state.done)
+
+    return jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))
+
+
+@jax.jit
+def _refresh_window(params, members, state):
+    values, grads = jax.vmap(_value_and_grad, in_axes=(None, 0, 0))(params, members, state.image)
+    return jax.vmap(lbfgs.refresh)(state, values, grads)
+
+
+def _hold_neighbours(members: FrameObjective, images: jax.Array) -> FrameObjective:
+    """Each frame's neighbours set to the window's current images (the first frame's previous one stays)."""
+    before = jnp.concatenate([members.before[:1], images[:-1]])
+    after = jnp.concatenate([images[1:], members.after[-1:]])
+    return members.replace(before=before, after=after)
+
+
+def _window(frames, span, previous, flows, masks, styles, fine_styles, config, video, params, network, stages,
+            callback, start, count):  # fmt: skip
+    """Optimises the frames in ``span`` together through every stage.
+
+    Returns (frames, full-size evaluation-equivalents per frame, batched evaluations).
+    """
+    from nst_jax import transfer
+
+    h, w = frames.shape[1:3]
+    images = None
+    anchors: list[Any] = []
+    evaluations, calls = 0.0, 0
+    size = len(span)
+    for stage in stages:
+        shape, stage_config = stage.shape, stage.config
+        objectives, inits = [], []
+        for i, t in enumerate(span):
+            inputs = schedule.Inputs(jnp.asarray(frames[t]), styles, (h, w), None, None, None, fine_styles)
+            inputs = schedule.at_stage(inputs, stage)
+            if images is not None:
+                inputs = inputs._replace(init=resize(images[i], shape))
+            objective, init, _ = transfer._setup(inputs, stage_config, params, network)
+            if anchors and config.anchor_weight > 0:
+                objective = with_anchor(objective, anchors[i], config.anchor_weight)
+            objectives.append(objective.replace(params=None))
+            inits.append(init)
+        stage_flows = jnp.stack([flow.resize_flow(flows[t], shape) for t in span])
+        stage_masks = jnp.stack([flow.resize_mask(masks[t], shape) for t in span])
+        zeros = jnp.zeros((1, *shape, 3), jnp.float32)
+        if previous is None:
+            stage_masks = stage_masks.at[0].set(0.0)
+            held = zeros
+        else:
+            held = resize(previous, shape)[None]
+            if images is None:  # the paper's initialisation: the warped previous frame where it is reliable
+                mask = stage_masks[0][..., None]
+                inits[0] = mask * flow.warp(held[0], stage_flows[0]) + (1 - mask) * inits[0]
+        images_now = jnp.stack(inits)
+        members = FrameObjective(
+            frame=jax.tree.map(lambda *leaves: jnp.stack(leaves), *objectives),
+            before=jnp.concatenate([held, images_now[:-1]]),
+            before_flow=stage_flows,
+            before_mask=stage_masks,
+            after=jnp.concatenate([images_now[1:], zeros]),
+            after_flow=jnp.concatenate([stage_flows[1:], jnp.zeros((1, *shape, 2), jnp.float32)]),
+            after_mask=jnp.concatenate([stage_masks[1:], jnp.zeros((1, *shape), jnp.float32)]),
+            temporal_weight=jnp.full((size,), video.temporal_weight, jnp.float32),
+        )
+        num_steps = jnp.asarray(stage_config.num_steps, jnp.int32)
+        state = _init_window(params, members, images_now, num_steps, stage_config.memory_size)
+        iterations = 1
+        while True:
+            state, ran = _run_window(params, members, state, num_steps, jnp.int32(stage_config.chunk_size))
+            iterations += int(ran)
+            if callback is not None:
+                seen = VideoProgress(
+                    span, count, stage.number, stage.num_stages, int(state.steps.min()), stage_config.num_steps,
+                    float(state.value.mean()), np.clip(np.asarray(state.image), 0.0, 1.0), time.perf_counter() - start,
+                )  # fmt: skip
+                if callback(seen):
+                    raise KeyboardInterrupt
+            if bool(jnp.all(state.done)):
+                break
+            if size > 1:  # the neighbours moved: hold them where they are now (one evaluation of the window)
+                members = _hold_neighbours(members, state.image)
+                state = _refresh_window(params, members, state)
+                iterations += 1
+        images = np.clip(np.asarray(state.image), 0.0, 1.0)
+        evaluations += iterations * (shape[0] * shape[1]) / (h * w)
+        calls += iterations
+        if stage.number == 0:
+            anchors = [anchor_thumbnail(image) for image in images]
+        if not np.isfinite(np.asarray(state.value)).all():
+            raise FloatingPointError(f"frames {span.start}-{span.stop - 1}: the loss became NaN or infinite")
+    assert images is not None
+    return images, evaluations, calls
+
+
+def temporal_error(frames: np.ndarray, flows: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per frame, the mean absolute difference to the previous frame warped by ``flows``, over ``masks`` (0-1 units).
+
+    The flicker measure: with the clip's true motion as ``flows`` and the pixels visible in both
+    frames as ``masks``; 0 for a frame with no reliable pixel (the first, a cut).
+    """
+    frames = jnp.asarray(frames, jnp.float32)
+    errors = [0.0]
+    for t in range(1, len(frames)):
+        mask = jnp.asarray(masks[t], jnp.float32)
+        if float(mask.sum()) == 0:
+            errors.append(0.0)
+            continue
+        warped = flow.warp(frames[t - 1], jnp.asarray(flows[t]))
+        diff = jnp.mean(jnp.abs(frames[t] - warped), axis=-1)
+        errors.append(float(jnp.sum(mask * diff) / jnp.sum(mask)))
+    return np.asarray(errors, np.float32)
+
+
+def _result(out, cuts, flows, masks, evaluations, batched, start, flow_seconds, window) -> VideoResult:
+    count = max(1, len(out))
+    return VideoResult(
+        frames=out,
+        cuts=list(cuts),
+        temporal_error=temporal_error(out, flows[: len(out)], masks[: len(out)]),
+        evaluations=evaluations / count,
+        batched_evaluations=batched,
+        seconds=time.perf_counter() - start,
+        flow_seconds=flow_seconds,
+        window=window,
+    )

@@ -1,0 +1,295 @@
+"""Video: optical flow and its masks, the warp, the clip objective, stylize_video, clip files and `nst-jax video`."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import SMALL_NETWORK_CONFIG, one_line_error
+from jax.test_util import check_grads
+
+from nst_jax import StyleConfig, clips, flow, samples, video
+from nst_jax.image import resize
+
+
+def _pan(count=5, h=24, w=32, speed=2):
+    """A clip panning right over the built-in village by ``speed`` px a frame, and its true backward flow."""
+    source = np.asarray(resize(jnp.asarray(samples.village(96, 128)), (h + 8, w + speed * count + 8)))
+    frames = np.stack([source[4 : 4 + h, 4 + speed * t : 4 + speed * t + w] for t in range(count)])
+    true = np.zeros((count, h, w, 2), np.float32)
+    true[1:, ..., 0] = speed
+    masks = np.ones((count, h, w), np.float32)
+    masks[0] = 0
+    masks[1:, :, w - speed - 1 :] = 0  # seen in frame t, not in frame t-1
+    return frames.astype(np.float32), true, masks
+
+
+def test_flow_of_a_shift_is_the_shift_and_its_mask_drops_what_was_not_seen():
+    big = np.asarray(samples.village(96, 128))
+    a, b = big[10:74, 10:106], big[10:74, 13:109]  # b(p) = a(p + (3, 0))
+    for method in flow.FLOWS:
+        backward = flow.optical_flow(b, a, method)
+        assert np.median(backward[..., 0]) == pytest.approx(3.0, abs=0.2), method
+        assert np.median(backward[..., 1]) == pytest.approx(0.0, abs=0.2), method
+    backward, forward = flow.optical_flow(b, a), flow.optical_flow(a, b)
+    mask = flow.reliability(backward, forward)
+    assert mask[:, -3:].max() == 0.0  # those columns of b were never in a
+    assert mask[:, :-6].mean() > 0.9
+    warped = np.asarray(flow.warp(jnp.asarray(a), jnp.asarray(backward)))
+    assert np.abs(warped - b)[mask > 0].mean() < 0.1 * np.abs(a - b).mean()
+
+
+def test_reliability_marks_a_disocclusion_and_a_motion_boundary():
+    h, w = 40, 40
+    backward = np.zeros((h, w, 2), np.float32)
+    backward[10:20, 10:20, 0] = -4.0  # a square moved 4 px right; the background stood still
+    forward = np.zeros((h, w, 2), np.float32)
+    forward[10:20, 6:16, 0] = 4.0
+    mask = flow.reliability(backward, forward)
+    assert mask[30:, 30:].min() == 1.0  # still background
+    assert mask[12:18, 12:18].min() == 1.0  # the square's inside: both flows agree
+    assert mask[12:18, 20].max() == 0.0 or mask[12:18, 19].max() == 0.0  # its edge: a motion boundary
+    # Where forward and backward disagree (the background the square uncovered, here made inconsistent) is 0.
+    forward[12:18, 6:10, 0] = 4.0
+    backward_uncovered = backward.copy()
+    backward_uncovered[12:18, 6:10, 0] = 0.0
+    assert flow.reliability(backward_uncovered, forward)[13:17, 7:9].max() == 0.0
+
+
+def test_warp_moves_by_whole_pixels_and_its_gradients_are_right(rng):
+    image = jnp.asarray(rng.random((12, 16, 3)), jnp.float32)
+    shift = jnp.zeros((12, 16, 2)).at[..., 0].set(2.0).at[..., 1].set(1.0)
+    warped = flow.warp(image, shift)
+    np.testing.assert_allclose(warped[:-1, :-2], image[1:, 2:], atol=1e-6)
+    np.testing.assert_allclose(warped[:, -1], image[jnp.minimum(jnp.arange(12) + 1, 11), -1], atol=1e-6)  # clamped
+    fractional = jnp.asarray(rng.uniform(-2.3, 2.3, (12, 16, 2)), jnp.float32)
+    check_grads(lambda x: flow.warp(x, fractional), (image,), order=1, modes=("rev",), atol=1e-2, rtol=1e-2)
+    check_grads(lambda f: flow.warp(image, f), (fractional,), order=1, modes=("rev",), atol=5e-2, rtol=5e-2)
+
+
+def test_resize_flow_scales_the_vectors_with_the_picture():
+    field = np.zeros((20, 40, 2), np.float32)
+    field[..., 0], field[..., 1] = 4.0, -2.0
+    half = np.asarray(flow.resize_flow(field, (10, 20)))
+    np.testing.assert_allclose(half[..., 0], 2.0, atol=1e-5)
+    np.testing.assert_allclose(half[..., 1], -1.0, atol=1e-5)
+    mask = np.ones((20, 40), np.float32)
+    mask[5, 5] = 0
+    assert np.asarray(flow.resize_mask(mask, (10, 20)))[2, 2] == 0.0
+
+
+def test_frame_flows_finds_the_cut():
+    frames, _, _ = _pan(4, 48, 64)
+    other = np.asarray(samples.swirls(48, 64))
+    clip = np.concatenate([frames, other[None], other[None]])
+    _, masks, cuts = flow.frame_flows(clip)
+    assert cuts == [4]
+    assert masks[4].max() == 0.0 and masks[0].max() == 0.0
+    assert masks[1].mean() > 0.8 and masks[5].mean() > 0.9
+
+
+def _objectives(small_network, frames, style):
+    _, network, params = small_network
+    from nst_jax.objective import make_objective
+
+    return params, [
+        make_objective(params, jnp.asarray(f), jnp.asarray(style), SMALL_NETWORK_CONFIG, network=network)
+        for f in frames
+    ]
+
+
+def test_clip_objective_is_the_frames_mean_plus_the_temporal_term(small_network, rng):
+    frames, true, masks = _pan(3)
+    style = rng.random((24, 24, 3)).astype(np.float32)
+    params, objectives = _objectives(small_network, frames, style)
+    previous = rng.random(frames.shape[1:]).astype(np.float32)
+    masks = masks.copy()
+    masks[0] = 1.0  # frame 0 is held to `previous`
+    clip = video.ClipObjective(
+        params=params,
+        frames=jax.tree.map(lambda *x: jnp.stack(x), *[o.replace(params=None) for o in objectives]),
+        flows=jnp.asarray(true),
+        masks=jnp.asarray(masks),
+        previous=jnp.asarray(previous),
+        temporal_weight=jnp.asarray(7.0),
+    )
+    images = jnp.asarray(rng.random(frames.shape), jnp.float32)
+    loss, aux = clip(images)
+    # By hand: each frame's objective, and the temporal term in numpy.
+    own = np.mean([float(o(images[t])[0]) for t, o in enumerate(objectives)])
+    before = np.concatenate([previous[None], np.asarray(images[:-1])])
+    temporal = []
+    for t in range(3):
+        shifted = np.asarray(flow.warp(jnp.asarray(before[t]), jnp.asarray(true[t])))
+        temporal.append(np.mean(masks[t][..., None] * (np.asarray(images[t]) - shifted) ** 2))
+    assert float(loss) == pytest.approx(own + 7.0 * np.mean(temporal), rel=1e-5)
+    assert float(aux["temporal"]) == pytest.approx(7.0 * np.mean(temporal), rel=1e-5)
+    assert float(jax.jit(lambda c, x: c(x)[0])(clip, images)) == pytest.approx(float(loss), rel=1e-5)  # jit == eager
+
+
+def test_each_frame_with_its_neighbours_held_descends_the_clips_loss(small_network, rng):
+    """A FrameObjective's gradient, its neighbours at the window's images, is the clip's gradient for that frame."""
+    frames, true, masks = _pan(3)
+    style = rng.random((24, 24, 3)).astype(np.float32)
+    params, objectives = _objectives(small_network, frames, style)
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *[o.replace(params=None) for o in objectives])
+    images = jnp.asarray(rng.random(frames.shape), jnp.float32)
+    weight = jnp.asarray(50.0)
+    zero = jnp.zeros((1, *frames.shape[1:]), jnp.float32)
+    clip = video.ClipObjective(params, stacked, jnp.asarray(true), jnp.asarray(masks), zero[0], weight)
+    members = video.FrameObjective(
+        frame=stacked,
+        before=jnp.concatenate([zero, images[:-1]]),
+        before_flow=jnp.asarray(true),
+        before_mask=jnp.asarray(masks),
+        after=jnp.concatenate([images[1:], zero]),
+        after_flow=jnp.concatenate([jnp.asarray(true[1:]), jnp.zeros((1, *true.shape[1:]))]),
+        after_mask=jnp.concatenate([jnp.asarray(masks[1:]), jnp.zeros((1, *masks.shape[1:]))]),
+        temporal_weight=jnp.full((3,), 50.0),
+    )
+    joint = jax.grad(lambda x: clip(x)[0])(images)
+    each = jax.vmap(lambda m, x: jax.grad(lambda y: m.loss(params, y)[0])(x))(members, images)
+    np.testing.assert_allclose(each, 3 * joint, rtol=1e-4, atol=1e-6)
+    loop = jnp.stack([jax.grad(lambda y, t=t: jax.tree.map(lambda a: a[t], members).loss(params, y)[0])(images[t])
+                      for t in range(3)])  # fmt: skip
+    np.testing.assert_allclose(each, loop, rtol=1e-5, atol=1e-7)  # vmap == loop
+
+
+def _stylize(small_network, frames, style, steps=15, **video_settings):
+    _, network, params = small_network
+    config = SMALL_NETWORK_CONFIG.replace(num_steps=steps, base_size=16, num_scales=1)
+    settings = video.VideoConfig(**video_settings)
+    return video.stylize_video(frames, style, config, settings, params=params, network=network)
+
+
+def test_the_temporal_term_removes_flicker(small_network, rng):
+    frames, true, masks = _pan(5)
+    style = rng.random((32, 32, 3)).astype(np.float32)
+    alone = _stylize(small_network, frames, style, temporal_weight=0.0, window=1)
+    held = _stylize(small_network, frames, style, temporal_weight=2000.0, window=5)
+    error = lambda result: video.temporal_error(result.frames, true, masks)[1:].mean()
+    assert error(held) < 0.5 * error(alone)
+    assert held.frames.shape == frames.shape and held.window == 5
+    assert held.batched_evaluations < alone.batched_evaluations  # one evaluation steps every frame of the window
+
+
+def test_windows_and_resume_are_the_same_clip(small_network, rng):
+    frames, _, _ = _pan(4)
+    style = rng.random((32, 32, 3)).astype(np.float32)
+    whole = _stylize(small_network, frames, style, window=2)
+    _, network, params = small_network
+    config = SMALL_NETWORK_CONFIG.replace(num_steps=15, base_size=16, num_scales=1)
+    resumed = video.stylize_video(
+        frames, style, config, video.VideoConfig(window=2), params=params, network=network, finished=whole.frames[:2]
+    )
+    np.testing.assert_array_equal(resumed.frames[:2], whole.frames[:2])
+    np.testing.assert_allclose(resumed.frames[2:], whole.frames[2:], atol=1e-5)
+
+
+def test_a_stop_keeps_the_finished_windows(small_network, rng):
+    frames, _, _ = _pan(4)
+    style = rng.random((32, 32, 3)).astype(np.float32)
+    _, network, params = small_network
+    config = SMALL_NETWORK_CONFIG.replace(num_steps=10, chunk_size=5, base_size=16, num_scales=1)
+    saved = []
+    with pytest.raises(video.VideoInterrupted) as caught:
+        video.stylize_video(
+            frames, style, config, video.VideoConfig(window=2), params=params, network=network,
+            callback=lambda p: p.frames.start >= 2, on_window=lambda span, images: saved.append(span),
+        )  # fmt: skip
+    assert len(caught.value.result.frames) == 2 and saved == [range(0, 2)]
+
+
+def test_video_settings_are_checked():
+    with pytest.raises(ValueError, match="`temporal_weight` must be in"):
+        video.VideoConfig(temporal_weight=-1.0)
+    with pytest.raises(ValueError, match="`window` must be an integer from 1 to"):
+        video.VideoConfig(window=0)
+    with pytest.raises(ValueError, match=r"`flow` must be one of \('dis', 'farneback'\), got 'deep'"):
+        video.VideoConfig(flow="deep")
+    with pytest.raises(ValueError, match="`frames` has shape"):
+        video.check_frames(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="`optimizer` 'adam' is not supported for video"):
+        video.stylize_video(np.zeros((2, 32, 32, 3), np.float32), np.zeros((32, 32, 3), np.float32),
+                            StyleConfig(optimizer="adam"))  # fmt: skip
+    with pytest.raises(ValueError, match="luminance"):
+        video.stylize_video(np.zeros((2, 32, 32, 3), np.float32), np.zeros((32, 32, 3), np.float32),
+                            StyleConfig(preserve_colour="luminance"))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["clip.mp4", "clip.webm", "clip.gif", "frames"])
+def test_clips_round_trip(tmp_path, name):
+    frames, _, _ = _pan(4, 30, 40)
+    path = tmp_path / name
+    assert clips.check_output_clip(path) in (".mp4", ".webm", "gif", "folder")
+    assert clips.write_clip(path, frames, 12.0) is None
+    info = clips.clip_info(path)
+    assert info.frames == 4 and info.fps == pytest.approx(12.0 if name != "frames" else 25.0, rel=0.05)
+    back = clips.read_clip(path, 40)
+    assert back.frames.shape == (4, 30, 40, 3)
+    tolerance = 0.01 if name == "frames" else 0.06  # lossy codecs; a GIF's 256 colours
+    assert np.abs(back.frames - frames).mean() < tolerance
+    part = clips.read_clip(path, 20, start=1, end=3)
+    assert part.frames.shape == (2, 15, 20, 3)
+
+
+def test_clip_files_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="is not a clip nst-jax writes"):
+        clips.check_output_clip(tmp_path / "out.txt")
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="files nst-jax did not write"):
+        clips.check_output_clip(user)
+    with pytest.raises(ValueError, match="holds no frames"):
+        clips.clip_info(user)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        clips.clip_info(tmp_path / "missing.mp4")
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 40)
+    with pytest.raises(ValueError, match="is not a readable video"):
+        clips.clip_info(tmp_path / "broken.mp4")
+    with pytest.raises(ValueError, match="frames at .* take .* GiB"):
+        clips.check_span(50_000, (2160, 3840), 3840, 0, None, "input")
+    with pytest.raises(ValueError, match="is not a frame range"):
+        clips.check_span(10, (20, 20), 20, 5, 3, "input")
+
+
+def test_video_command_mistakes_are_one_line(tmp_path, capsys):
+    frames, _, _ = _pan(3, 30, 40)
+    clips.write_clip(tmp_path / "in.gif", frames, 10)
+    style = tmp_path / "style.png"
+    from nst_jax.io import save_image
+
+    save_image(style, samples.swirls(32, 32))
+    one_line_error(capsys, ["video", str(tmp_path / "in.gif"), str(style), "-o", str(tmp_path / "o.txt")],
+                   "is not a clip nst-jax writes")  # fmt: skip
+    one_line_error(capsys, ["video", str(tmp_path / "none.gif"), str(style), "-o", str(tmp_path / "o.gif")],
+                   "does not exist")  # fmt: skip
+    one_line_error(capsys, ["video", str(tmp_path / "in.gif"), str(style), "-o", str(tmp_path / "o.gif"),
+                            "--window", "0"], "`window` must be an integer")  # fmt: skip
+    one_line_error(capsys, ["video", str(tmp_path / "in.gif"), str(style), "-o", str(tmp_path / "o.gif"),
+                            "--start", "5"], "`input` has 3 frames")  # fmt: skip
+    assert not (tmp_path / "o.gif").exists() and not (tmp_path / "o.gif.partial").exists()
+
+
+def test_video_command_writes_the_clip(tmp_path, capsys):
+    """End to end on VGG-19 at 48 px (two steps): the GIF appears, the partial frames go."""
+    from nst_jax import cli
+    from nst_jax.io import save_image
+
+    frames, _, _ = _pan(3, 36, 48)
+    clips.write_clip(tmp_path / "in", frames, 10)  # a folder of frames
+    save_image(tmp_path / "style.png", samples.swirls(48, 48))
+    argv = ["video", str(tmp_path / "in"), str(tmp_path / "style.png"), "-o", str(tmp_path / "out.gif"),
+            "--size", "48", "--steps", "2", "--window", "2", "--fps", "8"]  # fmt: skip
+    assert cli.main([*argv, "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["frames"] == 3 and plan["window"] == 2 and plan["shape"] == [36, 48]
+    assert cli.main(argv) == 0
+    assert "wrote" in capsys.readouterr().err
+    info = clips.clip_info(tmp_path / "out.gif")
+    assert info.shape == (36, 48) and info.fps == pytest.approx(8.0, rel=0.05)
+    assert not (tmp_path / "out.gif.partial").exists()
