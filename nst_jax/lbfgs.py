@@ -165,29 +165,3 @@ def advance(state: LbfgsState, value: jax.Array, grad: jax.Array, num_steps) -> 
 
     new = jax.tree.map(lambda a, r: jnp.where(accept, a, r), accepted, rejected)
     return jax.tree.map(lambda n, o: jnp.where(state.done, o, n), new, state)
-
-
-def refresh(state: LbfgsState, value: jax.Array, grad: jax.Array) -> LbfgsState:
-    """The state with the loss changed under it: new value and gradient at ``state.image``, a new direction.
-
-    For an objective whose change keeps its curvature, e.g. a quadratic term whose target moved
-    (a video frame's neighbours between chunks, :mod:`nst_jax.video`): the curvature history stays
-    valid, so the direction comes from it, and the next trial step is 1. A done member is left as it is.
-    """
-    direction = _two_loop(grad, state.s_history, state.y_history, state.rho_history)
-    restart = _vdot(grad, direction) >= 0
-    direction = jnp.where(restart, _first_direction(grad), direction)
-    finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
-    new = state._replace(
-        value=value,
-        grad=grad,
-        direction=direction,
-        step_size=jnp.ones_like(state.step_size),
-        s_history=jnp.where(restart, 0.0, state.s_history),
-        y_history=jnp.where(restart, 0.0, state.y_history),
-        rho_history=jnp.where(restart, 0.0, state.rho_history),
-        rejects=jnp.zeros_like(state.rejects),
-        evals=state.evals + 1,
-        done=state.done | ~finite,
-    )
-    return jax.tree.map(lambda n, o: jnp.where(state.done, o, n), new, state)

@@ -6,15 +6,17 @@ frame and the previous stylised frame warped along the optical flow, where the f
 reliable (:mod:`nst_jax.flow`). They optimise the frames one after another, each from the
 warped previous result.
 
-Departure: here a *window* of frames is one optimisation. :class:`ClipObjective` is the mean
+Departure: a *window* of frames can be one optimisation. :class:`ClipObjective` is the mean
 of the frames' own objectives (one :class:`~nst_jax.objective.Objective` per frame, batched
 with ``jax.vmap``) plus the temporal terms between neighbours, all in one jitted loss of the
 window's ``[W, h, w, 3]`` pixels, so each temporal term pulls on both of its frames (as the
 paper's forward-and-backward multi-pass algorithm does, in one pass) and every evaluation
 steps every frame of the window at once. Windows follow one another: the first frame of a
-window is coupled to the last finished frame of the one before (held fixed), so a clip of any
-length is never held in memory all at once. ``window=1`` is the paper's frame-after-frame
-algorithm with its warped initialisation.
+window is held to the last finished frame of the one before, so a clip of any length is never
+held in memory all at once. ``window=1``, the default, is the paper's frame-after-frame
+algorithm with its warped initialisation: measured on this project's CPU it fits each frame's
+style closer at the same number of evaluations (docs/video.md), and a CPU gains nothing from
+the batch. A larger window is for accelerators, where W frames cost about one frame's time.
 
 Every frame runs the coarse-to-fine schedule of :func:`~nst_jax.transfer.stylize` (the
 window's stages one after another), so a frame of the clip is the picture ``stylize`` makes
@@ -24,7 +26,6 @@ of it, held to its neighbours.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import flow, lbfgs, memory, schedule
+from nst_jax import flow, memory, schedule
 from nst_jax.checks import check_choice, check_image
 from nst_jax.config import MAX_WEIGHT, StyleConfig
 from nst_jax.flow import CUT_SHARE, FLOWS
@@ -60,9 +61,11 @@ class VideoConfig:
     # over pixels) belongs to its absolute terms; here the term is a mean over pixels and
     # channels of [0, 1] values against relative content and style terms (docs/video.md).
     temporal_weight: float = _f(
-        2000.0, "weight of the temporal loss: a frame against its warped stylised neighbour (0: frames apart)"
+        500.0, "weight of the temporal loss: a frame against its warped stylised neighbour (0: frames apart)"
     )
-    window: int = _f(8, "frames optimised together (one compiled program; the memory plan may lower it; 1: one by one)")
+    window: int = _f(
+        1, "frames optimised together (one L-BFGS over their pixels; the memory plan may lower it; 1: one by one)"
+    )
     flow: str = _f("dis", "optical flow: dis or farneback (OpenCV)", choices=FLOWS)
     cut_share: float = _f(
         CUT_SHARE, "a frame whose flow is reliable on less than this share of the picture starts a new shot"
@@ -237,11 +240,6 @@ def stylize_video(
             "`preserve_colour` 'luminance' is not supported for video (the temporal term compares colour frames); "
             "use 'histogram' or 'none'"
         )
-    if config.optimizer != "lbfgs":
-        raise ValueError(
-            f"`optimizer` {config.optimizer!r} is not supported for video: its frames run the batched L-BFGS "
-            "of nst_jax.lbfgs (use 'lbfgs')"
-        )
     frames = check_frames(frames)
     count, h, w = frames.shape[:3]
     styles = as_images(style)
@@ -295,75 +293,6 @@ def stylize_video(
     return _result(out, cuts, all_flows, all_masks, evaluations, batched, start, flow_seconds, window)
 
 
-class FrameObjective(flax.struct.PyTreeNode):
-    """One frame's loss with its neighbours held: its own objective plus the temporal terms to both.
-
-    ``loss(params, x) = frame(x) + temporal_weight * (mean(c_t (x - warp(before, b_t))^2)
-    + mean(c_{t+1} (after - warp(x, b_{t+1}))^2))``. With the neighbours at their current images
-    its gradient is the window's :class:`ClipObjective` gradient for this frame (times the
-    window's length): a window of these, batched, descends the clip's loss one frame at a time.
-    """
-
-    frame: Objective  # the frame's own objective, params None (passed in: shared by the window)
-    before: jax.Array  # [h, w, 3] the previous frame, held
-    before_flow: jax.Array  # [h, w, 2] backward flow of this frame to the previous one
-    before_mask: jax.Array  # [h, w] where it is reliable (all 0: no previous frame, a cut)
-    after: jax.Array  # [h, w, 3] the next frame, held
-    after_flow: jax.Array  # [h, w, 2] backward flow of the next frame to this one
-    after_mask: jax.Array  # [h, w] (all 0: no next frame in the window, a cut)
-    temporal_weight: jax.Array
-
-    def loss(self, params, image: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        own, aux = self.frame.replace(params=params)(image)
-        back = jnp.mean(self.before_mask[..., None] * jnp.square(image - flow.warp(self.before, self.before_flow)))
-        ahead = jnp.mean(self.after_mask[..., None] * jnp.square(self.after - flow.warp(image, self.after_flow)))
-        temporal = self.temporal_weight * (back + ahead)
-        return own + temporal, {**aux, "temporal": temporal}
-
-
-def _value_and_grad(params, member: FrameObjective, image):
-    return jax.value_and_grad(lambda x: member.loss(params, x)[0])(image)
-
-
-@functools.partial(jax.jit, static_argnames=("memory_size",))
-def _init_window(params, members, images, num_steps, memory_size):
-    values, grads = jax.vmap(_value_and_grad, in_axes=(None, 0, 0))(params, members, images)
-    state = jax.vmap(lambda x, v, g: lbfgs.init(x, v, g, memory_size))(images, values, grads)
-    return state._replace(done=state.done | (num_steps <= 0))
-
-
-@functools.partial(jax.jit, donate_argnames=("state",))
-def _run_window(params, members, state, num_steps, max_iterations):
-    """Up to ``max_iterations`` batched L-BFGS iterations (:mod:`nst_jax.lbfgs`), every frame its own line search."""
-
-    def iteration(member, member_state):
-        value, grad = _value_and_grad(params, member, lbfgs.trial_point(member_state))
-        return lbfgs.advance(member_state, value, grad, num_steps)
-
-    def body(carry):
-        state, count = carry
-        return jax.vmap(iteration)(members, state), count + 1
-
-    def cond(carry):
-        state, count = carry
-        return (count < max_iterations) & ~jnp.all(state.done)
-
-    return jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))
-
-
-@jax.jit
-def _refresh_window(params, members, state):
-    values, grads = jax.vmap(_value_and_grad, in_axes=(None, 0, 0))(params, members, state.image)
-    return jax.vmap(lbfgs.refresh)(state, values, grads)
-
-
-def _hold_neighbours(members: FrameObjective, images: jax.Array) -> FrameObjective:
-    """Each frame's neighbours set to the window's current images (the first frame's previous one stays)."""
-    before = jnp.concatenate([members.before[:1], images[:-1]])
-    after = jnp.concatenate([images[1:], members.after[-1:]])
-    return members.replace(before=before, after=after)
-
-
 def _window(frames, span, previous, flows, masks, styles, fine_styles, config, video, params, network, stages,
             callback, start, count):  # fmt: skip
     """Optimises the frames in ``span`` together through every stage.
@@ -376,7 +305,6 @@ def _window(frames, span, previous, flows, masks, styles, fine_styles, config, v
     images = None
     anchors: list[Any] = []
     evaluations, calls = 0.0, 0
-    size = len(span)
     for stage in stages:
         shape, stage_config = stage.shape, stage.config
         objectives, inits = [], []
@@ -392,54 +320,44 @@ def _window(frames, span, previous, flows, masks, styles, fine_styles, config, v
             inits.append(init)
         stage_flows = jnp.stack([flow.resize_flow(flows[t], shape) for t in span])
         stage_masks = jnp.stack([flow.resize_mask(masks[t], shape) for t in span])
-        zeros = jnp.zeros((1, *shape, 3), jnp.float32)
         if previous is None:
             stage_masks = stage_masks.at[0].set(0.0)
-            held = zeros
+            held = jnp.zeros((*shape, 3), jnp.float32)
         else:
-            held = resize(previous, shape)[None]
-            if images is None:  # the paper's initialisation: the warped previous frame where it is reliable
+            held = resize(previous, shape)
+            if images is None and video.temporal_weight > 0:  # the paper's: the warped previous frame where reliable
                 mask = stage_masks[0][..., None]
-                inits[0] = mask * flow.warp(held[0], stage_flows[0]) + (1 - mask) * inits[0]
-        images_now = jnp.stack(inits)
-        members = FrameObjective(
-            frame=jax.tree.map(lambda *leaves: jnp.stack(leaves), *objectives),
-            before=jnp.concatenate([held, images_now[:-1]]),
-            before_flow=stage_flows,
-            before_mask=stage_masks,
-            after=jnp.concatenate([images_now[1:], zeros]),
-            after_flow=jnp.concatenate([stage_flows[1:], jnp.zeros((1, *shape, 2), jnp.float32)]),
-            after_mask=jnp.concatenate([stage_masks[1:], jnp.zeros((1, *shape), jnp.float32)]),
-            temporal_weight=jnp.full((size,), video.temporal_weight, jnp.float32),
+                inits[0] = mask * flow.warp(held, stage_flows[0]) + (1 - mask) * inits[0]
+        objective = ClipObjective(
+            params=params,
+            frames=jax.tree.map(lambda *leaves: jnp.stack(leaves), *objectives),
+            flows=stage_flows,
+            masks=stage_masks,
+            previous=held,
+            temporal_weight=jnp.asarray(video.temporal_weight, jnp.float32),
         )
-        num_steps = jnp.asarray(stage_config.num_steps, jnp.int32)
-        state = _init_window(params, members, images_now, num_steps, stage_config.memory_size)
-        iterations = 1
-        while True:
-            state, ran = _run_window(params, members, state, num_steps, jnp.int32(stage_config.chunk_size))
-            iterations += int(ran)
-            if callback is not None:
-                seen = VideoProgress(
-                    span, count, stage.number, stage.num_stages, int(state.steps.min()), stage_config.num_steps,
-                    float(state.value.mean()), np.clip(np.asarray(state.image), 0.0, 1.0), time.perf_counter() - start,
-                )  # fmt: skip
-                if callback(seen):
-                    raise KeyboardInterrupt
-            if bool(jnp.all(state.done)):
-                break
-            if size > 1:  # the neighbours moved: hold them where they are now (one evaluation of the window)
-                members = _hold_neighbours(members, state.image)
-                state = _refresh_window(params, members, state)
-                iterations += 1
-        images = np.clip(np.asarray(state.image), 0.0, 1.0)
-        evaluations += iterations * (shape[0] * shape[1]) / (h * w)
-        calls += iterations
+        stopped: list[bool] = []
+
+        def report(progress, stage=stage, stopped=stopped):
+            seen = VideoProgress(
+                span, count, stage.number, stage.num_stages, progress.step, progress.num_steps, progress.loss,
+                progress.image, time.perf_counter() - start,
+            )  # fmt: skip
+            stopped.append(bool(callback(seen)))
+            return stopped[-1]
+
+        result = transfer.optimize(objective, jnp.stack(inits), stage_config, callback=callback and report)
+        if any(stopped):
+            raise KeyboardInterrupt
+        images = result.image
+        evaluations += result.num_evals * (shape[0] * shape[1]) / (h * w)
+        calls += result.num_evals
         if stage.number == 0:
             anchors = [anchor_thumbnail(image) for image in images]
-        if not np.isfinite(np.asarray(state.value)).all():
+        if not result.finite:
             raise FloatingPointError(f"frames {span.start}-{span.stop - 1}: the loss became NaN or infinite")
     assert images is not None
-    return images, evaluations, calls
+    return np.asarray(images), evaluations, calls
 
 
 def temporal_error(frames: np.ndarray, flows: np.ndarray, masks: np.ndarray) -> np.ndarray:

@@ -130,34 +130,6 @@ def test_clip_objective_is_the_frames_mean_plus_the_temporal_term(small_network,
     assert float(jax.jit(lambda c, x: c(x)[0])(clip, images)) == pytest.approx(float(loss), rel=1e-5)  # jit == eager
 
 
-def test_each_frame_with_its_neighbours_held_descends_the_clips_loss(small_network, rng):
-    """A FrameObjective's gradient, its neighbours at the window's images, is the clip's gradient for that frame."""
-    frames, true, masks = _pan(3)
-    style = rng.random((24, 24, 3)).astype(np.float32)
-    params, objectives = _objectives(small_network, frames, style)
-    stacked = jax.tree.map(lambda *x: jnp.stack(x), *[o.replace(params=None) for o in objectives])
-    images = jnp.asarray(rng.random(frames.shape), jnp.float32)
-    weight = jnp.asarray(50.0)
-    zero = jnp.zeros((1, *frames.shape[1:]), jnp.float32)
-    clip = video.ClipObjective(params, stacked, jnp.asarray(true), jnp.asarray(masks), zero[0], weight)
-    members = video.FrameObjective(
-        frame=stacked,
-        before=jnp.concatenate([zero, images[:-1]]),
-        before_flow=jnp.asarray(true),
-        before_mask=jnp.asarray(masks),
-        after=jnp.concatenate([images[1:], zero]),
-        after_flow=jnp.concatenate([jnp.asarray(true[1:]), jnp.zeros((1, *true.shape[1:]))]),
-        after_mask=jnp.concatenate([jnp.asarray(masks[1:]), jnp.zeros((1, *masks.shape[1:]))]),
-        temporal_weight=jnp.full((3,), 50.0),
-    )
-    joint = jax.grad(lambda x: clip(x)[0])(images)
-    each = jax.vmap(lambda m, x: jax.grad(lambda y: m.loss(params, y)[0])(x))(members, images)
-    np.testing.assert_allclose(each, 3 * joint, rtol=1e-4, atol=1e-6)
-    loop = jnp.stack([jax.grad(lambda y, t=t: jax.tree.map(lambda a: a[t], members).loss(params, y)[0])(images[t])
-                      for t in range(3)])  # fmt: skip
-    np.testing.assert_allclose(each, loop, rtol=1e-5, atol=1e-7)  # vmap == loop
-
-
 def _stylize(small_network, frames, style, steps=15, **video_settings):
     _, network, params = small_network
     config = SMALL_NETWORK_CONFIG.replace(num_steps=steps, base_size=16, num_scales=1)
@@ -212,9 +184,6 @@ def test_video_settings_are_checked():
         video.VideoConfig(flow="deep")
     with pytest.raises(ValueError, match="`frames` has shape"):
         video.check_frames(np.zeros((4, 4, 3), np.float32))
-    with pytest.raises(ValueError, match="`optimizer` 'adam' is not supported for video"):
-        video.stylize_video(np.zeros((2, 32, 32, 3), np.float32), np.zeros((32, 32, 3), np.float32),
-                            StyleConfig(optimizer="adam"))  # fmt: skip
     with pytest.raises(ValueError, match="luminance"):
         video.stylize_video(np.zeros((2, 32, 32, 3), np.float32), np.zeros((32, 32, 3), np.float32),
                             StyleConfig(preserve_colour="luminance"))  # fmt: skip
