@@ -260,37 +260,61 @@ def stylize_video(
     window = window_that_fits(config, (h, w), video.window)
     params = params_or_default(params, config, network)
     start = time.perf_counter()
-    if flows is None:
-        flows = flow.frame_flows(frames, video.flow, video.cut_share)
-    all_flows, all_masks, cuts = flows
-    all_flows, all_masks = np.asarray(all_flows, np.float32), np.asarray(all_masks, np.float32)
-    if all_flows.shape != (count, h, w, 2) or all_masks.shape != (count, h, w):
-        raise ValueError(f"`flows` must be ([{count}, {h}, {w}, 2], [{count}, {h}, {w}], cuts), got other shapes")
-    flow_seconds = time.perf_counter() - start
+    given = None
+    if flows is not None:
+        given = (np.asarray(flows[0], np.float32), np.asarray(flows[1], np.float32))
+        if given[0].shape != (count, h, w, 2) or given[1].shape != (count, h, w):
+            raise ValueError(
+                f"`flows` must be ([{count}, {h}, {w}, 2], [{count}, {h}, {w}], cuts), got {given[0].shape} and "
+                f"{given[1].shape}"
+            )
+    cuts: list[int] = [] if flows is None else [int(c) for c in flows[2]]
     out = np.zeros_like(frames)
+    errors = np.zeros(count, np.float32)
     if finished is not None:
         out[:done] = finished
-    evaluations, batched = 0.0, 0
+    evaluations, batched, flow_seconds = 0.0, 0, 0.0
     stages = schedule.stages(config, (h, w))
     first = done
+    result = lambda upto: VideoResult(
+        out[:upto], cuts, errors[:upto], evaluations / max(1, upto - done), batched, time.perf_counter() - start,
+        flow_seconds, window,
+    )  # fmt: skip
     try:
         while first < count:
             span = range(first, min(first + window, count))
+            previous = out[first - 1] if first > 0 else None
+            if given is None:  # the window's flows only (and the frame before it): a long clip's are never all held
+                began, low = time.perf_counter(), max(first - 1, 0)
+                found = flow.frame_flows(frames[low : span.stop], video.flow, video.cut_share)
+                flow_seconds += time.perf_counter() - began
+                cuts += [low + c for c in found[2] if low + c >= first]
+                window_flows, window_masks = found[0][first - low :], found[1][first - low :]
+            else:
+                window_flows, window_masks = given[0][first : span.stop], given[1][first : span.stop]
             images, evals, calls = _window(
-                frames, span, out[first - 1] if first > 0 else None, all_flows, all_masks, styles, fine_styles,
-                config, video, params, network, stages, callback, start, count,
+                frames, span, previous, window_flows, window_masks, styles, fine_styles, config, video, params,
+                network, stages, callback, start, count,
             )  # fmt: skip
             out[span.start : span.stop] = images
+            errors[span.start : span.stop] = _window_errors(images, previous, window_flows, window_masks)
             evaluations += evals * len(span)
             batched += calls
             if on_window is not None:
                 on_window(span, images)
             first = span.stop
     except KeyboardInterrupt:
-        raise VideoInterrupted(
-            _result(out[:first], cuts, all_flows, all_masks, evaluations, batched, start, flow_seconds, window)
-        ) from None
-    return _result(out, cuts, all_flows, all_masks, evaluations, batched, start, flow_seconds, window)
+        raise VideoInterrupted(result(first)) from None
+    return result(count)
+
+
+def _window_errors(images, previous, flows, masks) -> np.ndarray:
+    """:func:`temporal_error` of a window's frames, the first against ``previous`` (0 without one)."""
+    if previous is None:
+        return temporal_error(images, flows, masks)
+    zero_flow, zero_mask = np.zeros_like(flows[:1]), np.zeros_like(masks[:1])
+    clip = np.concatenate([np.asarray(previous)[None], images])
+    return temporal_error(clip, np.concatenate([zero_flow, flows]), np.concatenate([zero_mask, masks]))[1:]
 
 
 def _window(frames, span, previous, flows, masks, styles, fine_styles, config, video, params, network, stages,
@@ -318,8 +342,8 @@ def _window(frames, span, previous, flows, masks, styles, fine_styles, config, v
                 objective = with_anchor(objective, anchors[i], config.anchor_weight)
             objectives.append(objective.replace(params=None))
             inits.append(init)
-        stage_flows = jnp.stack([flow.resize_flow(flows[t], shape) for t in span])
-        stage_masks = jnp.stack([flow.resize_mask(masks[t], shape) for t in span])
+        stage_flows = jnp.stack([flow.resize_flow(f, shape) for f in flows])  # the window's, in its order
+        stage_masks = jnp.stack([flow.resize_mask(m, shape) for m in masks])
         if previous is None:
             stage_masks = stage_masks.at[0].set(0.0)
             held = jnp.zeros((*shape, 3), jnp.float32)
@@ -377,17 +401,3 @@ def temporal_error(frames: np.ndarray, flows: np.ndarray, masks: np.ndarray) -> 
         diff = jnp.mean(jnp.abs(frames[t] - warped), axis=-1)
         errors.append(float(jnp.sum(mask * diff) / jnp.sum(mask)))
     return np.asarray(errors, np.float32)
-
-
-def _result(out, cuts, flows, masks, evaluations, batched, start, flow_seconds, window) -> VideoResult:
-    count = max(1, len(out))
-    return VideoResult(
-        frames=out,
-        cuts=list(cuts),
-        temporal_error=temporal_error(out, flows[: len(out)], masks[: len(out)]),
-        evaluations=evaluations / count,
-        batched_evaluations=batched,
-        seconds=time.perf_counter() - start,
-        flow_seconds=flow_seconds,
-        window=window,
-    )
