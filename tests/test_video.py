@@ -262,3 +262,41 @@ def test_video_command_writes_the_clip(tmp_path, capsys):
     info = clips.clip_info(tmp_path / "out.gif")
     assert info.shape == (36, 48) and info.fps == pytest.approx(8.0, rel=0.05)
     assert not (tmp_path / "out.gif.partial").exists()
+
+
+def _clip_with_audio(path, seconds=1.0, fps=10, size=(32, 48)):
+    """An H.264 + AAC clip (a grey ramp over time and a 440 Hz tone), made with PyAV."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[1], size[0], "yuv420p"
+        audio = out.add_stream("aac", rate=44100)
+        for t in range(int(seconds * fps)):
+            image = np.full((*size, 3), t * 20 % 255, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+        total = int(seconds * 44100)
+        for start in range(0, total, 1024):
+            n = min(1024, total - start)
+            wave = (0.2 * np.sin(2 * np.pi * 440 * np.arange(start, start + n) / 44100)).astype(np.float32)[None]
+            frame = av.AudioFrame.from_ndarray(wave, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 44100, start
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for packet in audio.encode():
+            out.mux(packet)
+
+
+def test_the_audio_is_copied_or_dropped_with_a_note(tmp_path):
+    _clip_with_audio(tmp_path / "in.mp4")
+    info = clips.clip_info(tmp_path / "in.mp4")
+    assert info.audio and info.frames == 10 and info.fps == pytest.approx(10.0)
+    frames = clips.read_clip(tmp_path / "in.mp4", 48).frames
+    assert clips.write_clip(tmp_path / "out.mp4", frames, 10.0, audio_from=str(tmp_path / "in.mp4")) is None
+    assert clips.clip_info(tmp_path / "out.mp4").audio
+    note = clips.write_clip(tmp_path / "out.webm", frames, 10.0, audio_from=str(tmp_path / "in.mp4"))
+    assert "could not be copied into .webm" in note and not clips.clip_info(tmp_path / "out.webm").audio
+    assert "no audio" in clips.write_clip(tmp_path / "out.gif", frames, 10.0, audio_from=str(tmp_path / "in.mp4"))
