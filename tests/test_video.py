@@ -300,3 +300,30 @@ def test_the_audio_is_copied_or_dropped_with_a_note(tmp_path):
     note = clips.write_clip(tmp_path / "out.webm", frames, 10.0, audio_from=str(tmp_path / "in.mp4"))
     assert "could not be copied into .webm" in note and not clips.clip_info(tmp_path / "out.webm").audio
     assert "no audio" in clips.write_clip(tmp_path / "out.gif", frames, 10.0, audio_from=str(tmp_path / "in.mp4"))
+
+
+def test_an_interrupted_clip_keeps_its_finished_frames_and_resumes(tmp_path, capsys, monkeypatch):
+    """Ctrl-C after the first window: OUT is not written, OUT.partial holds the frame; --resume passes it back."""
+    from nst_jax import cli
+    from nst_jax.io import save_image
+
+    frames, _, _ = _pan(3, 36, 48)
+    clips.write_clip(tmp_path / "in.gif", frames, 10)
+    save_image(tmp_path / "style.png", samples.swirls(48, 48))
+    seen = {}
+
+    def interrupted(frames, style, config, settings, **kwargs):
+        seen["finished"] = kwargs["finished"]
+        kwargs["on_window"](range(0, 1), frames[:1])
+        raise video.VideoInterrupted(video.VideoResult(frames[:1], [], np.zeros(1), 0.0, 0, 0.0, 0.0, 1))
+
+    monkeypatch.setattr(video, "stylize_video", interrupted)
+    argv = ["video", str(tmp_path / "in.gif"), str(tmp_path / "style.png"), "-o", str(tmp_path / "out.mp4"),
+            "--size", "48"]  # fmt: skip
+    assert cli.main(argv) == 130
+    assert "continue with --resume" in capsys.readouterr().err
+    assert not (tmp_path / "out.mp4").exists() and (tmp_path / "out.mp4.partial" / "frame_00001.png").is_file()
+    assert seen["finished"] is None
+    assert cli.main([*argv, "--resume"]) == 130
+    assert seen["finished"].shape == (1, 36, 48, 3)
+    np.testing.assert_allclose(seen["finished"][0], clips.read_clip(tmp_path / "in.gif", 48).frames[0], atol=0.6 / 255)
