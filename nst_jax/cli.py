@@ -283,10 +283,12 @@ def _add_video_parser(subcommands) -> None:
     video.add_argument("--resume", action="store_true", help="continue from the finished frames in OUTPUT.partial")
     video.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     for f in dataclasses.fields(VideoConfig):
-        kind = {"temporal_weight": float, "window": int, "flow": str, "cut_share": float}[f.name]
+        kind = {"temporal_weight": float, "window": int, "flow": str, "cut_share": float,
+                "long_term": lambda text: _comma_list(text, int)}[f.name]  # fmt: skip
+        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
         video.add_argument(
             "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=argparse.SUPPRESS,
-            choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (default: {f.default})",
+            choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (default: {shown})",
         )  # fmt: skip
     _add_config_arguments(
         video, {}, skip=("save_every", "checkpoint_every"), choices={"preserve_colour": ("none", "histogram")}

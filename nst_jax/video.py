@@ -47,6 +47,7 @@ from nst_jax.objective import Objective, anchor_thumbnail, check_network, with_a
 
 MAX_FRAMES = 100_000  # frames of one clip (an hour at 25 fps is 90 000)
 MAX_WINDOW = 256  # frames optimised together (the memory plan decides what fits below it)
+MAX_OFFSET = 64  # the furthest frame back a long-term term reaches (each offset costs two flows a frame)
 
 
 def _f(default, help: str, **extra):
@@ -70,6 +71,10 @@ class VideoConfig:
     cut_share: float = _f(
         CUT_SHARE, "a frame whose flow is reliable on less than this share of the picture starts a new shot"
     )
+    # The paper's long-term consistency (its eq. 8): frame t is also held to frames t-j for these
+    # offsets, each where no nearer offset already covers the pixel, so a stroke that was
+    # occluded for a few frames comes back as it was.
+    long_term: tuple[int, ...] = _f((1,), "frame offsets the temporal loss reaches back to, e.g. 1,2,4 (1: the last)")
 
     def __post_init__(self):
         if not (0.0 <= self.temporal_weight <= MAX_WEIGHT) or math.isnan(self.temporal_weight):
@@ -79,6 +84,16 @@ class VideoConfig:
         check_choice("flow", self.flow, FLOWS)
         if not (0.0 <= self.cut_share <= 1.0):
             raise ValueError(f"`cut_share` must be in [0, 1], got {self.cut_share!r}")
+        offsets = tuple(self.long_term)
+        if (
+            not offsets or offsets[0] != 1 or list(offsets) != sorted(set(offsets))
+            or not all(isinstance(j, int) and 1 <= j <= MAX_OFFSET for j in offsets)
+        ):  # fmt: skip
+            raise ValueError(
+                f"`long_term` must be increasing frame offsets from 1 to {MAX_OFFSET} starting with 1, e.g. (1, 2, 4); "
+                f"got {self.long_term!r}"
+            )
+        object.__setattr__(self, "long_term", offsets)
 
     def replace(self, **changes) -> VideoConfig:
         return dataclasses.replace(self, **changes)
@@ -87,17 +102,19 @@ class VideoConfig:
 class ClipObjective(flax.struct.PyTreeNode):
     """The loss of a window of W frames: ``objective(images [W, h, w, 3]) -> (loss, aux)``.
 
-    ``loss = mean_t frame_loss_t(x_t) + temporal_weight * mean_t mean(c_t * (x_t - warp(x_{t-1}, b_t))^2)``,
-    ``x_{-1}`` the fixed ``previous`` frame (its mask zero when there is none). ``aux`` holds the
-    frames' terms averaged over the window and ``"temporal"``.
+    ``loss = mean_t frame_loss_t(x_t) + temporal_weight * sum_j mean_t mean(c_jt (x_t - warp(x_{t-j}, b_jt))^2)``
+    over the offsets j (``offsets``; (1,) without long-term terms), ``x_{t-j}`` before the window
+    taken from ``held`` (the finished frames, fixed; their masks zero where there are none).
+    ``aux`` holds the frames' terms averaged over the window and ``"temporal"``.
     """
 
     params: dict
     frames: Objective  # the frames' objectives, every leaf stacked on a leading axis; params None
-    flows: jax.Array  # [W, h, w, 2]: backward flow of frame t to frame t-1 (t = 0: to `previous`)
-    masks: jax.Array  # [W, h, w]: where that flow is reliable (1) or not (0)
-    previous: jax.Array  # [h, w, 3]: the finished frame before the window (any values where masks[0] is 0)
+    flows: jax.Array  # [J, W, h, w, 2]: backward flow of frame t to frame t - offsets[j]
+    masks: jax.Array  # [J, W, h, w]: where that flow is reliable and no nearer offset covers the pixel (1), or 0
+    held: jax.Array  # [max(offsets), h, w, 3]: the finished frames before the window, oldest first
     temporal_weight: jax.Array
+    offsets: tuple[int, ...] = flax.struct.field(pytree_node=False, default=(1,))
 
     def __call__(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         params = self.params
@@ -106,10 +123,14 @@ class ClipObjective(flax.struct.PyTreeNode):
             return objective.replace(params=params)(image)
 
         losses, aux = jax.vmap(one)(self.frames, images)
-        before = jnp.concatenate([self.previous[None], images[:-1]])
-        temporal = temporal_errors(images, before, self.flows, self.masks)
+        reach, count = self.held.shape[0], images.shape[0]
+        clip = jnp.concatenate([self.held, images])
+        temporal = sum(
+            jnp.mean(temporal_errors(images, clip[reach - j : reach - j + count], self.flows[k], self.masks[k]))
+            for k, j in enumerate(self.offsets)
+        )
         terms = {name: jnp.mean(value) for name, value in aux.items()}
-        terms["temporal"] = self.temporal_weight * jnp.mean(temporal)
+        terms["temporal"] = self.temporal_weight * temporal
         return jnp.mean(losses) + terms["temporal"], terms
 
     def value(self, images: jax.Array) -> jax.Array:
@@ -268,7 +289,12 @@ def stylize_video(
                 f"`flows` must be ([{count}, {h}, {w}, 2], [{count}, {h}, {w}], cuts), got {given[0].shape} and "
                 f"{given[1].shape}"
             )
+        if video.long_term != (1,):
+            raise ValueError(
+                f"`flows` gives the flow to the previous frame only; `long_term` {video.long_term} needs more"
+            )
     cuts: list[int] = [] if flows is None else [int(c) for c in flows[2]]
+    reach = max(video.long_term)
     out = np.zeros_like(frames)
     errors = np.zeros(count, np.float32)
     if finished is not None:
@@ -283,21 +309,25 @@ def stylize_video(
     try:
         while first < count:
             span = range(first, min(first + window, count))
-            previous = out[first - 1] if first > 0 else None
-            if given is None:  # the window's flows only (and the frame before it): a long clip's are never all held
-                began, low = time.perf_counter(), max(first - 1, 0)
-                found = flow.frame_flows(frames[low : span.stop], video.flow, video.cut_share)
+            held = np.zeros((reach, h, w, 3), np.float32)  # the finished frames before the window, oldest first
+            have = min(reach, first)
+            if have:
+                held[reach - have :] = out[first - have : first]
+            if given is None:  # the window's flows only: a long clip's are never all held
+                began = time.perf_counter()
+                window_flows, window_masks, found = _window_flows(frames, span, video)
                 flow_seconds += time.perf_counter() - began
-                cuts += [low + c for c in found[2] if low + c >= first]
-                window_flows, window_masks = found[0][first - low :], found[1][first - low :]
+                cuts += found
             else:
-                window_flows, window_masks = given[0][first : span.stop], given[1][first : span.stop]
+                window_flows = given[0][None, first : span.stop]
+                window_masks = given[1][None, first : span.stop]
             images, evals, calls = _window(
-                frames, span, previous, window_flows, window_masks, styles, fine_styles, config, video, params,
+                frames, span, held, window_flows, window_masks, styles, fine_styles, config, video, params,
                 network, stages, callback, start, count,
             )  # fmt: skip
             out[span.start : span.stop] = images
-            errors[span.start : span.stop] = _window_errors(images, previous, window_flows, window_masks)
+            previous = out[first - 1] if first > 0 else None
+            errors[span.start : span.stop] = _window_errors(images, previous, window_flows[0], window_masks[0])
             evaluations += evals * len(span)
             batched += calls
             if on_window is not None:
@@ -306,6 +336,35 @@ def stylize_video(
     except KeyboardInterrupt:
         raise VideoInterrupted(result(first)) from None
     return result(count)
+
+
+def _window_flows(frames: np.ndarray, span: range, video: VideoConfig):
+    """Flows ``[J, W, h, w, 2]`` and masks ``[J, W, h, w]`` of the frames in ``span`` to each offset; the cuts.
+
+    A pair whose flow is reliable on less than ``video.cut_share`` of the picture has a cut between
+    its frames: its mask is zeroed (for offset 1 the frame is a cut, and listed). A longer offset's
+    mask keeps only what no nearer offset covers (the paper's eq. 8).
+    """
+    offsets = video.long_term
+    h, w = frames.shape[1:3]
+    flows = np.zeros((len(offsets), len(span), h, w, 2), np.float32)
+    masks = np.zeros((len(offsets), len(span), h, w), np.float32)
+    cuts = []
+    for i, t in enumerate(span):
+        covered = np.zeros((h, w), np.float32)
+        for k, j in enumerate(offsets):
+            if t - j < 0:
+                break
+            backward = flow.optical_flow(frames[t], frames[t - j], video.flow)
+            mask = flow.reliability(backward, flow.optical_flow(frames[t - j], frames[t], video.flow))
+            if mask.mean() < video.cut_share:  # a cut between them: nothing of before is held
+                if j == 1:
+                    cuts.append(t)
+                break
+            flows[k, i] = backward
+            masks[k, i] = np.maximum(mask - covered, 0.0)
+            covered = np.minimum(covered + mask, 1.0)
+    return flows, masks, cuts
 
 
 def _window_errors(images, previous, flows, masks) -> np.ndarray:
@@ -317,7 +376,7 @@ def _window_errors(images, previous, flows, masks) -> np.ndarray:
     return temporal_error(clip, np.concatenate([zero_flow, flows]), np.concatenate([zero_mask, masks]))[1:]
 
 
-def _window(frames, span, previous, flows, masks, styles, fine_styles, config, video, params, network, stages,
+def _window(frames, span, held, flows, masks, styles, fine_styles, config, video, params, network, stages,
             callback, start, count):  # fmt: skip
     """Optimises the frames in ``span`` together through every stage.
 
@@ -342,23 +401,20 @@ def _window(frames, span, previous, flows, masks, styles, fine_styles, config, v
                 objective = with_anchor(objective, anchors[i], config.anchor_weight)
             objectives.append(objective.replace(params=None))
             inits.append(init)
-        stage_flows = jnp.stack([flow.resize_flow(f, shape) for f in flows])  # the window's, in its order
-        stage_masks = jnp.stack([flow.resize_mask(m, shape) for m in masks])
-        if previous is None:
-            stage_masks = stage_masks.at[0].set(0.0)
-            held = jnp.zeros((*shape, 3), jnp.float32)
-        else:
-            held = resize(previous, shape)
-            if images is None and video.temporal_weight > 0:  # the paper's: the warped previous frame where reliable
-                mask = stage_masks[0][..., None]
-                inits[0] = mask * flow.warp(held, stage_flows[0]) + (1 - mask) * inits[0]
+        stage_flows = jnp.stack([jnp.stack([flow.resize_flow(f, shape) for f in row]) for row in flows])
+        stage_masks = jnp.stack([jnp.stack([flow.resize_mask(m, shape) for m in row]) for row in masks])
+        stage_held = jnp.stack([resize(f, shape) for f in held])
+        if images is None and video.temporal_weight > 0:  # the paper's init: the warped previous frame where reliable
+            mask = stage_masks[0, 0][..., None]
+            inits[0] = mask * flow.warp(stage_held[-1], stage_flows[0, 0]) + (1 - mask) * inits[0]
         objective = ClipObjective(
             params=params,
             frames=jax.tree.map(lambda *leaves: jnp.stack(leaves), *objectives),
             flows=stage_flows,
             masks=stage_masks,
-            previous=held,
+            held=stage_held,
             temporal_weight=jnp.asarray(video.temporal_weight, jnp.float32),
+            offsets=video.long_term,
         )
         stopped: list[bool] = []
 

@@ -132,6 +132,7 @@ MODES = ("alone", "sequential", "window")
 
 def compare(args) -> None:
     h, w = _shape(args.size)
+    long_term = tuple(int(j) for j in args.long_term.split(","))
     config = StyleConfig(num_steps=args.steps)
     params = params_or_default(None, config)
     style = np.asarray(resize(jnp.asarray(samples.swirls(256, 256)), (128, 128)))  # the figures' style
@@ -143,8 +144,10 @@ def compare(args) -> None:
         for mode in args.modes.split(","):
             settings = {
                 "alone": video.VideoConfig(temporal_weight=0.0, window=1),
-                "sequential": video.VideoConfig(temporal_weight=args.temporal_weight, window=1),
-                "window": video.VideoConfig(temporal_weight=args.temporal_weight, window=args.window),
+                "sequential": video.VideoConfig(temporal_weight=args.temporal_weight, window=1, long_term=long_term),
+                "window": video.VideoConfig(
+                    temporal_weight=args.temporal_weight, window=args.window, long_term=long_term
+                ),
             }[mode]
             began = time.perf_counter()
             result = video.stylize_video(frames, style, config, settings, params=params)
@@ -184,6 +187,7 @@ def main() -> None:
     run.add_argument("--steps", type=int, default=120)
     run.add_argument("--temporal-weight", type=float, default=video.VideoConfig().temporal_weight)
     run.add_argument("--window", type=int, default=8)
+    run.add_argument("--long-term", default="1", help="frame offsets of the temporal loss, e.g. 1,2,4")
     run.add_argument("-o", "--output", default="video-figures")
     args = parser.parse_args()
     compare(args)

@@ -101,33 +101,48 @@ def _objectives(small_network, frames, style):
     ]
 
 
-def test_clip_objective_is_the_frames_mean_plus_the_temporal_term(small_network, rng):
-    frames, true, masks = _pan(3)
+def test_clip_objective_is_the_frames_mean_plus_the_temporal_terms(small_network, rng):
+    """By hand, with a long-term offset: frame t against warped frames t-1 and t-2, two of them held (finished)."""
+    frames, true, _ = _pan(3)
     style = rng.random((24, 24, 3)).astype(np.float32)
     params, objectives = _objectives(small_network, frames, style)
-    previous = rng.random(frames.shape[1:]).astype(np.float32)
-    masks = masks.copy()
-    masks[0] = 1.0  # frame 0 is held to `previous`
+    held = rng.random((2, *frames.shape[1:])).astype(np.float32)  # frames -2 and -1, oldest first
+    flows = np.stack([true, 2 * true])  # the pan's backward flow to one and to two frames back
+    masks = (rng.random((2, *frames.shape[:3])) > 0.3).astype(np.float32)
     clip = video.ClipObjective(
         params=params,
         frames=jax.tree.map(lambda *x: jnp.stack(x), *[o.replace(params=None) for o in objectives]),
-        flows=jnp.asarray(true),
+        flows=jnp.asarray(flows),
         masks=jnp.asarray(masks),
-        previous=jnp.asarray(previous),
+        held=jnp.asarray(held),
         temporal_weight=jnp.asarray(7.0),
+        offsets=(1, 2),
     )
     images = jnp.asarray(rng.random(frames.shape), jnp.float32)
     loss, aux = clip(images)
-    # By hand: each frame's objective, and the temporal term in numpy.
     own = np.mean([float(o(images[t])[0]) for t, o in enumerate(objectives)])
-    before = np.concatenate([previous[None], np.asarray(images[:-1])])
-    temporal = []
-    for t in range(3):
-        shifted = np.asarray(flow.warp(jnp.asarray(before[t]), jnp.asarray(true[t])))
-        temporal.append(np.mean(masks[t][..., None] * (np.asarray(images[t]) - shifted) ** 2))
-    assert float(loss) == pytest.approx(own + 7.0 * np.mean(temporal), rel=1e-5)
-    assert float(aux["temporal"]) == pytest.approx(7.0 * np.mean(temporal), rel=1e-5)
+    sequence = np.concatenate([held, np.asarray(images)])  # index 2 + t is frame t
+    temporal = 0.0
+    for k, j in enumerate((1, 2)):
+        terms = []
+        for t in range(3):
+            shifted = np.asarray(flow.warp(jnp.asarray(sequence[2 + t - j]), jnp.asarray(flows[k, t])))
+            terms.append(np.mean(masks[k, t][..., None] * (np.asarray(images[t]) - shifted) ** 2))
+        temporal += np.mean(terms)
+    assert float(loss) == pytest.approx(own + 7.0 * temporal, rel=1e-5)
+    assert float(aux["temporal"]) == pytest.approx(7.0 * temporal, rel=1e-5)
     assert float(jax.jit(lambda c, x: c(x)[0])(clip, images)) == pytest.approx(float(loss), rel=1e-5)  # jit == eager
+
+
+def test_long_term_masks_keep_what_nearer_frames_do_not_cover():
+    frames, _, _ = _pan(5, 48, 64)
+    settings = video.VideoConfig(long_term=(1, 2, 4))
+    flows, masks, cuts = video._window_flows(frames, range(1, 5), settings)
+    assert flows.shape == (3, 4, 48, 64, 2) and cuts == []
+    assert np.median(flows[1, 1][..., 0]) == pytest.approx(4.0, abs=0.3)  # frame 2 to frame 0: two steps of 2 px
+    assert masks[2, :3].max() == 0.0  # frames 1-3 have no frame 4 back
+    assert np.all(masks.sum(axis=0) <= 1.0)  # each pixel held to one frame at most
+    assert masks[1, 1].sum() > 0  # the columns frame 1 never showed come from frame 0
 
 
 def _stylize(small_network, frames, style, steps=15, **video_settings):
@@ -182,6 +197,8 @@ def test_video_settings_are_checked():
         video.VideoConfig(window=0)
     with pytest.raises(ValueError, match=r"`flow` must be one of \('dis', 'farneback'\), got 'deep'"):
         video.VideoConfig(flow="deep")
+    with pytest.raises(ValueError, match="`long_term` must be increasing frame offsets"):
+        video.VideoConfig(long_term=(2, 4))
     with pytest.raises(ValueError, match="`frames` has shape"):
         video.check_frames(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError, match="luminance"):
