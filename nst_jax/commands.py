@@ -679,10 +679,25 @@ def prepare_video(args: argparse.Namespace):
                          None if finished is None else np.stack(finished))  # fmt: skip
 
 
+def _remove_partial(partial: Path) -> None:
+    """Removes the finished frames this command wrote to OUT.partial, its marker, and the folder once empty.
+
+    Only our own names go: a file of the user's put there stays, and so does the folder then.
+    """
+    import contextlib
+    import re
+
+    from nst_jax.files import MARKER
+
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(partial):
+            if re.fullmatch(r"frame_\d{5,}\.png", entry.name) or entry.name == MARKER:
+                os.unlink(entry.path)
+        partial.rmdir()
+
+
 def run_video(args: argparse.Namespace, prepared: PreparedVideo) -> int:
     """Styles the clip window by window, keeping finished frames in OUT.partial; writes OUT when all are done."""
-    import shutil
-
     from nst_jax import clips
     from nst_jax.files import write_marker
     from nst_jax.io import save_image
@@ -712,7 +727,7 @@ def run_video(args: argparse.Namespace, prepared: PreparedVideo) -> int:
         )
         return 130
     note = clips.write_clip(prepared.output, result.frames, prepared.fps, prepared.audio_from)
-    shutil.rmtree(partial, ignore_errors=True)  # ours, made by this run (or the one --resume continued)
+    _remove_partial(partial)
     if note and not args.quiet:
         print(f"nst-jax: {note}", file=sys.stderr)
     if not args.quiet:

@@ -344,3 +344,20 @@ def test_an_interrupted_clip_keeps_its_finished_frames_and_resumes(tmp_path, cap
     assert cli.main([*argv, "--resume"]) == 130
     assert seen["finished"].shape == (1, 36, 48, 3)
     np.testing.assert_allclose(seen["finished"][0], clips.read_clip(tmp_path / "in.gif", 48).frames[0], atol=0.6 / 255)
+
+
+def test_the_partial_folder_loses_only_our_frames(tmp_path):
+    from nst_jax.commands import _remove_partial
+    from nst_jax.files import MARKER
+
+    partial = tmp_path / "out.mp4.partial"
+    partial.mkdir()
+    for name in ("frame_00001.png", "frame_00002.png", MARKER):
+        (partial / name).write_bytes(b"x")
+    (partial / "notes.txt").write_text("mine")
+    _remove_partial(partial)
+    assert sorted(p.name for p in partial.iterdir()) == ["notes.txt"]
+    (partial / "notes.txt").unlink()
+    (partial / "frame_00001.png").write_bytes(b"x")
+    _remove_partial(partial)
+    assert not partial.exists()
