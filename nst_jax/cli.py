@@ -290,9 +290,7 @@ def _add_video_parser(subcommands) -> None:
             "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=argparse.SUPPRESS,
             choices=f.metadata.get("choices"), help=f"{f.metadata['help']} (default: {shown})",
         )  # fmt: skip
-    _add_config_arguments(
-        video, {}, skip=("save_every", "checkpoint_every"), choices={"preserve_colour": ("none", "histogram")}
-    )
+    _add_config_arguments(video, {}, skip=("save_every", "checkpoint_every"))
     video.add_argument(
         "--dry-run", action="store_true",
         help="print the plan as one JSON line (frames, shape, window, bytes) and exit: nothing is optimised or written",

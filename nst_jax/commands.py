@@ -636,8 +636,6 @@ def prepare_video(args: argparse.Namespace):
 
     config = _config_from(args, {})
     video = _video_config_from(args)
-    if config.preserve_colour == "luminance":
-        raise ValueError("--preserve-colour luminance is not supported for video; use histogram or none")
     output = Path(args.output)
     clips.check_output_clip(output)
     partial = _partial_folder(output)

@@ -41,7 +41,7 @@ from nst_jax import flow, memory, schedule
 from nst_jax.checks import check_choice, check_image
 from nst_jax.config import MAX_WEIGHT, StyleConfig
 from nst_jax.flow import CUT_SHARE, FLOWS
-from nst_jax.image import as_images, resize
+from nst_jax.image import as_images, luminance_image, resize, with_content_colour
 from nst_jax.network import FeatureNetwork
 from nst_jax.objective import Objective, anchor_thumbnail, check_network, with_anchor
 
@@ -234,8 +234,9 @@ def stylize_video(
     Args:
       frames: ``[T, h, w, 3]`` RGB in [0, 1] (or a list of frames), used at the size given.
       style: a style image or a sequence of them (blended by ``config.style_blend``).
-      config: every setting of :func:`~nst_jax.transfer.stylize` (masks and luminance-only
-        colour preservation are not supported for video).
+      config: every setting of :func:`~nst_jax.transfer.stylize` (but masks). With luminance-only
+        colour preservation the frames are optimised in luminance, the temporal terms too, and
+        each frame takes its own content's colours back.
       video: the temporal settings (:class:`VideoConfig`).
       params: VGG parameters (``None``: ``config.weights``); ``network`` as for ``stylize``.
       fine_style: scale control, as for ``stylize``.
@@ -256,11 +257,6 @@ def stylize_video(
     check_network(config, network)
     if not isinstance(video, VideoConfig):
         raise TypeError(f"`video` must be a VideoConfig, got {type(video).__name__}")
-    if config.preserve_colour == "luminance":
-        raise ValueError(
-            "`preserve_colour` 'luminance' is not supported for video (the temporal term compares colour frames); "
-            "use 'histogram' or 'none'"
-        )
     frames = check_frames(frames)
     count, h, w = frames.shape[:3]
     styles = as_images(style)
@@ -385,6 +381,7 @@ def _window(frames, span, held, flows, masks, styles, fine_styles, config, video
     from nst_jax import transfer
 
     h, w = frames.shape[1:3]
+    grey = config.preserve_colour == "luminance"  # the frames are optimised in luminance (transfer._setup)
     images = None
     anchors: list[Any] = []
     evaluations, calls = 0.0, 0
@@ -404,6 +401,8 @@ def _window(frames, span, held, flows, masks, styles, fine_styles, config, video
         stage_flows = jnp.stack([jnp.stack([flow.resize_flow(f, shape) for f in row]) for row in flows])
         stage_masks = jnp.stack([jnp.stack([flow.resize_mask(m, shape) for m in row]) for row in masks])
         stage_held = jnp.stack([resize(f, shape) for f in held])
+        if grey:  # the finished frames as the network saw them
+            stage_held = jnp.stack([luminance_image(f) for f in stage_held])
         if images is None and video.temporal_weight > 0:  # the paper's init: the warped previous frame where reliable
             mask = stage_masks[0, 0][..., None]
             inits[0] = mask * flow.warp(stage_held[-1], stage_flows[0, 0]) + (1 - mask) * inits[0]
@@ -437,6 +436,10 @@ def _window(frames, span, held, flows, masks, styles, fine_styles, config, video
         if not result.finite:
             raise FloatingPointError(f"frames {span.start}-{span.stop - 1}: the loss became NaN or infinite")
     assert images is not None
+    if grey:  # luminance-only transfer: each frame takes its own content's colours back
+        images = np.stack(
+            [np.asarray(with_content_colour(image, frames[t])) for image, t in zip(images, span, strict=True)]
+        )
     return np.asarray(images), evaluations, calls
 
 
@@ -446,14 +449,14 @@ def temporal_error(frames: np.ndarray, flows: np.ndarray, masks: np.ndarray) -> 
     The flicker measure: with the clip's true motion as ``flows`` and the pixels visible in both
     frames as ``masks``; 0 for a frame with no reliable pixel (the first, a cut).
     """
-    frames = jnp.asarray(frames, jnp.float32)
+    clip = jnp.asarray(frames, jnp.float32)
     errors = [0.0]
-    for t in range(1, len(frames)):
+    for t in range(1, len(clip)):
         mask = jnp.asarray(masks[t], jnp.float32)
         if float(mask.sum()) == 0:
             errors.append(0.0)
             continue
-        warped = flow.warp(frames[t - 1], jnp.asarray(flows[t]))
-        diff = jnp.mean(jnp.abs(frames[t] - warped), axis=-1)
+        warped = flow.warp(clip[t - 1], jnp.asarray(flows[t]))
+        diff = jnp.mean(jnp.abs(clip[t] - warped), axis=-1)
         errors.append(float(jnp.sum(mask * diff) / jnp.sum(mask)))
     return np.asarray(errors, np.float32)

@@ -11,7 +11,7 @@ import pytest
 from conftest import SMALL_NETWORK_CONFIG, one_line_error
 from jax.test_util import check_grads
 
-from nst_jax import StyleConfig, clips, flow, samples, video
+from nst_jax import clips, flow, samples, video
 from nst_jax.image import resize
 
 
@@ -201,9 +201,6 @@ def test_video_settings_are_checked():
         video.VideoConfig(long_term=(2, 4))
     with pytest.raises(ValueError, match="`frames` has shape"):
         video.check_frames(np.zeros((4, 4, 3), np.float32))
-    with pytest.raises(ValueError, match="luminance"):
-        video.stylize_video(np.zeros((2, 32, 32, 3), np.float32), np.zeros((32, 32, 3), np.float32),
-                            StyleConfig(preserve_colour="luminance"))  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["clip.mp4", "clip.webm", "clip.gif", "frames"])
@@ -361,3 +358,19 @@ def test_the_partial_folder_loses_only_our_frames(tmp_path):
     (partial / "frame_00001.png").write_bytes(b"x")
     _remove_partial(partial)
     assert not partial.exists()
+
+
+def test_luminance_only_frames_keep_their_own_colours(small_network, rng):
+    """With preserve_colour 'luminance' each frame's chroma is its content's; the temporal term still holds them."""
+    from nst_jax.image import rgb_to_yiq
+
+    frames, _, _ = _pan(3)
+    style = rng.random((32, 32, 3)).astype(np.float32)
+    _, network, params = small_network
+    config = SMALL_NETWORK_CONFIG.replace(num_steps=10, base_size=16, num_scales=1, preserve_colour="luminance")
+    result = video.stylize_video(frames, style, config, video.VideoConfig(), params=params, network=network)
+    chroma = lambda x: np.asarray(rgb_to_yiq(jnp.asarray(x)))[..., 1:]
+    inside = (slice(2, -2), slice(2, -2))  # away from pixels clipped into [0, 1]
+    np.testing.assert_allclose(chroma(result.frames)[:, inside[0], inside[1]], chroma(frames)[:, inside[0], inside[1]],
+                               atol=0.02)  # fmt: skip
+    assert not np.allclose(result.frames, frames, atol=0.02)  # styled, in luminance
