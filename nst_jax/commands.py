@@ -710,7 +710,8 @@ def run_video(args: argparse.Namespace, prepared: PreparedVideo) -> int:
         for index, image in zip(span, images, strict=True):
             save_image(partial / clips.frame_name(index), image)
         if not args.quiet:
-            print(f"nst-jax: frames {span.start + 1}-{span.stop} of {count} done", file=sys.stderr)
+            which = f"frame {span.stop}" if len(span) == 1 else f"frames {span.start + 1}-{span.stop}"
+            print(f"nst-jax: {which} of {count} done", file=sys.stderr)
 
     try:
         result = stylize_video(
