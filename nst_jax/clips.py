@@ -237,8 +237,8 @@ def check_output_clip(path: str | os.PathLike) -> str:
     from nst_jax.files import check_output_file, check_output_folder
 
     kind = output_kind(path)
-    if kind == "folder":
-        check_output_folder(path, KIND, allowed=None)
+    if kind == "folder":  # ours, and nothing in it but our frames: a file of the user's there is refused
+        check_output_folder(path, KIND, allowed=our_frames(path))
     else:
         check_output_file(path)
         if kind != "gif":
@@ -248,6 +248,17 @@ def check_output_clip(path: str | os.PathLike) -> str:
 
 def frame_name(index: int) -> str:
     return f"frame_{index + 1:05d}.png"
+
+
+def is_frame_name(name: str) -> bool:
+    """Whether ``name`` is one :func:`frame_name` gives: a frame nst-jax writes into a folder of frames."""
+    return re.fullmatch(r"frame_\d{5,}\.png", name) is not None
+
+
+def our_frames(folder: str | os.PathLike) -> set[str]:
+    """The names in ``folder`` that are frames nst-jax writes (none when it does not exist)."""
+    folder = Path(folder)
+    return {name for name in os.listdir(folder) if is_frame_name(name)} if folder.is_dir() else set()
 
 
 def write_clip(path: str | os.PathLike, frames: np.ndarray, fps: float, audio_from: str | None = None) -> str | None:
@@ -269,8 +280,7 @@ def write_clip(path: str | os.PathLike, frames: np.ndarray, fps: float, audio_fr
             for name, frame in zip(names, frames, strict=True):
                 save_image(staging / name, frame)
 
-        existing = set(os.listdir(path)) if path.is_dir() else set()
-        write_folder(path, KIND, fill, allowed=existing | set(names))
+        write_folder(path, KIND, fill, allowed=our_frames(path) | set(names))
         return "the audio is not kept in a folder of frames" if audio_from else None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)

@@ -683,13 +683,13 @@ def _remove_partial(partial: Path) -> None:
     Only our own names go: a file of the user's put there stays, and so does the folder then.
     """
     import contextlib
-    import re
 
+    from nst_jax.clips import is_frame_name
     from nst_jax.files import MARKER
 
     with contextlib.suppress(OSError):
         for entry in os.scandir(partial):
-            if re.fullmatch(r"frame_\d{5,}\.png", entry.name) or entry.name == MARKER:
+            if is_frame_name(entry.name) or entry.name == MARKER:
                 os.unlink(entry.path)
         partial.rmdir()
 

@@ -229,6 +229,17 @@ def test_clip_files_are_checked(tmp_path):
         clips.check_output_clip(user)
     with pytest.raises(ValueError, match="holds no frames"):
         clips.clip_info(user)
+    ours = tmp_path / "ours"  # a folder of frames nst-jax wrote, with a file of the user's added
+    clips.write_clip(ours, np.zeros((2, 8, 8, 3), np.float32), 10.0)
+    (ours / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="also holds 'notes.txt'"):
+        clips.check_output_clip(ours)
+    with pytest.raises(ValueError, match="also holds 'notes.txt'"):
+        clips.write_clip(ours, np.zeros((3, 8, 8, 3), np.float32), 10.0)
+    assert (ours / "notes.txt").read_text() == "mine"
+    (ours / "notes.txt").unlink()
+    clips.write_clip(ours, np.zeros((3, 8, 8, 3), np.float32), 10.0)  # ours alone: replaced, longer or shorter
+    assert sorted(clips.our_frames(ours)) == ["frame_00001.png", "frame_00002.png", "frame_00003.png"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
         clips.clip_info(tmp_path / "missing.mp4")
     (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 40)
