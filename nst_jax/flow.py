@@ -63,20 +63,6 @@ def optical_flow(frame: np.ndarray, other: np.ndarray, method: str = "dis") -> n
     return np.asarray(flow, np.float32)
 
 
-def _sample_np(field: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """``field`` (``[h, w, c]``) at ``p + flow(p)``, bilinearly, edges clamped (numpy, for the masks)."""
-    h, w = field.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    x = np.clip(xs + flow[..., 0], 0, w - 1)
-    y = np.clip(ys + flow[..., 1], 0, h - 1)
-    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
-    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
-    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-    top = field[y0, x0] * (1 - fx) + field[y0, x1] * fx
-    bottom = field[y1, x0] * (1 - fx) + field[y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
-
-
 def reliability(backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
     """The paper's consistency mask ``[h, w]`` (1: reliable) for the backward flow of frame t.
 
@@ -91,7 +77,7 @@ def reliability(backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
     backward = np.asarray(backward, np.float32)
     forward = np.asarray(forward, np.float32)
     h, w = backward.shape[:2]
-    there = _sample_np(forward, backward)
+    there = np.asarray(warp(jnp.asarray(forward), jnp.asarray(backward)))  # the forward flow at p + b(p)
     square = lambda v: np.sum(v * v, axis=-1)
     consistent = square(there + backward) <= 0.01 * (square(there) + square(backward)) + 0.5
     gy_x, gx_x = np.gradient(backward[..., 0])
@@ -151,16 +137,33 @@ def frame_flows(frames: np.ndarray, method: str = "dis", cut_share: float = CUT_
     masks are zeroed.
     """
     frames = np.asarray(frames, np.float32)
-    count, h, w = frames.shape[:3]
-    flows = np.zeros((count, h, w, 2), np.float32)
-    masks = np.zeros((count, h, w), np.float32)
+    flows, masks, cuts = span_flows(frames, range(len(frames)), (1,), method, cut_share)
+    return flows[0], masks[0], cuts
+
+
+def span_flows(frames: np.ndarray, span: range, offsets=(1,), method: str = "dis", cut_share: float = CUT_SHARE):
+    """Flows ``[J, W, h, w, 2]`` and masks ``[J, W, h, w]`` of the frames in ``span`` to each earlier offset; the cuts.
+
+    Entry ``[k, i]`` relates frame ``span[i]`` to frame ``span[i] - offsets[k]`` (zeros before the
+    clip's start). A pair reliable on less than ``cut_share`` of the picture has a cut between its
+    frames: its mask and every further offset's are zeroed (for offset 1 the frame is a cut, and
+    listed). A longer offset's mask keeps only what no nearer offset covers (Ruder et al., eq. 8).
+    """
+    h, w = frames.shape[1:3]
+    flows = np.zeros((len(offsets), len(span), h, w, 2), np.float32)
+    masks = np.zeros((len(offsets), len(span), h, w), np.float32)
     cuts = []
-    for t in range(1, count):
-        backward = optical_flow(frames[t], frames[t - 1], method)
-        forward = optical_flow(frames[t - 1], frames[t], method)
-        mask = reliability(backward, forward)
-        if mask.mean() < cut_share:
-            cuts.append(t)
-            mask[:] = 0.0
-        flows[t], masks[t] = backward, mask
+    for i, t in enumerate(span):
+        covered = np.zeros((h, w), np.float32)
+        for k, j in enumerate(offsets):
+            if t - j < 0:
+                break
+            flows[k, i] = optical_flow(frames[t], frames[t - j], method)
+            mask = reliability(flows[k, i], optical_flow(frames[t - j], frames[t], method))
+            if mask.mean() < cut_share:  # a cut between them: nothing of before is held
+                if j == 1:
+                    cuts.append(t)
+                break
+            masks[k, i] = np.maximum(mask - covered, 0.0)
+            covered = np.minimum(covered + mask, 1.0)
     return flows, masks, cuts

@@ -311,7 +311,9 @@ def stylize_video(
                 held[reach - have :] = out[first - have : first]
             if given is None:  # the window's flows only: a long clip's are never all held
                 began = time.perf_counter()
-                window_flows, window_masks, found = _window_flows(frames, span, video)
+                window_flows, window_masks, found = flow.span_flows(
+                    frames, span, video.long_term, video.flow, video.cut_share
+                )
                 flow_seconds += time.perf_counter() - began
                 cuts += found
             else:
@@ -332,35 +334,6 @@ def stylize_video(
     except KeyboardInterrupt:
         raise VideoInterrupted(result(first)) from None
     return result(count)
-
-
-def _window_flows(frames: np.ndarray, span: range, video: VideoConfig):
-    """Flows ``[J, W, h, w, 2]`` and masks ``[J, W, h, w]`` of the frames in ``span`` to each offset; the cuts.
-
-    A pair whose flow is reliable on less than ``video.cut_share`` of the picture has a cut between
-    its frames: its mask is zeroed (for offset 1 the frame is a cut, and listed). A longer offset's
-    mask keeps only what no nearer offset covers (the paper's eq. 8).
-    """
-    offsets = video.long_term
-    h, w = frames.shape[1:3]
-    flows = np.zeros((len(offsets), len(span), h, w, 2), np.float32)
-    masks = np.zeros((len(offsets), len(span), h, w), np.float32)
-    cuts = []
-    for i, t in enumerate(span):
-        covered = np.zeros((h, w), np.float32)
-        for k, j in enumerate(offsets):
-            if t - j < 0:
-                break
-            backward = flow.optical_flow(frames[t], frames[t - j], video.flow)
-            mask = flow.reliability(backward, flow.optical_flow(frames[t - j], frames[t], video.flow))
-            if mask.mean() < video.cut_share:  # a cut between them: nothing of before is held
-                if j == 1:
-                    cuts.append(t)
-                break
-            flows[k, i] = backward
-            masks[k, i] = np.maximum(mask - covered, 0.0)
-            covered = np.minimum(covered + mask, 1.0)
-    return flows, masks, cuts
 
 
 def _window_errors(images, previous, flows, masks) -> np.ndarray:

@@ -137,7 +137,7 @@ def test_clip_objective_is_the_frames_mean_plus_the_temporal_terms(small_network
 def test_long_term_masks_keep_what_nearer_frames_do_not_cover():
     frames, _, _ = _pan(5, 48, 64)
     settings = video.VideoConfig(long_term=(1, 2, 4))
-    flows, masks, cuts = video._window_flows(frames, range(1, 5), settings)
+    flows, masks, cuts = flow.span_flows(frames, range(1, 5), settings.long_term)
     assert flows.shape == (3, 4, 48, 64, 2) and cuts == []
     assert np.median(flows[1, 1][..., 0]) == pytest.approx(4.0, abs=0.3)  # frame 2 to frame 0: two steps of 2 px
     assert masks[2, :3].max() == 0.0  # frames 1-3 have no frame 4 back
