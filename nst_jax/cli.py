@@ -283,8 +283,8 @@ def _add_video_parser(subcommands) -> None:
     video.add_argument("--resume", action="store_true", help="continue from the finished frames in OUTPUT.partial")
     video.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     for f in dataclasses.fields(VideoConfig):
-        kind = {"temporal_weight": float, "window": int, "flow": str, "cut_share": float,
-                "long_term": lambda text: _comma_list(text, int)}[f.name]  # fmt: skip
+        kind = {"float": float, "int": int, "str": str,  # by the field's annotation
+                "tuple[int, ...]": lambda text: _comma_list(text, int)}[str(f.type)]  # fmt: skip
         shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
         video.add_argument(
             "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=argparse.SUPPRESS,

@@ -652,7 +652,7 @@ def prepare_video(args: argparse.Namespace):
     window = window_that_fits(config, final, min(video.window, len(span)))
     if args.dry_run:
         free = memory.limit_per_device(False)
-        plan = {"command": "video", "frames": len(span), "shape": list(final), "window": window,
+        plan = {"command": "video", "frames": len(span), "shape": list(final), "window": window, "passes": video.passes,
                 "bytes_per_window": int(window * memory.rough_bytes(*final)), "limit_bytes": free}  # fmt: skip
         print(json.dumps(plan))
         return None
@@ -713,15 +713,20 @@ def run_video(args: argparse.Namespace, prepared: PreparedVideo) -> int:
             which = f"frame {span.stop}" if len(span) == 1 else f"frames {span.start + 1}-{span.stop}"
             print(f"nst-jax: {which} of {count} done", file=sys.stderr)
 
+    def passed(number, images):
+        if not args.quiet:
+            print(f"nst-jax: pass {number} of {prepared.video.passes} done", file=sys.stderr)
+
     try:
         result = stylize_video(
             prepared.frames, prepared.style, prepared.config, prepared.video, params=prepared.params,
-            fine_style=prepared.fine_style, finished=prepared.finished, on_window=keep,
+            fine_style=prepared.fine_style, finished=prepared.finished, on_window=keep, on_pass=passed,
         )  # fmt: skip
     except VideoInterrupted as e:
         print(
-            f"\nnst-jax: interrupted after {len(e.result.frames)} of {count} frames; the finished frames are in "
-            f"{partial} (continue with --resume); {prepared.output} was not written",
+            f"\nnst-jax: interrupted after {len(e.result.frames)} of {count} frames of the first pass; the finished "
+            f"frames are in {partial} (continue with --resume, which runs any later passes again); "
+            f"{prepared.output} was not written",
             file=sys.stderr,
         )
         return 130

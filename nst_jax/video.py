@@ -39,7 +39,7 @@ import numpy as np
 
 from nst_jax import flow, memory, schedule
 from nst_jax.checks import check_choice, check_image
-from nst_jax.config import MAX_WEIGHT, StyleConfig
+from nst_jax.config import MAX_STEPS, MAX_WEIGHT, StyleConfig
 from nst_jax.flow import CUT_SHARE, FLOWS
 from nst_jax.image import as_images, luminance_image, resize, with_content_colour
 from nst_jax.network import FeatureNetwork
@@ -48,6 +48,7 @@ from nst_jax.objective import Objective, anchor_thumbnail, check_network, with_a
 MAX_FRAMES = 100_000  # frames of one clip (an hour at 25 fps is 90 000)
 MAX_WINDOW = 256  # frames optimised together (the memory plan decides what fits below it)
 MAX_OFFSET = 64  # the furthest frame back a long-term term reaches (each offset costs two flows a frame)
+MAX_PASSES = 64  # passes over a clip (the paper uses up to 15)
 
 
 def _f(default, help: str, **extra):
@@ -75,6 +76,17 @@ class VideoConfig:
     # offsets, each where no nearer offset already covers the pixel, so a stroke that was
     # occluded for a few frames comes back as it was.
     long_term: tuple[int, ...] = _f((1,), "frame offsets the temporal loss reaches back to, e.g. 1,2,4 (1: the last)")
+    # The paper's multi-pass algorithm (its section 3.3): after the first pass, passes alternate
+    # backward and forward over the clip, each frame starting from a blend of its last result and
+    # its neighbour in this pass, warped (the paper's eq. 9), and held to that neighbour.
+    # Departure: the first pass is the full single-pass run (coarse-to-fine, --steps); the
+    # later ones refine at the output's size only, `pass_steps` steps a frame (the paper runs
+    # every pass at full size with an equal share of its iterations).
+    passes: int = _f(1, "passes over the clip: 1, frame after frame; more: then backward, forward, ... (multi-pass)")
+    pass_steps: int = _f(40, "optimiser steps a frame in each pass after the first (at the output's size)")
+    blend: float = _f(
+        0.5, "in a pass after the first, the share of a frame's start kept from its last result (the paper's delta)"
+    )
 
     def __post_init__(self):
         if not (0.0 <= self.temporal_weight <= MAX_WEIGHT) or math.isnan(self.temporal_weight):
@@ -94,6 +106,15 @@ class VideoConfig:
                 f"got {self.long_term!r}"
             )
         object.__setattr__(self, "long_term", offsets)
+        if not isinstance(self.passes, int) or isinstance(self.passes, bool) or not 1 <= self.passes <= MAX_PASSES:
+            raise ValueError(f"`passes` must be an integer from 1 to {MAX_PASSES}, got {self.passes!r}")
+        if (
+            not isinstance(self.pass_steps, int) or isinstance(self.pass_steps, bool)
+            or not 1 <= self.pass_steps <= MAX_STEPS
+        ):  # fmt: skip
+            raise ValueError(f"`pass_steps` must be an integer from 1 to {MAX_STEPS}, got {self.pass_steps!r}")
+        if not (0.0 <= self.blend <= 1.0):
+            raise ValueError(f"`blend` must be in [0, 1], got {self.blend!r}")
 
     def replace(self, **changes) -> VideoConfig:
         return dataclasses.replace(self, **changes)
@@ -155,6 +176,8 @@ class VideoProgress(NamedTuple):
     loss: float
     images: Any  # [len(frames), h, w, 3] the window's current frames, clipped to [0, 1]
     seconds: float  # since the clip started
+    pass_number: int = 0  # the pass over the clip (0-based; odd passes go backward: ``frames`` counts down)
+    num_passes: int = 1
 
 
 class VideoResult(NamedTuple):
@@ -228,6 +251,7 @@ def stylize_video(
     finished=None,
     callback: Callable[[VideoProgress], bool | None] | None = None,
     on_window: Callable[[range, np.ndarray], None] | None = None,
+    on_pass: Callable[[int, np.ndarray], None] | None = None,
 ) -> VideoResult:
     """Styles a clip: each frame as :func:`~nst_jax.transfer.stylize` would, held to its neighbours.
 
@@ -246,7 +270,10 @@ def stylize_video(
         the run starts at frame k, coupled to ``finished[-1]``.
       callback: called between chunks with a :class:`VideoProgress`; ``True`` stops the run
         (:class:`VideoInterrupted`, with the finished frames).
-      on_window: called with ``(frames range, styled frames)`` as each window is finished (to save them).
+      on_window: called with ``(frames range, styled frames)`` as each window of the first pass
+        is finished (to save them: ``finished`` resumes the first pass).
+      on_pass: with ``video.passes`` > 1, called with ``(pass number, all frames)`` as each later
+        pass is finished (1-based: 2 for the first backward pass).
 
     Returns:
       A :class:`VideoResult`.
@@ -285,9 +312,10 @@ def stylize_video(
                 f"`flows` must be ([{count}, {h}, {w}, 2], [{count}, {h}, {w}], cuts), got {given[0].shape} and "
                 f"{given[1].shape}"
             )
-        if video.long_term != (1,):
+        if video.long_term != (1,) or video.passes > 1:
             raise ValueError(
-                f"`flows` gives the flow to the previous frame only; `long_term` {video.long_term} needs more"
+                f"`flows` gives the flow to the previous frame only; `long_term` {video.long_term} and `passes` "
+                f"{video.passes} > 1 need more"
             )
     cuts: list[int] = [] if flows is None else [int(c) for c in flows[2]]
     reach = max(video.long_term)
@@ -295,12 +323,12 @@ def stylize_video(
     errors = np.zeros(count, np.float32)
     if finished is not None:
         out[:done] = finished
-    evaluations, batched, flow_seconds = 0.0, 0, 0.0
+    evaluations, later, batched, flow_seconds = 0.0, 0.0, 0, 0.0
     stages = schedule.stages(config, (h, w))
     first = done
     result = lambda upto: VideoResult(
-        out[:upto], cuts, errors[:upto], evaluations / max(1, upto - done), batched, time.perf_counter() - start,
-        flow_seconds, window,
+        out[:upto], cuts, errors[:upto], evaluations / max(1, upto - done) + later / count, batched,
+        time.perf_counter() - start, flow_seconds, window,
     )  # fmt: skip
     try:
         while first < count:
@@ -333,7 +361,60 @@ def stylize_video(
             first = span.stop
     except KeyboardInterrupt:
         raise VideoInterrupted(result(first)) from None
+    if video.passes == 1 or count == 1:
+        return result(count)
+    last = stages[-1]  # the later passes refine at the output's size only
+    refine = [last._replace(number=0, num_stages=1, config=last.config.replace(num_steps=video.pass_steps))]
+    try:
+        for number in range(1, video.passes):
+            backward = number % 2 == 1  # the paper's passes alternate: backward, forward, backward, ...
+            order = np.arange(count)[::-1] if backward else np.arange(count)
+            ordered = np.ascontiguousarray(frames[order]) if backward else frames
+            refined = np.zeros_like(out)
+            first = 0
+            while first < count:
+                span = range(first, min(first + window, count))
+                held = np.zeros((reach, h, w, 3), np.float32)
+                have = min(reach, first)
+                if have:
+                    held[reach - have :] = refined[first - have : first]
+                began = time.perf_counter()
+                window_flows, window_masks, _ = flow.span_flows(
+                    ordered, span, video.long_term, video.flow, video.cut_share
+                )
+                flow_seconds += time.perf_counter() - began
+                shown = range(count - 1 - span.start, count - 1 - span.stop, -1) if backward else span
+                images, evals, calls = _window(
+                    ordered, span, held, window_flows, window_masks, styles, fine_styles, config, video, params,
+                    network, refine, callback, start, count, starts=out[order[span.start : span.stop]],
+                    shown=shown, pass_number=number,
+                )  # fmt: skip
+                refined[span.start : span.stop] = images
+                later += evals * len(span)
+                batched += calls
+                first = span.stop
+            out = refined[order]  # in the clip's order again (a reversal is its own inverse)
+            if on_pass is not None:
+                on_pass(number + 1, out)
+    except KeyboardInterrupt:  # the last finished pass stands
+        raise VideoInterrupted(result(count)) from None
+    began = time.perf_counter()
+    errors, cuts = _clip_errors(frames, out, video)
+    flow_seconds += time.perf_counter() - began
     return result(count)
+
+
+def _clip_errors(frames: np.ndarray, styled: np.ndarray, video: VideoConfig) -> tuple[np.ndarray, list[int]]:
+    """:func:`temporal_error` of a whole styled clip along its own flow (computed again), and its cuts."""
+    errors = np.zeros(len(frames), np.float32)
+    cuts: list[int] = []
+    for first in range(0, len(frames), 16):  # a few frames' flows at a time
+        span = range(first, min(first + 16, len(frames)))
+        flows, masks, found = flow.span_flows(frames, span, (1,), video.flow, video.cut_share)
+        cuts += found
+        previous = styled[first - 1] if first > 0 else None
+        errors[span.start : span.stop] = _window_errors(styled[span.start : span.stop], previous, flows[0], masks[0])
+    return errors, cuts
 
 
 def _window_errors(images, previous, flows, masks) -> np.ndarray:
@@ -346,8 +427,12 @@ def _window_errors(images, previous, flows, masks) -> np.ndarray:
 
 
 def _window(frames, span, held, flows, masks, styles, fine_styles, config, video, params, network, stages,
-            callback, start, count):  # fmt: skip
+            callback, start, count, starts=None, shown=None, pass_number=0):  # fmt: skip
     """Optimises the frames in ``span`` together through every stage.
+
+    ``starts``: in a later pass, the frames' last results, which they start from (the first
+    blended with the warped neighbour before it, the paper's eq. 9); ``shown``: the frames as
+    progress reports them (a backward pass counts down).
 
     Returns (frames, full-size evaluation-equivalents per frame, batched evaluations).
     """
@@ -366,6 +451,8 @@ def _window(frames, span, held, flows, masks, styles, fine_styles, config, video
             inputs = schedule.at_stage(inputs, stage)
             if images is not None:
                 inputs = inputs._replace(init=resize(images[i], shape))
+            elif starts is not None:
+                inputs = inputs._replace(init=resize(jnp.asarray(starts[i]), shape))
             objective, init, _ = transfer._setup(inputs, stage_config, params, network)
             if anchors and config.anchor_weight > 0:
                 objective = with_anchor(objective, anchors[i], config.anchor_weight)
@@ -378,7 +465,11 @@ def _window(frames, span, held, flows, masks, styles, fine_styles, config, video
             stage_held = jnp.stack([luminance_image(f) for f in stage_held])
         if images is None and video.temporal_weight > 0:  # the paper's init: the warped previous frame where reliable
             mask = stage_masks[0, 0][..., None]
-            inits[0] = mask * flow.warp(stage_held[-1], stage_flows[0, 0]) + (1 - mask) * inits[0]
+            warped = flow.warp(stage_held[-1], stage_flows[0, 0])
+            if starts is None:
+                inits[0] = mask * warped + (1 - mask) * inits[0]
+            else:  # a later pass keeps `blend` of the last result where the neighbour is reliable, all of it elsewhere
+                inits[0] = inits[0] + (1.0 - video.blend) * mask * (warped - inits[0])
         objective = ClipObjective(
             params=params,
             frames=jax.tree.map(lambda *leaves: jnp.stack(leaves), *objectives),
@@ -392,8 +483,9 @@ def _window(frames, span, held, flows, masks, styles, fine_styles, config, video
 
         def report(progress, stage=stage, stopped=stopped):
             seen = VideoProgress(
-                span, count, stage.number, stage.num_stages, progress.step, progress.num_steps, progress.loss,
-                progress.image, time.perf_counter() - start,
+                span if shown is None else shown, count, stage.number, stage.num_stages, progress.step,
+                progress.num_steps, progress.loss, progress.image, time.perf_counter() - start, pass_number,
+                video.passes,
             )  # fmt: skip
             stopped.append(bool(callback(seen)))
             return stopped[-1]

@@ -190,6 +190,33 @@ def test_a_stop_keeps_the_finished_windows(small_network, rng):
     assert len(caught.value.result.frames) == 2 and saved == [range(0, 2)]
 
 
+def test_later_passes_go_backward_then_forward_and_keep_the_clip_steady(small_network, rng):
+    frames, true, masks = _pan(4)
+    style = rng.random((32, 32, 3)).astype(np.float32)
+    _, network, params = small_network
+    config = SMALL_NETWORK_CONFIG.replace(num_steps=15, base_size=16, num_scales=1)
+    one = video.stylize_video(frames, style, config, video.VideoConfig(temporal_weight=2000.0), params=params,
+                              network=network)  # fmt: skip
+    seen, passes = [], []
+    three = video.stylize_video(
+        frames, style, config, video.VideoConfig(temporal_weight=2000.0, passes=3, pass_steps=5), params=params,
+        network=network, callback=lambda p: seen.append((p.pass_number, p.frames)) and None,
+        on_pass=lambda number, images: passes.append((number, images.shape)),
+    )  # fmt: skip
+    assert passes == [(2, frames.shape), (3, frames.shape)]
+    assert [n for n, _ in dict.fromkeys(seen)] == [0] * 4 + [1] * 4 + [2] * 4  # a chunk of every frame, each pass
+    backward = [f for n, f in dict.fromkeys(seen) if n == 1]
+    assert [f.start for f in backward] == [3, 2, 1, 0] and all(f.step == -1 for f in backward)
+    assert three.evaluations > one.evaluations and np.all(np.isfinite(three.frames))
+    assert not np.array_equal(three.frames, one.frames)
+    flicker = lambda result: video.temporal_error(result.frames, true, masks)[1:].mean()
+    assert flicker(three) <= 1.1 * flicker(one)
+    assert three.temporal_error.shape == (4,) and three.temporal_error[0] == 0.0
+    with pytest.raises(ValueError, match="`passes` 3 > 1 need more"):
+        video.stylize_video(frames, style, config, video.VideoConfig(passes=3), params=params, network=network,
+                            flows=(true, masks, []))  # fmt: skip
+
+
 def test_video_settings_are_checked():
     with pytest.raises(ValueError, match="`temporal_weight` must be in"):
         video.VideoConfig(temporal_weight=-1.0)
@@ -199,6 +226,12 @@ def test_video_settings_are_checked():
         video.VideoConfig(flow="deep")
     with pytest.raises(ValueError, match="`long_term` must be increasing frame offsets"):
         video.VideoConfig(long_term=(2, 4))
+    with pytest.raises(ValueError, match="`passes` must be an integer from 1 to 64, got 0"):
+        video.VideoConfig(passes=0)
+    with pytest.raises(ValueError, match="`pass_steps` must be an integer from 1 to"):
+        video.VideoConfig(pass_steps=0)
+    with pytest.raises(ValueError, match=r"`blend` must be in \[0, 1\], got 1.5"):
+        video.VideoConfig(blend=1.5)
     with pytest.raises(ValueError, match="`frames` has shape"):
         video.check_frames(np.zeros((4, 4, 3), np.float32))
 
@@ -278,12 +311,14 @@ def test_video_command_writes_the_clip(tmp_path, capsys):
     clips.write_clip(tmp_path / "in", frames, 10)  # a folder of frames
     save_image(tmp_path / "style.png", samples.swirls(48, 48))
     argv = ["video", str(tmp_path / "in"), str(tmp_path / "style.png"), "-o", str(tmp_path / "out.gif"),
-            "--size", "48", "--steps", "2", "--window", "2", "--fps", "8"]  # fmt: skip
+            "--size", "48", "--steps", "2", "--window", "2", "--fps", "8",
+            "--passes", "2", "--pass-steps", "1"]  # fmt: skip
     assert cli.main([*argv, "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["frames"] == 3 and plan["window"] == 2 and plan["shape"] == [36, 48]
+    assert plan["frames"] == 3 and plan["window"] == 2 and plan["shape"] == [36, 48] and plan["passes"] == 2
     assert cli.main(argv) == 0
-    assert "wrote" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pass 2 of 2 done" in err and "wrote" in err
     info = clips.clip_info(tmp_path / "out.gif")
     assert info.shape == (36, 48) and info.fps == pytest.approx(8.0, rel=0.05)
     assert not (tmp_path / "out.gif.partial").exists()
