@@ -5,11 +5,13 @@
 
 Each clip is made from the built-in village and swirls (``nst_jax.samples``): a pan, a zoom, a
 rotation, the swirls sliding over the village (occlusions) and a cut. ``compare`` styles each
-clip three ways (every frame alone, frame after frame with the temporal loss, a window of
-frames together) and prints one JSON line per clip and way: the flicker (mean absolute change
-of output frame t from output frame t-1 moved by the true motion, over pixels visible in
-both), the judge's mean figures, each frame's figures over the same frame styled alone (the
-worst frame's ratio), evaluations and seconds. The frames go to ``-o`` as .npy and a GIF.
+clip four ways (every frame alone, frame after frame with the temporal loss, a window of
+frames together, and frame after frame followed by the paper's backward and forward passes:
+``multipass``, ``--passes``) and prints one JSON line per clip and way: the flicker (mean
+absolute change of output frame t from output frame t-1 moved by the true motion, over pixels
+visible in both), the judge's mean figures, each frame's figures over the same frame styled
+alone (the worst frame's ratio), evaluations and seconds. The frames go to ``-o`` as .npy and
+a GIF.
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ def cut(count, size, speed=3):
 
 
 CLIPS = {"pan": pan, "zoom": zoom, "rotation": rotation, "slide": slide, "cut": cut}
-MODES = ("alone", "sequential", "window")
+MODES = ("alone", "sequential", "window", "multipass")
 
 
 def compare(args) -> None:
@@ -147,6 +149,13 @@ def compare(args) -> None:
                 "sequential": video.VideoConfig(temporal_weight=args.temporal_weight, window=1, long_term=long_term),
                 "window": video.VideoConfig(
                     temporal_weight=args.temporal_weight, window=args.window, long_term=long_term
+                ),
+                "multipass": video.VideoConfig(
+                    temporal_weight=args.temporal_weight,
+                    window=1,
+                    long_term=long_term,
+                    passes=args.passes,
+                    pass_steps=args.pass_steps,
                 ),
             }[mode]
             began = time.perf_counter()
@@ -188,6 +197,8 @@ def main() -> None:
     run.add_argument("--temporal-weight", type=float, default=video.VideoConfig().temporal_weight)
     run.add_argument("--window", type=int, default=8)
     run.add_argument("--long-term", default="1", help="frame offsets of the temporal loss, e.g. 1,2,4")
+    run.add_argument("--passes", type=int, default=3, help="passes of the multipass mode")
+    run.add_argument("--pass-steps", type=int, default=video.VideoConfig().pass_steps)
     run.add_argument("-o", "--output", default="video-figures")
     args = parser.parse_args()
     compare(args)
