@@ -281,6 +281,11 @@ def _add_video_parser(subcommands) -> None:
                        help="frames per second of the output (default: the input's; 25 for a folder)")  # fmt: skip
     video.add_argument("--fine-style", nargs="+", metavar="IMAGE", help="scale control, as stylize's")
     video.add_argument("--resume", action="store_true", help="continue from the finished frames in OUTPUT.partial")
+    video.add_argument(
+        "--shard-frames", action="store_true",
+        help="split each window's frames over every device of this process, a batch over devices (--window must "
+        "be a multiple of their number)",
+    )  # fmt: skip
     video.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     for f in dataclasses.fields(VideoConfig):
         kind = {"float": float, "int": int, "str": str,  # by the field's annotation
@@ -344,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                 _, info = load_params(args.weights)
                 print(describe(info))
                 return 0
-            if args.command == "video":  # one process: its frames are optimised on this process's first device
+            if args.command == "video":  # one process: on its first device, or its frames over all (--shard-frames)
                 prepared_video = commands.prepare_video(args)
             else:
                 processes.join_processes(args)

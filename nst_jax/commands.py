@@ -610,6 +610,7 @@ class PreparedVideo:
     output: Path  # the named output (a video file, a GIF or a folder), written only when every frame is done
     partial: Path  # OUT.partial: the finished frames so far (kept on Ctrl-C, read by --resume)
     finished: Any  # frames read back from OUT.partial with --resume, or None
+    mesh: Any = None  # --shard-frames' mesh over this process's devices, or None
 
 
 def _partial_folder(output: Path) -> Path:
@@ -649,11 +650,14 @@ def prepare_video(args: argparse.Namespace):
     settings.check_style_blend(config, len(args.style))
     if args.fps is not None and not 0 < args.fps <= clips.MAX_FPS:
         raise ValueError(f"--fps must be in (0, {clips.MAX_FPS:g}], got {args.fps}")
-    window = window_that_fits(config, final, min(video.window, len(span)))
+    mesh = _frames_mesh(args, video.window)
+    devices = 1 if mesh is None else mesh.size
+    window = window_that_fits(config, final, min(video.window, len(span)), devices)
     if args.dry_run:
         free = memory.limit_per_device(False)
         plan = {"command": "video", "frames": len(span), "shape": list(final), "window": window, "passes": video.passes,
-                "bytes_per_window": int(window * memory.rough_bytes(*final)), "limit_bytes": free}  # fmt: skip
+                "devices": devices, "bytes_per_device": int(window / devices * memory.rough_bytes(*final)),
+                "limit_bytes": free}  # fmt: skip
         print(json.dumps(plan))
         return None
     finished = None
@@ -674,7 +678,27 @@ def prepare_video(args: argparse.Namespace):
     params, _ = load_params(config.weights)
     fps = args.fps if args.fps is not None else clip.fps
     return PreparedVideo(clip.frames, fps, audio_from, style, fine_style, params, config, video, output, partial,
-                         None if finished is None else np.stack(finished))  # fmt: skip
+                         None if finished is None else np.stack(finished), mesh)  # fmt: skip
+
+
+def _frames_mesh(args: argparse.Namespace, window: int):
+    """--shard-frames' 1-D mesh over this process's devices (``None`` without it, or with one device: said once)."""
+    if not args.shard_frames:
+        return None
+    import jax
+
+    from nst_jax.optim import image_mesh
+
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        print(f"nst-jax: --shard-frames: one device ({devices[0]}), nothing to split; running on it", file=sys.stderr)
+        return None
+    if window % len(devices):
+        raise ValueError(
+            f"--shard-frames splits each window's frames over {len(devices)} devices: --window must be a multiple "
+            f"of {len(devices)}, got {window}"
+        )
+    return image_mesh(devices)
 
 
 def _remove_partial(partial: Path) -> None:
@@ -721,6 +745,7 @@ def run_video(args: argparse.Namespace, prepared: PreparedVideo) -> int:
         result = stylize_video(
             prepared.frames, prepared.style, prepared.config, prepared.video, params=prepared.params,
             fine_style=prepared.fine_style, finished=prepared.finished, on_window=keep, on_pass=passed,
+            mesh=prepared.mesh,
         )  # fmt: skip
     except VideoInterrupted as e:
         print(

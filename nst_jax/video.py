@@ -36,6 +36,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from nst_jax import flow, memory, schedule
 from nst_jax.checks import check_choice, check_image
@@ -223,17 +224,18 @@ def check_frames(frames) -> np.ndarray:
     return np.clip(frames, 0.0, 1.0)
 
 
-def window_that_fits(config: StyleConfig, shape: tuple[int, int], asked: int) -> int:
+def window_that_fits(config: StyleConfig, shape: tuple[int, int], asked: int, devices: int = 1) -> int:
     """The window (frames optimised together): ``asked``, halved until the memory plan's guess fits.
 
     A window's program holds every frame's activations, so it needs about ``window`` times one
-    frame's (:func:`nst_jax.memory.rough_bytes`); it may use half the free memory.
+    frame's (:func:`nst_jax.memory.rough_bytes`), split over ``devices`` when its frames are
+    (a window of ``devices`` frames at least); it may use half the free memory of each.
     """
     free = memory.limit_per_device(False)
     window = asked
     if free is None:
         return window
-    while window > 1 and window * memory.rough_bytes(*shape) > free / 2:
+    while window > max(1, devices) and window / devices * memory.rough_bytes(*shape) > free / 2:
         window //= 2
     return window
 
@@ -252,6 +254,7 @@ def stylize_video(
     callback: Callable[[VideoProgress], bool | None] | None = None,
     on_window: Callable[[range, np.ndarray], None] | None = None,
     on_pass: Callable[[int, np.ndarray], None] | None = None,
+    mesh: Mesh | None = None,
 ) -> VideoResult:
     """Styles a clip: each frame as :func:`~nst_jax.transfer.stylize` would, held to its neighbours.
 
@@ -274,6 +277,9 @@ def stylize_video(
         is finished (to save them: ``finished`` resumes the first pass).
       on_pass: with ``video.passes`` > 1, called with ``(pass number, all frames)`` as each later
         pass is finished (1-based: 2 for the first backward pass).
+      mesh: several devices (:func:`nst_jax.optim.image_mesh`): each window's frames are split
+        over them (a batch over devices; ``video.window`` must be a multiple of their number).
+        A last window too short to divide runs on one device.
 
     Returns:
       A :class:`VideoResult`.
@@ -301,7 +307,13 @@ def stylize_video(
             raise ValueError(
                 f"`finished` has shape {finished.shape}; it must be at most {count} frames of {h}x{w}, the clip's"
             )
-    window = window_that_fits(config, (h, w), video.window)
+    devices = 1 if mesh is None else mesh.size
+    if video.window % devices:
+        raise ValueError(
+            f"`video.window` is {video.window}: to split each window's frames over the mesh's {devices} devices "
+            f"it must be a multiple of {devices}"
+        )
+    window = window_that_fits(config, (h, w), video.window, devices)
     params = params_or_default(params, config, network)
     start = time.perf_counter()
     given = None
@@ -349,7 +361,7 @@ def stylize_video(
                 window_masks = given[1][None, first : span.stop]
             images, evals, calls = _window(
                 frames, span, held, window_flows, window_masks, styles, fine_styles, config, video, params,
-                network, stages, callback, start, count,
+                network, stages, callback, start, count, mesh=mesh,
             )  # fmt: skip
             out[span.start : span.stop] = images
             previous = out[first - 1] if first > 0 else None
@@ -387,7 +399,7 @@ def stylize_video(
                 images, evals, calls = _window(
                     ordered, span, held, window_flows, window_masks, styles, fine_styles, config, video, params,
                     network, refine, callback, start, count, starts=out[order[span.start : span.stop]],
-                    shown=shown, pass_number=number,
+                    shown=shown, pass_number=number, mesh=mesh,
                 )  # fmt: skip
                 refined[span.start : span.stop] = images
                 later += evals * len(span)
@@ -427,7 +439,7 @@ def _window_errors(images, previous, flows, masks) -> np.ndarray:
 
 
 def _window(frames, span, held, flows, masks, styles, fine_styles, config, video, params, network, stages,
-            callback, start, count, starts=None, shown=None, pass_number=0):  # fmt: skip
+            callback, start, count, starts=None, shown=None, pass_number=0, mesh=None):  # fmt: skip
     """Optimises the frames in ``span`` together through every stage.
 
     ``starts``: in a later pass, the frames' last results, which they start from (the first
@@ -437,6 +449,9 @@ def _window(frames, span, held, flows, masks, styles, fine_styles, config, video
     Returns (frames, full-size evaluation-equivalents per frame, batched evaluations).
     """
     from nst_jax import transfer
+
+    if mesh is not None and (mesh.size == 1 or len(span) % mesh.size):
+        mesh = None  # one device, or a last window too short to split
 
     h, w = frames.shape[1:3]
     grey = config.preserve_colour == "luminance"  # the frames are optimised in luminance (transfer._setup)
@@ -490,7 +505,7 @@ def _window(frames, span, held, flows, masks, styles, fine_styles, config, video
             stopped.append(bool(callback(seen)))
             return stopped[-1]
 
-        result = transfer.optimize(objective, jnp.stack(inits), stage_config, callback=callback and report)
+        result = transfer.optimize(objective, jnp.stack(inits), stage_config, callback=callback and report, mesh=mesh)
         if any(stopped):
             raise KeyboardInterrupt
         images = result.image

@@ -420,3 +420,76 @@ def test_luminance_only_frames_keep_their_own_colours(small_network, rng):
     np.testing.assert_allclose(chroma(result.frames)[:, inside[0], inside[1]], chroma(frames)[:, inside[0], inside[1]],
                                atol=0.02)  # fmt: skip
     assert not np.allclose(result.frames, frames, atol=0.02)  # styled, in luminance
+
+
+_FOUR_DEVICES = """
+import flax.linen as nn, jax, jax.numpy as jnp, numpy as np
+from nst_jax import StyleConfig, optim, samples, transfer, video
+from nst_jax.image import resize
+from nst_jax.network import from_flax
+
+class Small(nn.Module):  # the test suite's SmallCNN
+    @nn.compact
+    def __call__(self, x):
+        c1 = nn.relu(nn.Conv(8, (3, 3), name="conv1")(x - 0.5))
+        c2 = nn.relu(nn.Conv(12, (3, 3), name="conv2")(nn.avg_pool(c1, (2, 2), strides=(2, 2))))
+        return {"c1": c1, "c2": c2}
+
+assert len(jax.devices()) == 4
+module = Small()
+params = module.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+network = from_flax(module, name="small")
+source = np.asarray(resize(jnp.asarray(samples.village(96, 128)), (32, 60)))
+frames = np.stack([source[4:28, 4 + 2 * t : 36 + 2 * t] for t in range(6)]).astype(np.float32)
+style = np.asarray(samples.swirls(32, 32), np.float32)
+config = StyleConfig(network="custom", content_layers=("c2",), style_layers=("c1", "c2"), num_steps=8,
+                     base_size=16, num_scales=1)
+settings = video.VideoConfig(window=4, temporal_weight=2000.0)
+one = video.stylize_video(frames, style, config, settings, params=params, network=network)
+mesh = optim.image_mesh()
+seen, optimize = [], transfer.optimize
+
+def watched(objective, image, *args, mesh=None, **kwargs):
+    result = optimize(objective, image, *args, mesh=mesh, **kwargs)
+    seen.append((image.shape[0], None if mesh is None else mesh.size))
+    return result
+
+transfer.optimize = watched
+four = video.stylize_video(frames, style, config, settings, params=params, network=network, mesh=mesh)
+assert seen == [(4, 4), (2, None)], seen  # the window of four frames split, the last two on one device
+assert np.abs(four.frames - one.frames).mean() < 2e-3, np.abs(four.frames - one.frames).mean()
+try:
+    video.stylize_video(frames, style, config, video.VideoConfig(window=2), params=params, network=network, mesh=mesh)
+    raise AssertionError("a window of 2 over 4 devices was taken")
+except ValueError as e:
+    assert "must be a multiple of 4" in str(e), e
+
+# The command line: --shard-frames' plan, and a window that does not split refused in one line.
+import contextlib, io, json
+from nst_jax import cli, clips, save_image
+clips.write_clip("in", frames, 10)
+save_image("style.png", style)
+argv = ["video", "in", "style.png", "-o", "out.gif", "--size", "32", "--shard-frames", "--dry-run"]
+out, err = io.StringIO(), io.StringIO()
+with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    assert cli.main([*argv, "--window", "4"]) == 0
+    assert cli.main([*argv, "--window", "2"]) == 2
+plan = json.loads(out.getvalue().strip())
+assert plan["devices"] == 4 and plan["window"] == 4, plan
+said = err.getvalue()
+assert len(said.splitlines()) == 1 and "--window must be a multiple of 4, got 2" in said, said
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_a_windows_frames_split_over_devices(tmp_path):
+    """Four forced host devices (a subprocess: XLA_FLAGS must come before JAX starts)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", _FOUR_DEVICES], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stdout[-2000:] + done.stderr[-4000:]
