@@ -181,7 +181,9 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
     16-bit, with alpha) becomes RGB (alpha is composited on white), and an embedded ICC
     profile (Adobe RGB, Display P3, a CMYK press) is converted to sRGB by LittleCMS, relative
     colorimetric; without one the pixels are taken as sRGB. 16-bit greyscale without a
-    profile keeps its levels (no 8-bit step). With
+    profile keeps its levels (no 8-bit step), and so does 16-bit RGB(A) PNG or TIFF without one
+    or with an sRGB one, where OpenCV is installed (the ``video`` extra); a profile to convert
+    goes through LittleCMS at 8 bits. With
     ``size``, the long side is resized to it (Lanczos), keeping the aspect ratio.
 
     Raises:
@@ -195,9 +197,11 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
     if size is not None and (not isinstance(size, int | np.integer) or size < 1):
         raise ValueError(f"`size` must be a positive integer (pixels of the long side), got {size!r}")
     opened = _open(path, what)
+    sixteen = _sixteen_bit_rgb(opened)
     try:
         with opened, warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            orientation = opened.getexif().get(_ORIENTATION, 1)
             img = ImageOps.exif_transpose(opened)
             img.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -205,15 +209,15 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
     if not _png_data_complete(path):
         raise ValueError(f"`{what}`: {str(path)!r} is truncated (its image data ends before the last row)")
     profile = img.info.get("icc_profile")
+    if sixteen and (not profile or _is_srgb(profile)):
+        array = _decode_sixteen_bit(path, opened.size, orientation)
+        if array is not None:  # 16-bit RGB reaches the network with all its levels (no 8-bit step)
+            return _resize_float(array, size)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(img, np.float32)
         array = np.clip(array / (65535.0 if array.max() > 255 else 255.0), 0.0, 1.0)
         if not profile:  # 16-bit greyscale reaches the network with all its levels (no 8-bit step)
-            grey = Image.fromarray(array, "F")
-            if size is not None and max(grey.size) != size:
-                h, w = fit_long_side((grey.height, grey.width), size)
-                grey = grey.resize((w, h), Image.Resampling.LANCZOS)
-            return np.repeat(np.clip(np.asarray(grey, np.float32), 0.0, 1.0)[..., None], 3, axis=-1)
+            return _resize_float(np.repeat(array[..., None], 3, axis=-1), size)
         img = Image.fromarray((array * 255 + 0.5).astype(np.uint8))  # LittleCMS converts it at 8 bits
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
@@ -227,6 +231,72 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
         if (h, w) != (img.height, img.width):
             img = img.resize((w, h), Image.Resampling.LANCZOS)
     return np.asarray(img, np.float32) / 255.0
+
+
+_ORIENTATION = 0x0112  # the EXIF orientation tag
+# Each EXIF orientation as numpy does what ImageOps.exif_transpose does to it.
+_ORIENT = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}  # fmt: skip
+
+
+def _sixteen_bit_rgb(opened) -> bool:
+    """Whether Pillow, which holds RGB at 8 bits, is about to drop the low bits of 16-bit RGB(A) samples."""
+    if opened.mode not in ("RGB", "RGBA") or not opened.tile:
+        return False
+    args = opened.tile[0].args
+    rawmode = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
+    return isinstance(rawmode, str) and ";16" in rawmode
+
+
+def _is_srgb(profile) -> bool:
+    """Whether an embedded profile is sRGB (by its description), so the pixels need no conversion."""
+    from PIL import ImageCms
+
+    try:
+        description = ImageCms.getProfileDescription(_read_profile(profile, "the image"))
+    except (ValueError, ImageCms.PyCMSError):
+        return False
+    return description.strip().lower().startswith("srgb")
+
+
+def _decode_sixteen_bit(path: Path, size: tuple[int, int], orientation) -> np.ndarray | None:
+    """16-bit RGB(A) PNG or TIFF samples as float32 ``[h, w, 3]`` in [0, 1] (alpha composited on white).
+
+    OpenCV decodes them (the ``video`` extra; Pillow, which already read and checked the file
+    at 8 bits, has no 16-bit RGB mode). ``None`` without OpenCV, or when its pixels are not the
+    ``size`` (width, height) Pillow read: the caller keeps the 8-bit pixels then.
+    """
+    try:
+        import cv2
+    except ImportError:
+        return None
+    if path.stat().st_size > MAX_IMAGE_PIXELS * 8 + 2**24:  # more than 16-bit RGBA pixels and a margin
+        return None
+    data = np.fromfile(path, np.uint8)
+    decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    w, h = size
+    if decoded is None or decoded.dtype != np.uint16 or decoded.shape[:2] != (h, w) or decoded.ndim != 3:
+        return None
+    if decoded.shape[2] not in (3, 4):
+        return None
+    array = decoded[..., [2, 1, 0, 3][: decoded.shape[2]]].astype(np.float32) / 65535.0  # BGR(A) to RGB(A)
+    if array.shape[2] == 4:
+        alpha = array[..., 3:]
+        array = array[..., :3] * alpha + (1.0 - alpha)
+    array = _ORIENT.get(orientation, lambda a: a)(array)
+    return np.ascontiguousarray(array)
+
+
+def _resize_float(array: np.ndarray, size: int | None) -> np.ndarray:
+    """A float ``[h, w, 3]`` image with its long side resized to ``size`` (Lanczos, channel by channel), in [0, 1]."""
+    if size is not None and max(array.shape[:2]) != size:
+        h, w = fit_long_side(array.shape[:2], size)
+        channels = [Image.fromarray(np.ascontiguousarray(array[..., c]), "F") for c in range(3)]
+        array = np.stack([np.asarray(c.resize((w, h), Image.Resampling.LANCZOS), np.float32) for c in channels], -1)
+    return np.clip(array, 0.0, 1.0).astype(np.float32)
 
 
 def _read_profile(profile, where: str):

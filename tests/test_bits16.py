@@ -100,3 +100,67 @@ def test_bits_are_checked_against_the_format_before_anything_is_written(tmp_path
     err = capsys.readouterr().err.strip()
     assert err.startswith("nst-jax: error: ") and "`bits` 16 needs a .png or .tif output" in err
     assert len(err.splitlines()) == 1 and not any(tmp_path.iterdir())
+
+
+def _ramp(h=40, w=600):
+    """A smooth ramp of 2400 levels a channel, each channel rising at its own rate."""
+    x = np.linspace(0.0, 1.0, h * w, dtype=np.float64).reshape(h, w)
+    return np.stack([x, x**2, 1.0 - x], -1).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["ramp.png", "ramp.tif"])
+def test_a_16_bit_rgb_file_reaches_the_network_with_all_its_levels(tmp_path, name):
+    """Our own 16-bit files (an embedded sRGB profile) load back at 16 bits, not through an 8-bit step."""
+    pytest.importorskip("cv2")
+    from nst_jax.io import load_image
+
+    ramp = _ramp()
+    save_image(tmp_path / name, ramp, bits=16)
+    loaded = load_image(tmp_path / name)
+    assert len(np.unique(loaded[..., 0])) > 2000  # 8 bits would give at most 256
+    np.testing.assert_allclose(loaded, ramp, atol=1.0 / 65535)
+    half = load_image(tmp_path / name, size=300)  # resized in float, channel by channel
+    assert half.shape == (20, 300, 3) and len(np.unique(half[..., 0])) > 256
+
+
+def test_16_bit_rgba_without_a_profile_is_composited_on_white_at_16_bits(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    from nst_jax.io import load_image
+
+    ramp = _ramp()
+    alpha = np.full((*ramp.shape[:2], 1), 0.5, np.float32)
+    rgba = (np.concatenate([ramp, alpha], -1) * 65535 + 0.5).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba[..., [2, 1, 0, 3]])
+    loaded = load_image(tmp_path / "rgba.png")
+    np.testing.assert_allclose(loaded, ramp * 0.5 + 0.5, atol=2.0 / 65535)
+    assert len(np.unique(loaded[..., 0])) > 1000
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_16_bit_pixels_are_turned_as_pillow_turns_8_bit_ones(orientation):
+    from PIL import ImageOps
+
+    from nst_jax.io import _ORIENT
+
+    raw = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    image = Image.fromarray(raw)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif, quality=100)
+    with Image.open(buffer) as opened:
+        turned = np.asarray(ImageOps.exif_transpose(opened))
+        decoded = np.asarray(opened.convert("RGB"))  # as stored, before turning
+    np.testing.assert_array_equal(_ORIENT.get(orientation, lambda a: a)(decoded), turned)
+
+
+def test_without_opencv_16_bit_rgb_loads_at_8_bits(tmp_path, monkeypatch):
+    import sys
+
+    from nst_jax.io import load_image
+
+    save_image(tmp_path / "ramp.png", _ramp(), bits=16)
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` raises ImportError
+    loaded = load_image(tmp_path / "ramp.png")
+    assert len(np.unique(loaded[..., 0])) <= 256
+    np.testing.assert_allclose(loaded, _ramp(), atol=1.0 / 255 + 1e-6)  # Pillow keeps the high byte
