@@ -126,7 +126,8 @@ class ClipObjective(flax.struct.PyTreeNode):
 
     ``loss = mean_t frame_loss_t(x_t) + temporal_weight * sum_j mean_t mean(c_jt (x_t - warp(x_{t-j}, b_jt))^2)``
     over the offsets j (``offsets``; (1,) without long-term terms), ``x_{t-j}`` before the window
-    taken from ``held`` (the finished frames, fixed; their masks zero where there are none).
+    taken from ``held`` (the finished frames, fixed; their masks zero where there are none); in a
+    later pass, plus ``temporal_weight * mean_t mean(s_t (x_t - stay_t)^2)``.
     ``aux`` holds the frames' terms averaged over the window and ``"temporal"``.
     """
 
@@ -137,6 +138,11 @@ class ClipObjective(flax.struct.PyTreeNode):
     held: jax.Array  # [max(offsets), h, w, 3]: the finished frames before the window, oldest first
     temporal_weight: jax.Array
     offsets: tuple[int, ...] = flax.struct.field(pytree_node=False, default=(1,))
+    # In a later pass: the frames' last results [W, h, w, 3], and [W, h, w] where no neighbour
+    # holds a pixel (1 - the masks' sum): there it is held to where it was, so a pass does not
+    # undo at its disocclusions what the pass the other way made consistent.
+    stay: jax.Array | None = None
+    stay_masks: jax.Array | None = None
 
     def __call__(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         params = self.params
@@ -151,6 +157,9 @@ class ClipObjective(flax.struct.PyTreeNode):
             jnp.mean(temporal_errors(images, clip[reach - j : reach - j + count], self.flows[k], self.masks[k]))
             for k, j in enumerate(self.offsets)
         )
+        if self.stay is not None:
+            assert self.stay_masks is not None
+            temporal = temporal + jnp.mean(self.stay_masks[..., None] * jnp.square(images - self.stay))
         terms = {name: jnp.mean(value) for name, value in aux.items()}
         terms["temporal"] = self.temporal_weight * temporal
         return jnp.mean(losses) + terms["temporal"], terms
@@ -494,6 +503,11 @@ def _window(frames, span, held, flows, masks, styles, fine_styles, config, video
             temporal_weight=jnp.asarray(video.temporal_weight, jnp.float32),
             offsets=video.long_term,
         )
+        if starts is not None:  # a later pass
+            stay = jnp.stack([resize(jnp.asarray(x), shape) for x in starts])
+            if grey:
+                stay = jnp.stack([luminance_image(x) for x in stay])
+            objective = objective.replace(stay=stay, stay_masks=jnp.clip(1.0 - stage_masks.sum(axis=0), 0.0, 1.0))
         stopped: list[bool] = []
 
         def report(progress, stage=stage, stopped=stopped):
