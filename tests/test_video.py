@@ -132,6 +132,12 @@ def test_clip_objective_is_the_frames_mean_plus_the_temporal_terms(small_network
     assert float(loss) == pytest.approx(own + 7.0 * temporal, rel=1e-5)
     assert float(aux["temporal"]) == pytest.approx(7.0 * temporal, rel=1e-5)
     assert float(jax.jit(lambda c, x: c(x)[0])(clip, images)) == pytest.approx(float(loss), rel=1e-5)  # jit == eager
+    # A later pass: pixels no neighbour holds are held to the frames' last results.
+    stay = rng.random(frames.shape).astype(np.float32)
+    stay_masks = np.clip(1.0 - masks.sum(axis=0), 0.0, 1.0)
+    later = clip.replace(stay=jnp.asarray(stay), stay_masks=jnp.asarray(stay_masks))
+    staying = np.mean(stay_masks[..., None] * (np.asarray(images) - stay) ** 2)
+    assert float(later(images)[0]) == pytest.approx(own + 7.0 * (temporal + staying), rel=1e-5)
 
 
 def test_long_term_masks_keep_what_nearer_frames_do_not_cover():
