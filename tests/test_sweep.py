@@ -11,7 +11,7 @@ import pytest
 from conftest import SMALL_NETWORK_CONFIG, one_line_error
 from PIL import Image
 
-from nst_jax import StyleConfig, memory, optim, samples
+from nst_jax import StyleConfig, memory, optim, samples, stylize
 from nst_jax.files import MARKER
 from nst_jax.image import fit_long_side, resize
 from nst_jax.io import contact_sheet
@@ -390,3 +390,15 @@ def test_cli_sweep_fine_style_is_checked_before_the_run(tmp_path, capsys):
     one_line_error(capsys, [*argv, "--size", "200"], "`fine_style` restyles the coarse-to-fine stages after the first")
     one_line_error(capsys, [*argv, "--fine-style-layers", "relu4_2"], "`fine_style_layers` (relu4_2) must be among")
     assert not out.exists()
+
+
+def test_a_sweep_member_is_the_picture_stylize_makes(small_network, pictures):
+    """The sweep's batched L-BFGS (nst_jax.lbfgs) and stylize's (optax) take the same path (issue 24's goal 3)."""
+    content, style, _ = pictures
+    _, network, params = small_network
+    config = NET.replace(num_steps=30, chunk_size=10)
+    alone = stylize(content, style, config, params=params, network=network)
+    member = sweep(content, style, config, {"style_weight": [config.style_weight]}, params=params, network=network)
+    assert float(member.losses[0]) == pytest.approx(float(alone.loss), rel=1e-3)
+    difference = np.abs(np.asarray(member.images[0]) - np.asarray(alone.image))
+    assert difference.mean() < 1e-3 and difference.max() < 2e-2
