@@ -246,7 +246,10 @@ def _sixteen_bit_rgb(opened) -> bool:
     """Whether Pillow, which holds RGB at 8 bits, is about to drop the low bits of 16-bit RGB(A) samples."""
     if opened.mode not in ("RGB", "RGBA") or not opened.tile:
         return False
-    args = opened.tile[0].args
+    tile = opened.tile[0]  # (codec, extents, offset, args): a plain tuple in older Pillow, a named one in newer
+    if not isinstance(tile, tuple) or len(tile) < 4:
+        return False
+    args = tile[3]
     rawmode = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
     return isinstance(rawmode, str) and ";16" in rawmode
 
