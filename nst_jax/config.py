@@ -105,7 +105,7 @@ class StyleConfig:
         "nst_jax.network.FeatureNetwork passed as network=, whose own layer names the layers are)",
         choices=NETWORKS,
     )
-    pooling: str = _f("avg", "VGG pooling: avg (the paper) or max", choices=POOLINGS)
+    pooling: str = _f("avg", "VGG pooling: avg (the paper), max, or mixed (half each)", choices=POOLINGS)
     padding: str = _f(
         "zeros",
         "convolution padding: zeros (the network's own), reflect, or circular (a seamless tile; --tileable)",

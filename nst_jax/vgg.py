@@ -90,7 +90,7 @@ def min_side(layers: Sequence[str]) -> int:
     return 2**poolings
 
 
-POOLINGS = ("avg", "max")
+POOLINGS = ("avg", "max", "mixed")
 PADDINGS = ("zeros", "reflect", "circular")  # circular: the image wraps around (seamless tiles)
 # Arithmetic of the convolutions (Gram matrices and losses are always float32):
 # highest: float32 everywhere; tf32: lax.Precision.HIGH (TensorFloat-32 on NVIDIA GPUs,
@@ -241,7 +241,7 @@ class VGG19(nn.Module):
     Attributes:
       depth: 19 (the paper's network) or 16 (VGG-16: three convolutions in blocks 3-5).
       pooling: ``"avg"`` (the paper: "replacing the max-pooling operation by
-        average pooling improves the gradient flow") or ``"max"``.
+        average pooling improves the gradient flow"), ``"max"``, or ``"mixed"`` (the mean of the two).
       padding: ``"zeros"`` (the original network's), ``"reflect"``, or ``"circular"`` (every
         convolution and pooling window wraps around: the image is a seamless tile).
       precision: the convolutions' arithmetic, one of :data:`PRECISIONS`.
@@ -280,8 +280,11 @@ class VGG19(nn.Module):
                 if self.padding == "circular":
                     # An odd side wraps its last window around to the first row/column.
                     x = jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0)), mode="wrap")
-                pool = nn.avg_pool if self.pooling == "avg" else nn.max_pool
-                x = pool(x, (2, 2), strides=(2, 2))
+                if self.pooling == "mixed":  # departure: half average, half maximum (docs/loss.md)
+                    x = 0.5 * (nn.avg_pool(x, (2, 2), strides=(2, 2)) + nn.max_pool(x, (2, 2), strides=(2, 2)))
+                else:
+                    pool = nn.avg_pool if self.pooling == "avg" else nn.max_pool
+                    x = pool(x, (2, 2), strides=(2, 2))
             if name in layers:
                 out[name] = x.reshape(*batch, *x.shape[1:])
         return out

@@ -41,7 +41,7 @@ NUMBER = r"must be a finite number in \[0, 1e\+12\]"
         ({"scales": (64, 2**20)}, r"`scales` must be at most 32 increasing integers in \[16, 16384\]"),
         ({"style_blend": (1.0,) * 300}, r"`style_blend` must be 1 to 256 weights"),
         ({"style_blend": (1.0, float("nan"))}, rf"`style_blend` {NUMBER}, got nan"),
-        ({"pooling": "sum"}, r"`pooling` must be one of \('avg', 'max'\), got 'sum'"),
+        ({"pooling": "sum"}, r"`pooling` must be one of \('avg', 'max', 'mixed'\), got 'sum'"),
         ({"optimizer": "sgd"}, r"`optimizer` must be one of \('lbfgs', 'adam'\), got 'sgd'"),
         ({"style_layers": ("relu1_1", "pool1")}, r"`style_layers` has pooling layer 'pool1'; use conv\* or relu\*"),
         ({"style_layers": ("relu9_1",)}, r"`style_layers` has unknown layer 'relu9_1'; valid layers are"),

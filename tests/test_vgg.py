@@ -36,7 +36,9 @@ def _np_features(params, image, layers, pooling="avg", padding="zeros"):
                 x = np.pad(x, ((0, x.shape[0] % 2), (0, x.shape[1] % 2), (0, 0)), mode="wrap")
             h, w, c = x.shape
             blocks = x[: h // 2 * 2, : w // 2 * 2].reshape(h // 2, 2, w // 2, 2, c)
-            x = blocks.mean((1, 3)) if pooling == "avg" else blocks.max((1, 3))
+            x = {"avg": blocks.mean((1, 3)), "max": blocks.max((1, 3))}.get(pooling)
+            if pooling == "mixed":
+                x = 0.5 * (blocks.mean((1, 3)) + blocks.max((1, 3)))
         if name in layers:
             out[name] = x
     return out
@@ -142,7 +144,7 @@ def test_unknown_layer_is_named(tiny_params, rng):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"pooling": "min"}, r"`pooling` must be one of \('avg', 'max'\), got 'min'"),
+        ({"pooling": "min"}, r"`pooling` must be one of \('avg', 'max', 'mixed'\), got 'min'"),
         ({"padding": "wrap"}, r"`padding` must be one of \('zeros', 'reflect', 'circular'\), got 'wrap'"),
     ],
 )
