@@ -217,7 +217,7 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
         array = np.asarray(img, np.float32)
         array = np.clip(array / (65535.0 if array.max() > 255 else 255.0), 0.0, 1.0)
         if not profile:  # 16-bit greyscale reaches the network with all its levels (no 8-bit step)
-            return _resize_float(np.repeat(array[..., None], 3, axis=-1), size)
+            return np.repeat(_resize_float(array[..., None], size), 3, axis=-1)
         img = Image.fromarray((array * 255 + 0.5).astype(np.uint8))  # LittleCMS converts it at 8 bits
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
@@ -294,10 +294,10 @@ def _decode_sixteen_bit(path: Path, size: tuple[int, int], orientation) -> np.nd
 
 
 def _resize_float(array: np.ndarray, size: int | None) -> np.ndarray:
-    """A float ``[h, w, 3]`` image with its long side resized to ``size`` (Lanczos, channel by channel), in [0, 1]."""
+    """A float ``[h, w, C]`` image with its long side resized to ``size`` (Lanczos, channel by channel), in [0, 1]."""
     if size is not None and max(array.shape[:2]) != size:
         h, w = fit_long_side(array.shape[:2], size)
-        channels = [Image.fromarray(np.ascontiguousarray(array[..., c]), "F") for c in range(3)]
+        channels = [Image.fromarray(np.ascontiguousarray(array[..., c]), "F") for c in range(array.shape[2])]
         array = np.stack([np.asarray(c.resize((w, h), Image.Resampling.LANCZOS), np.float32) for c in channels], -1)
     return np.clip(array, 0.0, 1.0).astype(np.float32)
 
