@@ -354,10 +354,7 @@ def stylize_video(
     try:
         while first < count:
             span = range(first, min(first + window, count))
-            held = np.zeros((reach, h, w, 3), np.float32)  # the finished frames before the window, oldest first
-            have = min(reach, first)
-            if have:
-                held[reach - have :] = out[first - have : first]
+            held = _held_before(out, first, reach)
             if given is None:  # the window's flows only: a long clip's are never all held
                 began = time.perf_counter()
                 window_flows, window_masks, found = flow.span_flows(
@@ -395,10 +392,7 @@ def stylize_video(
             first = 0
             while first < count:
                 span = range(first, min(first + window, count))
-                held = np.zeros((reach, h, w, 3), np.float32)
-                have = min(reach, first)
-                if have:
-                    held[reach - have :] = refined[first - have : first]
+                held = _held_before(refined, first, reach)
                 began = time.perf_counter()
                 window_flows, window_masks, _ = flow.span_flows(
                     ordered, span, video.long_term, video.flow, video.cut_share
@@ -423,6 +417,15 @@ def stylize_video(
     errors, cuts = _clip_errors(frames, out, video)
     flow_seconds += time.perf_counter() - began
     return result(count)
+
+
+def _held_before(frames: np.ndarray, first: int, reach: int) -> np.ndarray:
+    """The ``reach`` finished frames before frame ``first``, oldest first (zeros where the clip has none)."""
+    held = np.zeros((reach, *frames.shape[1:]), np.float32)
+    have = min(reach, first)
+    if have:
+        held[reach - have :] = frames[first - have : first]
+    return held
 
 
 def _clip_errors(frames: np.ndarray, styled: np.ndarray, video: VideoConfig) -> tuple[np.ndarray, list[int]]:
