@@ -348,29 +348,45 @@ def stylize_video(
     stages = schedule.stages(config, (h, w))
     first = done
     result = lambda upto: VideoResult(
-        out[:upto], cuts, errors[:upto], evaluations / max(1, upto - done) + later / count, batched,
+        out[:upto], sorted(cuts), errors[:upto], evaluations / max(1, upto - done) + later / count, batched,
         time.perf_counter() - start, flow_seconds, window,
     )  # fmt: skip
-    try:
+
+    def run_pass(ordered, buffer, first, pass_stages, number=0, starts=None, backward=False):
+        """Optimises ``ordered`` window after window into ``buffer`` from frame ``first``; yields each window.
+
+        Yields ``(span, images, evaluations, calls, flows, masks)``. The first pass (``number``
+        0) takes ``flows`` when given; every other pass computes them on its own frame order.
+        """
+        nonlocal flow_seconds
         while first < count:
             span = range(first, min(first + window, count))
-            held = _held_before(out, first, reach)
-            if given is None:  # the window's flows only: a long clip's are never all held
+            held = _held_before(buffer, first, reach)
+            if given is None or number > 0:  # the window's flows only: a long clip's are never all held
                 began = time.perf_counter()
                 window_flows, window_masks, found = flow.span_flows(
-                    frames, span, video.long_term, video.flow, video.cut_share
+                    ordered, span, video.long_term, video.flow, video.cut_share
                 )
                 flow_seconds += time.perf_counter() - began
-                cuts += found
+                if not backward:  # a forward pass (the first, or a later one after a resume) finds the cuts
+                    cuts.extend(c for c in found if c not in cuts)
             else:
                 window_flows = given[0][None, first : span.stop]
                 window_masks = given[1][None, first : span.stop]
+            shown = range(count - 1 - span.start, count - 1 - span.stop, -1) if backward else None
+            window_starts = None if starts is None else starts[span.start : span.stop]
             images, evals, calls = _window(
-                frames, span, held, window_flows, window_masks, styles, fine_styles, config, video, params,
-                network, stages, callback, start, count, mesh=mesh,
+                ordered, span, held, window_flows, window_masks, styles, fine_styles, config, video, params,
+                network, pass_stages, callback, start, count, starts=window_starts, shown=shown,
+                pass_number=number, mesh=mesh,
             )  # fmt: skip
-            out[span.start : span.stop] = images
-            previous = out[first - 1] if first > 0 else None
+            buffer[span.start : span.stop] = images
+            yield span, images, evals, calls, window_flows, window_masks
+            first = span.stop
+
+    try:
+        for span, images, evals, calls, window_flows, window_masks in run_pass(frames, out, first, stages):
+            previous = out[span.start - 1] if span.start > 0 else None
             errors[span.start : span.stop] = _window_errors(images, previous, window_flows[0], window_masks[0])
             evaluations += evals * len(span)
             batched += calls
@@ -389,33 +405,24 @@ def stylize_video(
             order = np.arange(count)[::-1] if backward else np.arange(count)
             ordered = np.ascontiguousarray(frames[order]) if backward else frames
             refined = np.zeros_like(out)
-            first = 0
-            while first < count:
-                span = range(first, min(first + window, count))
-                held = _held_before(refined, first, reach)
-                began = time.perf_counter()
-                window_flows, window_masks, _ = flow.span_flows(
-                    ordered, span, video.long_term, video.flow, video.cut_share
-                )
-                flow_seconds += time.perf_counter() - began
-                shown = range(count - 1 - span.start, count - 1 - span.stop, -1) if backward else span
-                images, evals, calls = _window(
-                    ordered, span, held, window_flows, window_masks, styles, fine_styles, config, video, params,
-                    network, refine, callback, start, count, starts=out[order[span.start : span.stop]],
-                    shown=shown, pass_number=number, mesh=mesh,
-                )  # fmt: skip
-                refined[span.start : span.stop] = images
+            for span, images, evals, calls, window_flows, window_masks in run_pass(
+                ordered, refined, 0, refine, number, out[order], backward
+            ):
                 later += evals * len(span)
                 batched += calls
-                first = span.stop
+                if not backward:  # a forward pass has the flows the flicker figure needs
+                    previous = refined[span.start - 1] if span.start > 0 else None
+                    errors[span.start : span.stop] = _window_errors(images, previous, window_flows[0], window_masks[0])
             out = refined[order]  # in the clip's order again (a reversal is its own inverse)
             if on_pass is not None:
                 on_pass(number + 1, out)
     except KeyboardInterrupt:  # the last finished pass stands
         raise VideoInterrupted(result(count)) from None
-    began = time.perf_counter()
-    errors, cuts = _clip_errors(frames, out, video)
-    flow_seconds += time.perf_counter() - began
+    if (video.passes - 1) % 2:  # the last pass ran backward; the flicker figure looks one frame back, along
+        # the forward flows: computed again
+        began = time.perf_counter()
+        errors = _clip_errors(frames, out, video)
+        flow_seconds += time.perf_counter() - began
     return result(count)
 
 
@@ -428,17 +435,15 @@ def _held_before(frames: np.ndarray, first: int, reach: int) -> np.ndarray:
     return held
 
 
-def _clip_errors(frames: np.ndarray, styled: np.ndarray, video: VideoConfig) -> tuple[np.ndarray, list[int]]:
-    """:func:`temporal_error` of a whole styled clip along its own flow (computed again), and its cuts."""
+def _clip_errors(frames: np.ndarray, styled: np.ndarray, video: VideoConfig) -> np.ndarray:
+    """:func:`temporal_error` of a whole styled clip along its own flow (computed again)."""
     errors = np.zeros(len(frames), np.float32)
-    cuts: list[int] = []
     for first in range(0, len(frames), 16):  # a few frames' flows at a time
         span = range(first, min(first + 16, len(frames)))
-        flows, masks, found = flow.span_flows(frames, span, (1,), video.flow, video.cut_share)
-        cuts += found
+        flows, masks, _ = flow.span_flows(frames, span, (1,), video.flow, video.cut_share)
         previous = styled[first - 1] if first > 0 else None
         errors[span.start : span.stop] = _window_errors(styled[span.start : span.stop], previous, flows[0], masks[0])
-    return errors, cuts
+    return errors
 
 
 def _window_errors(images, previous, flows, masks) -> np.ndarray:
