@@ -400,13 +400,17 @@ def _image_mesh(args: argparse.Namespace):
         return None
     import jax
 
+    return _mesh_over("--shard-image", jax.devices())
+
+
+def _mesh_over(option: str, devices):
+    """A 1-D mesh over ``devices``; ``None`` with one device, said once naming ``option``."""
     from nst_jax.optim import image_mesh
 
-    if len(jax.devices()) == 1:
-        device = jax.devices()[0]
-        print(f"nst-jax: --shard-image: one device ({device}), nothing to split; running on it", file=sys.stderr)
+    if len(devices) == 1:
+        print(f"nst-jax: {option}: one device ({devices[0]}), nothing to split; running on it", file=sys.stderr)
         return None
-    return image_mesh()
+    return image_mesh(devices)
 
 
 def _check_shapes(args: argparse.Namespace, config: StyleConfig, mesh=None) -> None:
@@ -687,18 +691,13 @@ def _frames_mesh(args: argparse.Namespace, window: int):
         return None
     import jax
 
-    from nst_jax.optim import image_mesh
-
     devices = jax.local_devices()
-    if len(devices) == 1:
-        print(f"nst-jax: --shard-frames: one device ({devices[0]}), nothing to split; running on it", file=sys.stderr)
-        return None
-    if window % len(devices):
+    if len(devices) > 1 and window % len(devices):
         raise ValueError(
             f"--shard-frames splits each window's frames over {len(devices)} devices: --window must be a multiple "
             f"of {len(devices)}, got {window}"
         )
-    return image_mesh(devices)
+    return _mesh_over("--shard-frames", devices)
 
 
 def _remove_partial(partial: Path) -> None:
