@@ -39,8 +39,9 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def png16(image) -> bytes:
-    """``image`` (``[h, w, 3]`` in [0, 1]) as a 16-bit RGB PNG with the sRGB profile."""
+def png16(image, profile: bytes | None = None) -> bytes:
+    """``image`` (``[h, w, 3]`` in [0, 1]) as a 16-bit RGB PNG with the sRGB profile (or ``profile``, the
+    pixels' own)."""
     pixels = to_uint16(image)
     h, w, _ = pixels.shape
     rows = pixels.astype(">u2").view(np.uint8).reshape(h, w * 6)
@@ -49,20 +50,21 @@ def png16(image) -> bytes:
     filtered[:, 1:7] = rows[:, :6]
     filtered[:, 7:] = rows[:, 6:] - rows[:, :-6]
     header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    profile = b"sRGB\x00\x00" + zlib.compress(srgb_profile())
+    named = b"sRGB" if profile is None else b"ICC profile"
+    iccp = named + b"\x00\x00" + zlib.compress(srgb_profile() if profile is None else profile)
     return b"".join(
         (
             b"\x89PNG\r\n\x1a\n",
             _chunk(b"IHDR", header),
-            _chunk(b"iCCP", profile),
+            _chunk(b"iCCP", iccp),
             _chunk(b"IDAT", zlib.compress(filtered.tobytes(), 6)),
             _chunk(b"IEND", b""),
         )
     )
 
 
-def tiff16(image) -> bytes:
-    """``image`` (``[h, w, 3]`` in [0, 1]) as a 16-bit RGB TIFF with the sRGB profile.
+def tiff16(image, profile: bytes | None = None) -> bytes:
+    """``image`` (``[h, w, 3]`` in [0, 1]) as a 16-bit RGB TIFF with the sRGB profile (or ``profile``).
 
     Raises:
       ValueError: an image whose data passes the 4 GiB a TIFF's offsets reach.
@@ -72,7 +74,7 @@ def tiff16(image) -> bytes:
     data = pixels.astype("<u2").tobytes()
     if len(data) > MAX_TIFF_DATA:
         raise ValueError(f"a {w}x{h} 16-bit TIFF needs {len(data)} bytes of pixels, past TIFF's 4 GiB; use .png")
-    profile = srgb_profile()
+    profile = srgb_profile() if profile is None else profile
     # Layout: header, pixels, profile, BitsPerSample's three values, two resolutions, the IFD.
     pixels_at = 8
     profile_at = pixels_at + len(data) + (len(data) & 1)  # every value starts on a word boundary

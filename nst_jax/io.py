@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from nst_jax import bits16
+from nst_jax import bits16, icc
 from nst_jax.checks import check_choice
 from nst_jax.image import fit_long_side
 
@@ -179,11 +179,11 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
 
     EXIF orientation is applied; any Pillow mode (palette, greyscale, CMYK,
     16-bit, with alpha) becomes RGB (alpha is composited on white), and an embedded ICC
-    profile (Adobe RGB, Display P3, a CMYK press) is converted to sRGB by LittleCMS, relative
-    colorimetric; without one the pixels are taken as sRGB. 16-bit greyscale without a
-    profile keeps its levels (no 8-bit step), and so does 16-bit RGB(A) PNG or TIFF without one
-    or with an sRGB one, where OpenCV is installed (the ``video`` extra); a profile to convert
-    goes through LittleCMS at 8 bits. With
+    profile (Adobe RGB, Display P3, a CMYK press) is converted to sRGB, relative colorimetric:
+    a matrix/TRC RGB one in float (:mod:`nst_jax.icc`), any other by LittleCMS at 8 bits;
+    without one the pixels are taken as sRGB. 16-bit greyscale without a profile keeps its
+    levels (no 8-bit step), and so does 16-bit RGB(A) PNG or TIFF without one, with an sRGB
+    one or with a matrix/TRC one, where OpenCV is installed (the ``video`` extra). With
     ``size``, the long side is resized to it (Lanczos), keeping the aspect ratio.
 
     Raises:
@@ -209,10 +209,18 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
     if not _png_data_complete(path):
         raise ValueError(f"`{what}`: {str(path)!r} is truncated (its image data ends before the last row)")
     profile = img.info.get("icc_profile")
-    if sixteen and (not profile or _is_srgb(profile)):
+    where = f"`{what}`: {str(path)!r}"
+    srgb = not profile or _is_srgb(profile)
+    # A matrix/TRC RGB profile (Adobe RGB, Display P3, ProPhoto) is applied in float (nst_jax.icc),
+    # after LittleCMS has read it (its refusals stand); any other goes through LittleCMS at 8 bits.
+    shaper = None
+    if profile and not srgb and img.mode in ("RGB", "RGBA", "P"):
+        _read_profile(profile, where)
+        shaper = icc.read(profile)
+    if sixteen and (srgb or shaper is not None):
         array = _decode_sixteen_bit(path, opened.size, orientation)
         if array is not None:  # 16-bit RGB reaches the network with all its levels (no 8-bit step)
-            return _resize_float(array, size)
+            return _resize_float(array if shaper is None else icc.to_srgb(array, shaper), size)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(img, np.float32)
         array = np.clip(array / (65535.0 if array.max() > 255 else 255.0), 0.0, 1.0)
@@ -223,8 +231,11 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
+    if shaper is not None:  # converted in float: no 8-bit step after the conversion either
+        rgb = np.asarray(img.convert("RGB"), np.float32) / 255.0
+        return _resize_float(icc.to_srgb(rgb, shaper), size)
     if profile:
-        img = _to_srgb(img, profile, f"`{what}`: {str(path)!r}")
+        img = _to_srgb(img, profile, where)
     img = img.convert("RGB")
     if size is not None:
         h, w = fit_long_side((img.height, img.width), size)
@@ -339,8 +350,9 @@ _PROFILE_MODES = {"RGB": ("RGB", ("PNG", "JPEG", "WEBP", "TIFF")), "CMYK": ("CMY
 def check_output_profile(path: str | os.PathLike, profile: bytes | None, bits: int | None = None) -> str | None:
     """The Pillow mode ``path`` will be written in, back in ``profile`` (None: no profile given), or
     a ValueError now, before the run: a profile of another colour space than RGB, CMYK or grey,
-    one the format cannot hold (CMYK in a PNG), or 16 bits per channel asked for (a kept profile
-    is written at 8 bits, a .tif too: Pillow's LittleCMS converts 8-bit images)."""
+    one the format cannot hold (CMYK in a PNG), or 16 bits per channel asked for with a profile
+    that is not a matrix/TRC RGB one (:mod:`nst_jax.icc` converts those in float; any other is
+    written at 8 bits, a .tif too: Pillow's LittleCMS converts 8-bit images)."""
     if profile is None:
         return None
     where = f"the output {str(path)!r}"
@@ -354,8 +366,11 @@ def check_output_profile(path: str | os.PathLike, profile: bytes | None, bits: i
             f"`keep_profile`: {where} is {fmt}, which cannot hold the content's {space} pixels; "
             f"use {' or '.join('.' + f.lower().replace('jpeg', 'jpg').replace('tiff', 'tif') for f in formats)}"
         )
-    if bits is not None and bits != 8:
-        raise ValueError(f"`keep_profile` writes 8 bits per channel (LittleCMS converts 8-bit images here), not {bits}")
+    if bits is not None and bits != 8 and (mode != "RGB" or icc.read(profile) is None):
+        raise ValueError(
+            f"`keep_profile` writes 8 bits per channel with this {space} profile (not a matrix/TRC RGB one: "
+            f"LittleCMS converts 8-bit images here), not {bits}"
+        )
     return mode
 
 
@@ -453,8 +468,9 @@ def save_image(
     ``bits``: per channel (:func:`output_bits`; default 16 for .tif/.tiff, 8 otherwise). At 16
     the float image is written with no 8-bit step, in sRGB with the profile embedded
     (:mod:`nst_jax.bits16`). ``profile``: an ICC profile (the content's, ``--keep-profile``) to
-    write the image back in, converted from sRGB by LittleCMS (relative colorimetric) and
-    embedded; 8 bits only, and checked first by :func:`check_output_profile`.
+    write the image back in (relative colorimetric) and embed: a matrix/TRC RGB one converted in
+    float (:mod:`nst_jax.icc`), at 16 bits where ``bits`` or a .tif asks; any other by
+    LittleCMS at 8 bits. Checked first by :func:`check_output_profile`.
     """
     from nst_jax.checks import check_image
 
@@ -462,6 +478,10 @@ def save_image(
     fmt = output_format(path)
     check_image(image, "image")
     mode = check_output_profile(path, profile, bits)
+    shaper = icc.read(profile) if mode == "RGB" and profile is not None else None
+    if shaper is not None and output_bits(path, bits) == 16:  # a matrix/TRC profile: converted in float
+        data = _SIXTEEN_BIT[fmt](icc.from_srgb(np.asarray(image, np.float32), shaper), profile)
+        return _write_atomically(path, lambda f: f.write(data))
     if mode is not None:
         from PIL import ImageCms
 

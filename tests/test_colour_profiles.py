@@ -15,10 +15,26 @@ def _s15(values) -> bytes:
     return b"".join(struct.pack(">i", round(v * 65536)) for v in values)
 
 
-def matrix_profile(red, green, blue, gamma: float, name: str = "test RGB") -> bytes:
-    """An ICC v2 RGB display profile of three D50 primaries and one gamma (as Adobe RGB (1998) is)."""
+def gamma_curve(gamma: float) -> bytes:
+    """A ``curv`` tone curve of one gamma (u8Fixed8)."""
+    return b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+
+
+def table_curve(values) -> bytes:
+    """A ``curv`` tone curve sampled at ``len(values)`` points over [0, 1]."""
+    table = np.round(np.asarray(values) * 65535).astype(">u2").tobytes()
+    return b"curv\0\0\0\0" + struct.pack(">I", len(values)) + table
+
+
+def para_curve(kind: int, *params: float) -> bytes:
+    """A ``para`` (parametric) tone curve of ``kind`` 0-4."""
+    return b"para\0\0\0\0" + struct.pack(">HH", kind, 0) + _s15(params)
+
+
+def matrix_profile(red, green, blue, gamma: float, name: str = "test RGB", curve: bytes | None = None) -> bytes:
+    """An ICC v2 RGB display profile of three D50 primaries and one gamma (as Adobe RGB (1998) is), or ``curve``."""
     xyz = lambda v: b"XYZ \0\0\0\0" + _s15(v)
-    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0"
+    curve = gamma_curve(gamma) if curve is None else curve
     text = name.encode() + b"\0"
     desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + struct.pack(">II", 0, 0) + b"\0" * 70
     tags = [
@@ -134,15 +150,17 @@ def test_keep_profile_is_refused_before_the_run_where_it_cannot_be_written(tmp_p
     )
     with pytest.raises(ValueError, match=cannot):
         check_output_profile(tmp_path / "o.png", cmyk)
-    with pytest.raises(ValueError, match=r"`keep_profile` writes 8 bits per channel .*, not 16"):
-        check_output_profile(tmp_path / "o.tif", ADOBE_RGB, 16)
-    assert check_output_profile(tmp_path / "o.tif", ADOBE_RGB) == "RGB"  # a .tif with a kept profile: 8 bits
+    lut = ADOBE_RGB.replace(b"cprt", b"A2B0", 1)  # a lookup-table profile: LittleCMS converts it at 8 bits
+    with pytest.raises(ValueError, match=r"`keep_profile` writes 8 bits per channel with this RGB profile .*, not 16"):
+        check_output_profile(tmp_path / "o.tif", lut, 16)
+    assert check_output_profile(tmp_path / "o.tif", lut) == "RGB"  # a .tif with such a kept profile: 8 bits
+    assert check_output_profile(tmp_path / "o.png", ADOBE_RGB, 16) == "RGB"  # matrix/TRC: 16 bits in float
     content = tmp_path / "adobe.png"
     Image.fromarray(np.repeat(np.repeat(PATCHES, 8, 0), 8, 1)).save(content, icc_profile=ADOBE_RGB)
     style = save_image(tmp_path / "style.png", np.random.default_rng(0).random((24, 24, 3)))
     (tmp_path / "out").mkdir()
     argv = ["stylize", str(content), str(style), "--keep-profile", "--size", "24", "--steps", "1"]
-    one_line_error(capsys, [*argv, "--bits", "16", "-o", str(tmp_path / "out" / "x.tif")], "writes 8 bits per channel")
+    one_line_error(capsys, [*argv, "--bits", "16", "-o", str(tmp_path / "out" / "x.jpg")], "`bits` 16 needs a .png")
     assert not any((tmp_path / "out").iterdir())
 
 
@@ -155,9 +173,93 @@ def test_keep_profile_on_the_command_line(tmp_path):
     style = save_image(tmp_path / "style.png", np.random.default_rng(0).random((24, 24, 3)))
     argv = ["stylize", str(content), str(style), "--keep-profile", "--size", "24", "--steps", "2", "-q"]
     assert cli.main([*argv, "--num-scales", "1", "-o", str(tmp_path / "out.tif")]) == 0
-    with Image.open(tmp_path / "out.tif") as written:
-        assert written.info["icc_profile"] == ADOBE_RGB and written.mode == "RGB"
+    with Image.open(tmp_path / "out.tif") as written:  # a .tif: 16 bits, converted in float
+        assert written.info["icc_profile"] == ADOBE_RGB and ";16" in written.tile[0][3][0]
     plain = save_image(tmp_path / "plain.png", np.repeat(np.repeat(PATCHES, 8, 0), 8, 1) / 255)
     assert cli.main(["stylize", str(plain), *argv[2:], "--num-scales", "1", "-o", str(tmp_path / "plain.jpg")]) == 0
     with Image.open(tmp_path / "plain.jpg") as written:  # an sRGB content: sRGB out, as always
         assert written.info["icc_profile"] == bits16.srgb_profile()
+
+
+# Display P3's primaries (D50) with sRGB's parametric curve, and ProPhoto's with a sampled gamma 1.8.
+DISPLAY_P3 = matrix_profile(
+    (0.5151, 0.2412, -0.0011), (0.2919, 0.6922, 0.0419), (0.1572, 0.0666, 0.7841), 1.0, "P3",
+    para_curve(3, 2.4, 1 / 1.055, 0.055 / 1.055, 1 / 12.92, 0.04045),
+)  # fmt: skip
+PROPHOTO = matrix_profile(
+    (0.7977, 0.2880, 0.0), (0.1352, 0.7119, 0.0), (0.0313, 0.0001, 0.8249), 1.0, "ProPhoto",
+    table_curve(np.linspace(0, 1, 1024) ** 1.8),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("profile", [ADOBE_RGB, DISPLAY_P3, PROPHOTO], ids=["gamma", "para", "table"])
+def test_matrix_trc_profiles_are_converted_in_float_as_littlecms_converts_them(profile):
+    from nst_jax import icc
+
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    shaper = icc.read(profile)
+    assert shaper is not None
+    ours = icc.to_srgb(pixels / 255.0, shaper)
+    assert np.abs(ours - littlecms(pixels, profile) / 255).max() <= 1 / 255
+    back = icc.from_srgb(ours, shaper)  # and back, where no colour was clipped to sRGB's gamut
+    inside = np.all((ours > 0.002) & (ours < 0.998), axis=-1)
+    assert inside.mean() > 0.2 and np.abs(back - pixels / 255)[inside].max() < 2e-3
+
+
+@pytest.mark.parametrize("name", ["adobe.png", "adobe.tif"])
+def test_a_16_bit_adobe_rgb_photo_keeps_its_levels_up_to_the_network(tmp_path, name):
+    pytest.importorskip("cv2")
+    ramp = np.linspace(0.0, 1.0, 40 * 600).reshape(40, 600)
+    ramp = np.stack([ramp, ramp**2, 1.0 - ramp], -1)
+    write = bits16.png16 if name.endswith(".png") else bits16.tiff16
+    (tmp_path / name).write_bytes(write(ramp, ADOBE_RGB))
+    loaded = load_image(tmp_path / name)
+    assert len(np.unique(loaded[..., 0])) > 2000  # 8 bits would give at most 256
+    # Levels an 8-bit file also holds (v * 257) land where LittleCMS puts the 8-bit ones.
+    patches = np.repeat(np.repeat(PATCHES, 8, 0), 8, 1)
+    (tmp_path / name).write_bytes(write(patches / 255.0, ADOBE_RGB))
+    expected = littlecms(PATCHES, ADOBE_RGB) / 255
+    assert np.abs(load_image(tmp_path / name)[4::8, 4::8] - expected).max() <= 1 / 255
+
+
+def test_keep_profile_writes_16_bits_in_float_for_a_matrix_trc_profile(tmp_path):
+    pytest.importorskip("cv2")
+    ramp = np.linspace(0.05, 0.95, 40 * 600).reshape(40, 600)
+    ramp = np.stack([ramp, ramp**2, 1.0 - ramp], -1)
+    for name in ("kept.png", "kept.tif"):
+        path = save_image(tmp_path / name, ramp, bits=16, profile=ADOBE_RGB)
+        with Image.open(path) as written:
+            assert written.info["icc_profile"] == ADOBE_RGB, name
+        back = load_image(path)  # Adobe RGB at 16 bits, converted to sRGB again on reading
+        np.testing.assert_allclose(back, ramp, atol=2e-4)
+        assert len(np.unique(back[..., 0])) > 2000
+
+
+def test_the_matrix_trc_reader_declines_what_it_cannot_apply_and_trusts_no_offset():
+    from nst_jax import icc
+
+    assert icc.read(ADOBE_RGB) is not None and icc.read(bits16.srgb_profile()) is not None
+    tags = struct.unpack_from(">I", ADOBE_RGB, 128)[0]
+    table_end = 132 + 12 * tags
+    declined = {
+        "a lookup table": ADOBE_RGB.replace(b"cprt", b"A2B0", 1),
+        "CMYK data": ADOBE_RGB[:16] + b"CMYK" + ADOBE_RGB[20:],
+        "Lab connection space": ADOBE_RGB[:20] + b"Lab " + ADOBE_RGB[24:],
+        "no acsp": ADOBE_RGB[:36] + b"xxxx" + ADOBE_RGB[40:],
+        "truncated": ADOBE_RGB[: len(ADOBE_RGB) // 2],
+        "a size past the file": struct.pack(">I", len(ADOBE_RGB) + 1) + ADOBE_RGB[4:],
+        "a million tags": ADOBE_RGB[:128] + struct.pack(">I", 10**6) + ADOBE_RGB[132:],
+        "a tag past the end": ADOBE_RGB[:136] + struct.pack(">I", 2**31) + ADOBE_RGB[140:],
+        "a tag size past the end": ADOBE_RGB[:140] + struct.pack(">I", 2**32 - 1) + ADOBE_RGB[144:],
+        "no green colorant": ADOBE_RGB.replace(b"gXYZ", b"zzzz", 1),
+        "a curve of 2**31 points": ADOBE_RGB[: table_end] + ADOBE_RGB[table_end:].replace(
+            b"curv\0\0\0\0\0\0\0\x01", b"curv\0\0\0\0\x80\0\0\0"
+        ),
+        "para with a = 0": matrix_profile(
+            (0.6, 0.3, 0.0), (0.2, 0.6, 0.1), (0.1, 0.1, 0.7), 1, curve=para_curve(1, 2.0, 0.0, 0.0)
+        ),
+        "a singular matrix": matrix_profile((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (0.1, 0.1, 0.7), 2.2),
+        "not bytes": "RGB ",
+    }  # fmt: skip
+    for why, profile in declined.items():
+        assert icc.read(profile) is None, why
