@@ -99,7 +99,8 @@ def test_upload_watch_cancel_and_download_in_a_browser(page, tmp_path):
     by_id("style-file").send_keys(str(style))
     thumbs = lambda zone: driver.find_elements(By.CSS_SELECTOR, f"#{zone}-thumbs .thumb:not(.loading) img")
     _wait(lambda: thumbs("content") and thumbs("style"), what="the thumbnails")
-    assert driver.execute_script("return document.querySelector('#content-thumbs img').naturalWidth") > 0
+    decoded = "const i = document.querySelector('#content-thumbs img'); return i.complete && i.naturalWidth > 0"
+    _wait(lambda: driver.execute_script(decoded), timeout=30, what="the thumbnail decoded")  # not just attached
     _wait(lambda: by_id("start").get_attribute("disabled") is None, what="Start enabled")
 
     # A bad upload: a clear message on the page, nothing added.
