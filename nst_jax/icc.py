@@ -108,12 +108,21 @@ def read(profile: bytes) -> MatrixShaper | None:
         return None
     colorants = [_xyz(_tag(profile, tags, s)) for s in (b"rXYZ", b"gXYZ", b"bXYZ")]
     curves = [_curve(_tag(profile, tags, s)) for s in (b"rTRC", b"gTRC", b"bTRC")]
-    if any(c is None for c in colorants) or any(c is None for c in curves):
+    if any(c is None for c in colorants) or any(c is None or not _rising(c) for c in curves):
         return None
     matrix = np.array(colorants, np.float64).T
     if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < 1e-6:
         return None
     return MatrixShaper(matrix, tuple(curves))  # type: ignore[arg-type]
+
+
+def _rising(curve: Curve) -> bool:
+    """Whether a curve is finite, never falls, and rises from 0 to 1 overall: one that can be inverted."""
+    with np.errstate(all="ignore"):
+        values = apply_curve(curve, np.linspace(0.0, 1.0, 4097))
+    if not np.all(np.isfinite(values)):
+        return False
+    return bool(np.all(np.diff(values) >= -1e-6) and values[-1] - values[0] > 0.5)
 
 
 def apply_curve(curve: Curve, x: np.ndarray) -> np.ndarray:

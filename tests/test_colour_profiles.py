@@ -258,6 +258,10 @@ def test_the_matrix_trc_reader_declines_what_it_cannot_apply_and_trusts_no_offse
         "para with a = 0": matrix_profile(
             (0.6, 0.3, 0.0), (0.2, 0.6, 0.1), (0.1, 0.1, 0.7), 1, curve=para_curve(1, 2.0, 0.0, 0.0)
         ),
+        "a falling curve": matrix_profile(
+            (0.6, 0.3, 0.0), (0.2, 0.6, 0.1), (0.1, 0.1, 0.7), 1, curve=table_curve([1, 0])
+        ),
+        "gamma 0": matrix_profile((0.6, 0.3, 0.0), (0.2, 0.6, 0.1), (0.1, 0.1, 0.7), 0.0),
         "a singular matrix": matrix_profile((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), (0.1, 0.1, 0.7), 2.2),
         "not bytes": "RGB ",
     }  # fmt: skip
