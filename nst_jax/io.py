@@ -182,8 +182,9 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
     profile (Adobe RGB, Display P3, a CMYK press) is converted to sRGB, relative colorimetric:
     a matrix/TRC RGB one in float (:mod:`nst_jax.icc`), any other by LittleCMS at 8 bits;
     without one the pixels are taken as sRGB. 16-bit greyscale without a profile keeps its
-    levels (no 8-bit step), and so does 16-bit RGB(A) PNG or TIFF without one, with an sRGB
-    one or with a matrix/TRC one, where OpenCV is installed (the ``video`` extra). With
+    levels (no 8-bit step), and so does 16-bit RGB(A) PNG or TIFF, where OpenCV is installed
+    (the ``video`` extra): in float with no profile, an sRGB or a matrix/TRC one, through a
+    table of LittleCMS's 8-bit conversions interpolated with any other. With
     ``size``, the long side is resized to it (Lanczos), keeping the aspect ratio.
 
     Raises:
@@ -217,10 +218,12 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
     if profile and not srgb and img.mode in ("RGB", "RGBA", "P"):
         _read_profile(profile, where)
         shaper = icc.read(profile)
-    if sixteen and (srgb or shaper is not None):
+    if sixteen and img.mode in ("RGB", "RGBA"):
         array = _decode_sixteen_bit(path, opened.size, orientation)
         if array is not None:  # 16-bit RGB reaches the network with all its levels (no 8-bit step)
-            return _resize_float(array if shaper is None else icc.to_srgb(array, shaper), size)
+            if profile and not srgb:
+                array = icc.to_srgb(array, shaper) if shaper is not None else _through_lattice(array, profile, where)
+            return _resize_float(array, size)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(img, np.float32)
         array = np.clip(array / (65535.0 if array.max() > 255 else 255.0), 0.0, 1.0)
@@ -302,6 +305,33 @@ def _decode_sixteen_bit(path: Path, size: tuple[int, int], orientation) -> np.nd
         array = array[..., :3] * alpha + (1.0 - alpha)
     array = _ORIENT.get(orientation, lambda a: a)(array)
     return np.ascontiguousarray(array)
+
+
+def _through_lattice(array: np.ndarray, profile: bytes, where: str) -> np.ndarray:
+    """16-bit RGB in a profile LittleCMS must convert (a lookup-table one), to sRGB without an 8-bit step.
+
+    LittleCMS converts every 8-bit RGB triple once (256^3, half a second), and each pixel is
+    interpolated between the eight around it (trilinear): an 8-bit level lands where
+    LittleCMS puts it, and the levels between stay between, so a 16-bit gradient keeps its
+    smoothness instead of banding at 256 levels.
+    """
+    levels = np.arange(256, dtype=np.uint8)
+    every = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(4096, 4096, 3)
+    table = np.asarray(_to_srgb(Image.fromarray(every, "RGB"), profile, where)).reshape(256, 256, 256, 3)
+    flat = array.reshape(-1, 3)
+    out = np.empty(flat.shape, np.float32)
+    for start in range(0, len(flat), icc.CHUNK_PIXELS):
+        scaled = np.clip(flat[start : start + icc.CHUNK_PIXELS], 0.0, 1.0) * 255.0
+        low = np.minimum(scaled.astype(np.int64), 254)
+        weight = scaled - low  # [n, 3]: each channel's fraction of the way to its next level
+        total = np.zeros((len(low), 3), np.float64)
+        for corner in np.ndindex(2, 2, 2):
+            step = np.array(corner)
+            share = np.prod(np.where(step == 1, weight, 1.0 - weight), axis=-1)
+            index = low + step
+            total += share[:, None] * table[index[:, 0], index[:, 1], index[:, 2]]
+        out[start : start + icc.CHUNK_PIXELS] = total / 255.0
+    return out.reshape(array.shape)
 
 
 def _resize_float(array: np.ndarray, size: int | None) -> np.ndarray:

@@ -31,8 +31,11 @@ def para_curve(kind: int, *params: float) -> bytes:
     return b"para\0\0\0\0" + struct.pack(">HH", kind, 0) + _s15(params)
 
 
-def matrix_profile(red, green, blue, gamma: float, name: str = "test RGB", curve: bytes | None = None) -> bytes:
-    """An ICC v2 RGB display profile of three D50 primaries and one gamma (as Adobe RGB (1998) is), or ``curve``."""
+def matrix_profile(
+    red, green, blue, gamma: float, name: str = "test RGB", curve: bytes | None = None, extra=()
+) -> bytes:
+    """An ICC v2 RGB display profile of three D50 primaries and one gamma (as Adobe RGB (1998) is), or ``curve``;
+    ``extra``: more (signature, data) tags."""
     xyz = lambda v: b"XYZ \0\0\0\0" + _s15(v)
     curve = gamma_curve(gamma) if curve is None else curve
     text = name.encode() + b"\0"
@@ -40,7 +43,7 @@ def matrix_profile(red, green, blue, gamma: float, name: str = "test RGB", curve
     tags = [
         (b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"rXYZ", xyz(red)), (b"gXYZ", xyz(green)),
         (b"bXYZ", xyz(blue)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve),
-        (b"cprt", b"text\0\0\0\0no copyright\0"),
+        (b"cprt", b"text\0\0\0\0no copyright\0"), *extra,
     ]  # fmt: skip
     at = 128 + 4 + 12 * len(tags)
     table, body = b"", b""
@@ -60,6 +63,20 @@ ADOBE_RGB = matrix_profile((0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (
 PATCHES = np.array(
     [[[40, 200, 60], [200, 40, 60], [60, 90, 220]], [[128, 128, 128], [250, 250, 250], [5, 5, 5]]], np.uint8
 )
+
+
+def lut_profile(red, green, blue, gamma: float) -> bytes:
+    """The same colours through a lookup table: an A2B0 lut16 (mft2) of gamma input tables and a
+    2-point CLUT holding the matrix (exact for a matrix), which LittleCMS prefers to the matrix tags."""
+    n = 256
+    inputs = np.round(np.linspace(0, 1, n) ** gamma * 65535).astype(">u2")
+    matrix = np.array([red, green, blue], np.float64).T
+    corners = [matrix @ np.array([r, g, b]) for r in (0, 1) for g in (0, 1) for b in (0, 1)]
+    clut = np.round(np.array(corners) * 32768).astype(">u2")  # XYZ in lut16: 1.0 is 32768
+    identity = np.tile(np.array([0, 65535], ">u2"), 3).tobytes()
+    body = b"mft2\0\0\0\0" + struct.pack(">BBBB", 3, 3, 2, 0) + _s15((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    body += struct.pack(">HH", n, 2) + np.tile(inputs, 3).tobytes() + clut.tobytes() + identity
+    return matrix_profile(red, green, blue, gamma, "LUT RGB", extra=[(b"A2B0", body)])
 
 
 def littlecms(pixels: np.ndarray, profile: bytes) -> np.ndarray:
@@ -267,3 +284,21 @@ def test_the_matrix_trc_reader_declines_what_it_cannot_apply_and_trusts_no_offse
     }  # fmt: skip
     for why, profile in declined.items():
         assert icc.read(profile) is None, why
+
+
+def test_a_16_bit_photo_in_a_lookup_table_profile_keeps_its_levels_through_littlecms(tmp_path):
+    """A profile only LittleCMS converts: every 8-bit triple through it once, 16-bit pixels interpolated."""
+    pytest.importorskip("cv2")
+    from nst_jax import icc
+
+    lut = lut_profile((0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446), 2.2)
+    assert icc.read(lut) is None
+    patches = np.repeat(np.repeat(PATCHES, 8, 0), 8, 1)
+    (tmp_path / "lut.png").write_bytes(bits16.png16(patches / 255.0, lut))
+    expected = littlecms(PATCHES, lut) / 255
+    assert np.abs(load_image(tmp_path / "lut.png")[4::8, 4::8] - expected).max() <= 1 / 255 + 1e-6
+    assert np.abs(expected - PATCHES / 255).max() > 20 / 255  # the table was applied
+    ramp = np.linspace(0.0, 1.0, 40 * 600).reshape(40, 600)
+    (tmp_path / "ramp.png").write_bytes(bits16.png16(np.stack([ramp, ramp**2, 1.0 - ramp], -1), lut))
+    loaded = load_image(tmp_path / "ramp.png")
+    assert len(np.unique(loaded[..., 0])) > 2000  # 8 bits would give at most 256
