@@ -147,6 +147,22 @@ def apply_curve(curve: Curve, x: np.ndarray) -> np.ndarray:
     return np.where(x >= d, power(a * x + b) + e, c * x + f)
 
 
+def same_colours(a: MatrixShaper, b: MatrixShaper, tolerance: float = 1e-3) -> bool:
+    """Whether two profiles map every RGB value to the same colour, within ``tolerance`` (XYZ and curve values)."""
+    if not np.allclose(a.matrix, b.matrix, atol=tolerance, rtol=0.0):
+        return False
+    grid = np.linspace(0.0, 1.0, 1025)
+    return all(
+        np.allclose(apply_curve(c, grid), apply_curve(d, grid), atol=tolerance, rtol=0.0)
+        for c, d in zip(a.curves, b.curves, strict=True)
+    )
+
+
+def srgb() -> MatrixShaper:
+    """The sRGB profile every output embeds (LittleCMS's), as a :class:`MatrixShaper`."""
+    return _srgb()
+
+
 @functools.cache
 def _srgb() -> MatrixShaper:
     from nst_jax import bits16

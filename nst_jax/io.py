@@ -269,9 +269,16 @@ def _sixteen_bit_rgb(opened) -> bool:
 
 
 def _is_srgb(profile) -> bool:
-    """Whether an embedded profile is sRGB (by its description), so the pixels need no conversion."""
+    """Whether an embedded profile is sRGB, so the pixels need no conversion.
+
+    A matrix/TRC profile is compared by its numbers (:func:`nst_jax.icc.same_colours`), whatever
+    its description says; any other by its description, which LittleCMS reads.
+    """
     from PIL import ImageCms
 
+    shaper = icc.read(profile) if isinstance(profile, bytes) else None
+    if shaper is not None:
+        return icc.same_colours(shaper, icc.srgb())
     try:
         description = ImageCms.getProfileDescription(_read_profile(profile, "the image"))
     except (ValueError, ImageCms.PyCMSError):

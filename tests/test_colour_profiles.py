@@ -302,3 +302,16 @@ def test_a_16_bit_photo_in_a_lookup_table_profile_keeps_its_levels_through_littl
     (tmp_path / "ramp.png").write_bytes(bits16.png16(np.stack([ramp, ramp**2, 1.0 - ramp], -1), lut))
     loaded = load_image(tmp_path / "ramp.png")
     assert len(np.unique(loaded[..., 0])) > 2000  # 8 bits would give at most 256
+
+
+def test_a_profile_is_taken_for_srgb_by_its_numbers_not_its_name(tmp_path):
+    """A foreign file's description is not trusted: Adobe RGB's numbers named "sRGB" are converted."""
+    from nst_jax import icc
+
+    assert icc.same_colours(icc.read(bits16.srgb_profile()), icc.srgb())
+    assert not icc.same_colours(icc.read(ADOBE_RGB), icc.srgb())
+    named = matrix_profile((0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446), 2.2, "sRGB")
+    Image.fromarray(PATCHES).save(tmp_path / "named.png", icc_profile=named)
+    loaded = load_image(tmp_path / "named.png")
+    assert np.abs(loaded - littlecms(PATCHES, named) / 255).max() <= 1 / 255
+    assert np.abs(loaded - PATCHES / 255).max() > 20 / 255  # converted, not taken as sRGB
