@@ -158,13 +158,9 @@ def same_colours(a: MatrixShaper, b: MatrixShaper, tolerance: float = 1e-3) -> b
     )
 
 
+@functools.cache
 def srgb() -> MatrixShaper:
     """The sRGB profile every output embeds (LittleCMS's), as a :class:`MatrixShaper`."""
-    return _srgb()
-
-
-@functools.cache
-def _srgb() -> MatrixShaper:
     from nst_jax import bits16
 
     shaper = read(bits16.srgb_profile())
@@ -177,12 +173,12 @@ def to_srgb(rgb: np.ndarray, source: MatrixShaper) -> np.ndarray:
 
     Colours outside sRGB's gamut are clipped to it, as LittleCMS clips them in 8 bits.
     """
-    return _convert(rgb, source, _srgb())
+    return _convert(rgb, source, srgb())
 
 
 def from_srgb(rgb: np.ndarray, target: MatrixShaper) -> np.ndarray:
     """``[..., 3]`` sRGB pixels in [0, 1] converted to ``target``'s colours in float (:func:`to_srgb` inverted)."""
-    return _convert(rgb, _srgb(), target)
+    return _convert(rgb, srgb(), target)
 
 
 CHUNK_PIXELS = 2**20  # pixels converted at a time: float64 temporaries of ~100 MB, whatever the image's size

@@ -211,13 +211,15 @@ def load_image(path: str | os.PathLike, size: int | None = None, what: str = "im
         raise ValueError(f"`{what}`: {str(path)!r} is truncated (its image data ends before the last row)")
     profile = img.info.get("icc_profile")
     where = f"`{what}`: {str(path)!r}"
-    srgb = not profile or _is_srgb(profile)
     # A matrix/TRC RGB profile (Adobe RGB, Display P3, ProPhoto) is applied in float (nst_jax.icc),
     # after LittleCMS has read it (its refusals stand); any other goes through LittleCMS at 8 bits.
-    shaper = None
-    if profile and not srgb and img.mode in ("RGB", "RGBA", "P"):
+    shaper, srgb = None, not profile
+    if profile and img.mode in ("RGB", "RGBA", "P"):
         _read_profile(profile, where)
         shaper = icc.read(profile)
+        srgb = _is_srgb(profile, shaper)
+        if srgb:
+            shaper = None
     if sixteen and img.mode in ("RGB", "RGBA"):
         array = _decode_sixteen_bit(path, opened.size, orientation)
         if array is not None:  # 16-bit RGB reaches the network with all its levels (no 8-bit step)
@@ -268,15 +270,15 @@ def _sixteen_bit_rgb(opened) -> bool:
     return isinstance(rawmode, str) and ";16" in rawmode
 
 
-def _is_srgb(profile) -> bool:
+def _is_srgb(profile, shaper: icc.MatrixShaper | None) -> bool:
     """Whether an embedded profile is sRGB, so the pixels need no conversion.
 
-    A matrix/TRC profile is compared by its numbers (:func:`nst_jax.icc.same_colours`), whatever
-    its description says; any other by its description, which LittleCMS reads.
+    A matrix/TRC profile (``shaper``, :func:`nst_jax.icc.read`'s) is compared by its numbers
+    (:func:`nst_jax.icc.same_colours`), whatever its description says; any other by its
+    description, which LittleCMS reads.
     """
     from PIL import ImageCms
 
-    shaper = icc.read(profile) if isinstance(profile, bytes) else None
     if shaper is not None:
         return icc.same_colours(shaper, icc.srgb())
     try:
