@@ -355,8 +355,9 @@ def stylize_video(
     def run_pass(ordered, buffer, first, pass_stages, number=0, starts=None, backward=False):
         """Optimises ``ordered`` window after window into ``buffer`` from frame ``first``; yields each window.
 
-        Yields ``(span, images, evaluations, calls, flows, masks)``. The first pass (``number``
-        0) takes ``flows`` when given; every other pass computes them on its own frame order.
+        Yields ``(span, images, evaluations, calls)``. The first pass (``number`` 0) takes
+        ``flows`` when given; every other pass computes them on its own frame order. A forward
+        pass also writes its frames' flicker figures into ``errors``.
         """
         nonlocal flow_seconds
         while first < count:
@@ -381,13 +382,14 @@ def stylize_video(
                 pass_number=number, mesh=mesh,
             )  # fmt: skip
             buffer[span.start : span.stop] = images
-            yield span, images, evals, calls, window_flows, window_masks
+            if not backward:  # the flicker figure looks one frame back, along these forward flows
+                previous = buffer[span.start - 1] if span.start > 0 else None
+                errors[span.start : span.stop] = _window_errors(images, previous, window_flows[0], window_masks[0])
+            yield span, images, evals, calls
             first = span.stop
 
     try:
-        for span, images, evals, calls, window_flows, window_masks in run_pass(frames, out, first, stages):
-            previous = out[span.start - 1] if span.start > 0 else None
-            errors[span.start : span.stop] = _window_errors(images, previous, window_flows[0], window_masks[0])
+        for span, images, evals, calls in run_pass(frames, out, first, stages):
             evaluations += evals * len(span)
             batched += calls
             if on_window is not None:
@@ -405,14 +407,9 @@ def stylize_video(
             order = np.arange(count)[::-1] if backward else np.arange(count)
             ordered = np.ascontiguousarray(frames[order]) if backward else frames
             refined = np.zeros_like(out)
-            for span, images, evals, calls, window_flows, window_masks in run_pass(
-                ordered, refined, 0, refine, number, out[order], backward
-            ):
+            for span, _, evals, calls in run_pass(ordered, refined, 0, refine, number, out[order], backward):
                 later += evals * len(span)
                 batched += calls
-                if not backward:  # a forward pass has the flows the flicker figure needs
-                    previous = refined[span.start - 1] if span.start > 0 else None
-                    errors[span.start : span.stop] = _window_errors(images, previous, window_flows[0], window_masks[0])
             out = refined[order]  # in the clip's order again (a reversal is its own inverse)
             if on_pass is not None:
                 on_pass(number + 1, out)
