@@ -12,7 +12,7 @@ import nst_jax.sweep  # noqa: F401
 from nst_jax.checkpoint import CheckpointError
 from nst_jax.config import INITS, OPTIMIZERS, StyleConfig
 from nst_jax.image import fit_long_side, initial_image, match_colour, resize
-from nst_jax.io import load_image, save_image
+from nst_jax.io import load_image, load_proof_profile, save_image, soft_proof
 from nst_jax.losses import content_loss, gram, style_layer_loss, style_loss, total_variation
 from nst_jax.memory import MemoryLimitError
 from nst_jax.network import FeatureNetwork, from_flax
@@ -60,6 +60,7 @@ __all__ = [
     "initial_image",
     "load_image",
     "load_params",
+    "load_proof_profile",
     "make_objective",
     "make_optimizer",
     "match_colour",
@@ -69,6 +70,7 @@ __all__ = [
     "run_chunk",
     "save_image",
     "save_sweep",
+    "soft_proof",
     "style_layer_loss",
     "style_loss",
     "stylize",

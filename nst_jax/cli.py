@@ -107,6 +107,14 @@ def _add_bits_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _add_proof_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--proof", metavar="PROFILE",
+        help="soft-proof for print: the content and style images are mapped into the gamut of this ICC profile's "
+        "device (a printer's or a press's, perceptual), so the picture is made of colours it can print",
+    )  # fmt: skip
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from nst_jax import __version__
 
@@ -118,6 +126,7 @@ def _build_parser() -> argparse.ArgumentParser:
     stylize.add_argument("style", nargs="+", help="style image(s); several are blended (--style-blend)")
     stylize.add_argument("-o", "--output", required=True, help="output image (.png, .jpg, ...)")
     _add_bits_argument(stylize)
+    _add_proof_argument(stylize)
     stylize.add_argument(
         "--keep-profile", action="store_true",
         help="write the output back in the content's embedded ICC profile (Adobe RGB, a CMYK press: .jpg or .tif), "
@@ -162,6 +171,7 @@ def _build_parser() -> argparse.ArgumentParser:
     texture.add_argument("style", nargs="+", help="style image(s)")
     texture.add_argument("-o", "--output", required=True, help="output image")
     _add_bits_argument(texture)
+    _add_proof_argument(texture)
     texture.add_argument("--size", dest="shape", type=_shape, default=(512, 512), metavar="WxH", help="output size")
     texture.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     texture.add_argument("--resume", metavar="DIR", help="continue from a checkpoint (OUT.ckpt of an earlier run)")

@@ -309,6 +309,11 @@ def prepare(args: argparse.Namespace):
         config = config.replace(**{which: layers})
     mesh = _image_mesh(args)
     _check_shapes(args, config, mesh)  # from the files' headers: nothing large is decoded or resized before this
+    proof = None
+    if getattr(args, "proof", None):  # read, and its proofing transform built, before any image is decoded
+        from nst_jax.io import load_proof_profile
+
+        proof = load_proof_profile(args.proof, what="proof")
     fine_style = None
     profile: bytes | None = None
     content: typing.Any  # an image; for --dry-run's demo, only its shape (jax.ShapeDtypeStruct)
@@ -355,6 +360,12 @@ def prepare(args: argparse.Namespace):
             style = [content]
         else:
             content, style = samples.village(h, w), [samples.swirls(h, w)]
+    if proof is not None:  # the picture is made from colours the printer has
+        from nst_jax.io import soft_proof
+
+        content = None if content is None else soft_proof(content, proof)
+        style = None if style is None else [None if s is None else soft_proof(s, proof) for s in style]
+        fine_style = None if fine_style is None else [soft_proof(s, proof) for s in fine_style]
     if style is not None:
         settings.check_style_blend(config, len(style))
     init = config.init if config.init in INITS else load_image(config.init, what="init")  # a path

@@ -324,9 +324,19 @@ def _through_lattice(array: np.ndarray, profile: bytes, where: str) -> np.ndarra
     LittleCMS puts it, and the levels between stay between, so a 16-bit gradient keeps its
     smoothness instead of banding at 256 levels.
     """
+    return _interpolate(array, _lattice(lambda img: _to_srgb(img, profile, where)))
+
+
+def _lattice(convert) -> np.ndarray:
+    """``convert`` (8-bit RGB Pillow image -> another) on every 8-bit RGB triple: uint8 ``[256, 256, 256, 3]``."""
     levels = np.arange(256, dtype=np.uint8)
     every = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(4096, 4096, 3)
-    table = np.asarray(_to_srgb(Image.fromarray(every, "RGB"), profile, where)).reshape(256, 256, 256, 3)
+    return np.asarray(convert(Image.fromarray(every, "RGB")), np.uint8).reshape(256, 256, 256, 3)
+
+
+def _interpolate(array: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Float RGB ``array`` in [0, 1] through ``table`` (:func:`_lattice`), trilinear between the eight
+    8-bit triples around each pixel, a million pixels at a time."""
     flat = array.reshape(-1, 3)
     out = np.empty(flat.shape, np.float32)
     for start in range(0, len(flat), icc.CHUNK_PIXELS):
@@ -441,6 +451,73 @@ def _srgb_profile():
     from PIL import ImageCms
 
     return ImageCms.ImageCmsProfile(io.BytesIO(bits16.srgb_profile()))
+
+
+def load_proof_profile(path: str | os.PathLike, what: str = "proof") -> bytes:
+    """A printer's (or any output device's) ICC profile file for :func:`soft_proof`, checked now:
+    its size against :data:`MAX_PROFILE_BYTES` before it is read, then LittleCMS must read it
+    and build the proofing transform with it (an input-only or abstract profile cannot be proofed to).
+
+    Raises:
+      FileNotFoundError, IsADirectoryError: no such file, a folder.
+      ValueError: too large, not a profile LittleCMS reads, or one it cannot proof to; the message names ``what``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"`{what}`: {str(path)!r} is a folder, not an ICC profile")
+    if not path.is_file():
+        raise FileNotFoundError(f"`{what}`: ICC profile {str(path)!r} does not exist")
+    where = f"`{what}`: {str(path)!r}"
+    with path.open("rb") as f:
+        data = f.read(MAX_PROFILE_BYTES + 1)  # never more than the cap, whatever the file's size
+    if len(data) > MAX_PROFILE_BYTES:
+        raise ValueError(f"{where} is over {MAX_PROFILE_BYTES} bytes; nst-jax reads ICC profiles up to that")
+    try:
+        _read_profile(data, where)
+    except ValueError:
+        raise ValueError(f"{where} is not an ICC profile LittleCMS can read") from None
+    _proof_transform(data, where)
+    return data
+
+
+def _proof_transform(profile: bytes, where: str):
+    """sRGB -> the device of ``profile`` -> sRGB (LittleCMS's soft-proofing transform, Pillow's default
+    flag): perceptual into the device, as a print is made from an sRGB file, then relative
+    colorimetric back, so the paper's white stays white (LittleCMS's default, absolute, would tint it)."""
+    from PIL import ImageCms
+
+    srgb = _srgb_profile()
+    try:
+        return ImageCms.buildProofTransform(
+            srgb, srgb, _read_profile(profile, where), "RGB", "RGB",
+            renderingIntent=ImageCms.Intent.PERCEPTUAL, proofRenderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+        )  # fmt: skip
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
+        raise ValueError(f"{where} cannot be proofed to (LittleCMS: {e}); give an output device's profile") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _proof_table(profile: bytes) -> np.ndarray:
+    """:func:`_proof_transform` on every 8-bit triple (50 MB; one profile kept: a run proofs all its images to one)."""
+    transform = _proof_transform(profile, "`proof`")
+    return _lattice(transform.apply)
+
+
+def soft_proof(image, profile: bytes) -> np.ndarray:
+    """``image`` (float RGB in [0, 1], sRGB) as the device of ICC ``profile`` (a printer's, a press's)
+    reproduces it, seen in sRGB: colours it cannot print are mapped into its gamut (perceptual
+    intent), and the rest keep their values within LittleCMS's rounding. Styling proofed images makes
+    a picture of colours the printer has. In float: LittleCMS proofs every 8-bit triple once (a
+    second or two), and each pixel is interpolated between the eight around it, so a 16-bit or
+    resized image keeps its smoothness (an 8-bit triple lands exactly where LittleCMS puts it).
+
+    Raises:
+      ValueError: ``profile`` cannot be read or proofed to (:func:`load_proof_profile` says so first).
+    """
+    array = np.asarray(image, np.float32)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"`image` must be [h, w, 3] RGB, got shape {array.shape}")
+    return _interpolate(array, _proof_table(bytes(profile)))
 
 
 def load_masks(path, style_mask_paths, shape: tuple[int, int], styles):

@@ -315,3 +315,137 @@ def test_a_profile_is_taken_for_srgb_by_its_numbers_not_its_name(tmp_path):
     loaded = load_image(tmp_path / "named.png")
     assert np.abs(loaded - littlecms(PATCHES, named) / 255).max() <= 1 / 255
     assert np.abs(loaded - PATCHES / 255).max() > 20 / 255  # converted, not taken as sRGB
+
+
+# linear sRGB -> D50 XYZ (Bradford-adapted, as in the sRGB profile's colorants)
+SRGB_D50 = np.array([[0.4361, 0.3851, 0.1431], [0.2225, 0.7169, 0.0606], [0.0139, 0.0971, 0.7141]])
+
+
+def cmyk_profile(output: bool = True) -> bytes:
+    """A toy press: CMYK inks that cannot reach sRGB's saturated corners or its black (paper black at 8%),
+    as an output ('prtr') profile with lut16 A2B0 (CMYK -> XYZ) and B2A0 (XYZ -> CMYK) tables; without
+    ``output``, an input-only one (no B2A0: nothing can be converted to it)."""
+    floor, cross = 0.08, 0.25
+    mixing = (1 - cross) * np.eye(3) + cross / 3  # inks that are not pure: each reflects some of the others' light
+
+    def reflect(c, m, y, k):  # linear RGB the paper reflects
+        return floor + (1 - floor) * (mixing @ np.array([1 - c, 1 - m, 1 - y])) * (1 - k)
+
+    g = 5
+    axis = np.linspace(0, 1, g)
+    forward = [SRGB_D50 @ reflect(c, m, y, k) for c in axis for m in axis for y in axis for k in axis]
+    a2b = np.round(np.clip(np.array(forward), 0, 65535 / 32768) * 32768).astype(">u2")
+    n = 33
+    xyz_axis = np.linspace(0, 65535 / 32768, n)
+    inverse = np.linalg.inv(SRGB_D50)
+    back = []
+    for x in xyz_axis:
+        for y_ in xyz_axis:
+            for z in xyz_axis:
+                rgb = np.clip(inverse @ np.array([x, y_, z]), floor, 1.0)
+                ink = np.clip(np.linalg.solve(mixing, (rgb - floor) / (1 - floor)), 0, 1)
+                back.append(np.r_[1 - ink, 0.0])
+    b2a = np.round(np.array(back) * 65535).astype(">u2")
+    identity = lambda channels: np.tile(np.array([0, 65535], ">u2"), channels).tobytes()
+    ident = _s15((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    a2b0 = b"mft2\0\0\0\0" + struct.pack(">BBBB", 4, 3, g, 0) + ident + struct.pack(">HH", 2, 2)
+    a2b0 += identity(4) + a2b.tobytes() + identity(3)
+    b2a0 = b"mft2\0\0\0\0" + struct.pack(">BBBB", 3, 4, n, 0) + ident + struct.pack(">HH", 2, 2)
+    b2a0 += identity(3) + b2a.tobytes() + identity(4)
+    text = b"toy press\0"
+    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + struct.pack(">II", 0, 0) + b"\0" * 70
+    xyz = lambda v: b"XYZ \0\0\0\0" + _s15(v)
+    tags = [(b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"A2B0", a2b0),
+            *([(b"B2A0", b2a0)] if output else []), (b"cprt", b"text\0\0\0\0no copyright\0")]  # fmt: skip
+    at = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += signature + struct.pack(">II", at + len(body), len(data))
+        body += data
+    header = struct.pack(">I4sI4s4s4s", at + len(body), b"lcms", 0x02100000, b"prtr", b"CMYK", b"XYZ ") + b"\0" * 12
+    header += b"acsp" + b"\0" * 24 + struct.pack(">I", 0) + _s15((0.9642, 1.0, 0.8249)) + b"\0" * 48
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+@pytest.mark.parametrize("printer", ["cmyk", "rgb"])
+def test_soft_proof_is_littlecms_proofing_transform_in_float(printer):
+    """--proof: sRGB -> the printer -> sRGB as LittleCMS's proofing transform computes it (exact on 8-bit
+    triples), smooth between them; what the press cannot print moves into its gamut, white stays white."""
+    from nst_jax.io import soft_proof
+
+    narrow = matrix_profile((0.30, 0.20, 0.10), (0.35, 0.60, 0.20), (0.30, 0.20, 0.52), 2.2, "narrow")
+    profile = cmyk_profile() if printer == "cmyk" else narrow
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    transform = ImageCms.buildProofTransform(
+        srgb, srgb, ImageCms.ImageCmsProfile(io.BytesIO(profile)), "RGB", "RGB",
+        renderingIntent=ImageCms.Intent.PERCEPTUAL, proofRenderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC,
+        flags=ImageCms.Flags.SOFTPROOFING,
+    )  # fmt: skip
+    expected = np.asarray(transform.apply(Image.fromarray(pixels))) / 255
+    proofed = soft_proof(pixels / 255, profile)
+    assert proofed.dtype == np.float32 and np.abs(proofed - expected).max() <= 1 / 255 + 1e-6
+    assert np.abs(proofed - pixels / 255).mean() > 8 / 255  # the press's gamut is not sRGB's
+    corners = soft_proof(np.array([[[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]), profile)[0]
+    assert np.abs(corners[0] - 1).max() <= 1 / 255  # paper white is white (relative colorimetric back)
+    assert corners[1][1] > 60 / 255  # pure red is beyond either press: it comes back less saturated
+    if printer == "cmyk":
+        assert corners[2].min() > 60 / 255  # the press's black is the paper's 8 % (linear): a dark grey
+    ramp = np.linspace(0, 1, 4096, dtype=np.float32)[None, :, None].repeat(3, -1)
+    grey = soft_proof(ramp, profile)[0, :, 1]
+    assert len(np.unique(np.round(grey * 65535))) > 1000  # more levels than 8 bits hold: no 8-bit step
+
+
+def test_a_profile_that_cannot_be_proofed_to_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
+    from conftest import one_line_error
+
+    from nst_jax import io as nst_io
+    from nst_jax.io import load_proof_profile
+
+    good = tmp_path / "press.icc"
+    good.write_bytes(cmyk_profile())
+    assert load_proof_profile(good) == cmyk_profile()
+    with pytest.raises(FileNotFoundError, match=r"`proof`: ICC profile .*nope\.icc' does not exist"):
+        load_proof_profile(tmp_path / "nope.icc")
+    with pytest.raises(IsADirectoryError, match=r"`proof`: .* is a folder, not an ICC profile"):
+        load_proof_profile(tmp_path)
+    junk = tmp_path / "junk.icc"
+    junk.write_bytes(b"not a profile" * 20)
+    with pytest.raises(ValueError, match=r"`proof`: .*junk\.icc' is not an ICC profile LittleCMS can read"):
+        load_proof_profile(junk)
+    scanner = tmp_path / "input-only.icc"  # a CMYK profile with no B2A0 table: nothing converts to it
+    scanner.write_bytes(cmyk_profile(output=False))
+    with pytest.raises(ValueError, match=r"`proof`: .*input-only\.icc' cannot be proofed to \(LittleCMS: .*\); give"):
+        load_proof_profile(scanner)
+    monkeypatch.setattr(nst_io, "MAX_PROFILE_BYTES", 1000)
+    with pytest.raises(ValueError, match=r"press\.icc' is over 1000 bytes; nst-jax reads ICC profiles up to that"):
+        load_proof_profile(good)
+    monkeypatch.undo()
+    content = save_image(tmp_path / "content.png", np.random.default_rng(0).random((24, 24, 3)))
+    (tmp_path / "out").mkdir()
+    out = str(tmp_path / "out" / "x.png")
+    argv = ["stylize", str(content), str(content), "--size", "24", "--steps", "1", "-o", out]
+    one_line_error(capsys, [*argv, "--proof", str(junk)], "is not an ICC profile LittleCMS can read")
+    one_line_error(capsys, ["texture", str(content), "-o", str(tmp_path / "out" / "t.png"), "--proof", str(scanner)],
+                   "cannot be proofed to")  # fmt: skip
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_proof_maps_the_content_and_the_styles_before_the_run(tmp_path):
+    """--proof: the images the run is made from are the proofed ones, in float."""
+    from nst_jax import cli, commands
+    from nst_jax.io import soft_proof
+
+    press = tmp_path / "press.icc"
+    press.write_bytes(cmyk_profile())
+    rng = np.random.default_rng(0)
+    content = save_image(tmp_path / "content.png", rng.random((24, 24, 3)))
+    style = save_image(tmp_path / "style.png", rng.random((24, 24, 3)))
+    args = cli._build_parser().parse_args(
+        ["stylize", str(content), str(style), "--size", "24", "-o", str(tmp_path / "out.png"), "--proof", str(press)]
+    )
+    prepared = commands.prepare(args)
+    for got, path in ((prepared.content, content), (prepared.style[0], style)):
+        np.testing.assert_allclose(got, soft_proof(load_image(path), cmyk_profile()), atol=1e-6)
+        assert np.abs(got - load_image(path)).max() > 0.1
