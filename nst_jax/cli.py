@@ -220,6 +220,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--batch-size", type=int, default=None, help="members per compiled batch (default: what fits)")
     sweep.add_argument("--extension", default=".png", help="image format of the members (default: .png)")
     sweep.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_proof_argument(sweep)
     # Only what a sweep accepts: no periodic saves or checkpoints, no style blend, no clipping box,
     # no luminance transfer (nst_jax.sweeps refuses those).
     _add_config_arguments(

@@ -130,9 +130,21 @@ class PreparedSweep:
     fine_style: Any = None  # --fine-style's image (scale control, every member's), or None
 
 
+def _image_loader(args: argparse.Namespace):
+    """:func:`nst_jax.io.load_image`, or with --proof each image soft-proofed after loading
+    (:func:`nst_jax.io.soft_proof`): the picture is made of colours the printer has. The
+    profile is read and its proofing transform built now, so a bad one is refused first."""
+    from nst_jax.io import load_image, load_proof_profile, soft_proof
+
+    if not getattr(args, "proof", None):
+        return load_image
+    profile = load_proof_profile(args.proof, what="proof")
+    return lambda path, size=None, what="image": soft_proof(load_image(path, size, what=what), profile)
+
+
 def prepare_sweep(args: argparse.Namespace):
     from nst_jax.files import check_output_folder
-    from nst_jax.io import load_image, output_format
+    from nst_jax.io import output_format
     from nst_jax.sweeps import KIND, check_axes
     from nst_jax.weights import load_params
 
@@ -145,8 +157,9 @@ def prepare_sweep(args: argparse.Namespace):
     axes: dict[str, typing.Any] = dict(parse_axis(text) for text in args.vary)
     if len(axes) != len(args.vary):
         raise ValueError("--vary names an axis twice")
-    content = load_image(args.content, config.size, what="content")
-    styles = [load_image(path, config.size, what="style") for path in args.style]
+    load = _image_loader(args)  # --proof's profile is checked here, before any image is decoded
+    content = load(args.content, config.size, what="content")
+    styles = [load(path, config.size, what="style") for path in args.style]
     if len(styles) > 1:
         axes["style"] = {
             _style_label(path, i, args.style): image
@@ -156,7 +169,7 @@ def prepare_sweep(args: argparse.Namespace):
     if args.fine_style:  # one: every member's; several: an axis of its own, as several STYLE images
         from nst_jax.transfer import check_fine_style
 
-        fines = [load_image(path, config.size, what="fine-style") for path in args.fine_style]
+        fines = [load(path, config.size, what="fine-style") for path in args.fine_style]
         check_fine_style(config, content.shape[:2], fines[:1], styles[0], None)
         if len(fines) == 1:
             fine_style = fines[0]
@@ -309,21 +322,15 @@ def prepare(args: argparse.Namespace):
         config = config.replace(**{which: layers})
     mesh = _image_mesh(args)
     _check_shapes(args, config, mesh)  # from the files' headers: nothing large is decoded or resized before this
-    proof = None
-    if getattr(args, "proof", None):  # read, and its proofing transform built, before any image is decoded
-        from nst_jax.io import load_proof_profile
-
-        proof = load_proof_profile(args.proof, what="proof")
+    load = _image_loader(args)  # --proof's profile is checked here, before any image is decoded
     fine_style = None
     profile: bytes | None = None
     content: typing.Any  # an image; for --dry-run's demo, only its shape (jax.ShapeDtypeStruct)
     style: list[typing.Any] | None
     if args.command == "stylize":
-        content = load_image(args.content, config.size, what="content")
+        content = load(args.content, config.size, what="content")
         masked = args.masks is not None
-        style = [
-            None if masked and path == "none" else load_image(path, config.size, what="style") for path in args.style
-        ]
+        style = [None if masked and path == "none" else load(path, config.size, what="style") for path in args.style]
         if masked:
             masks, style_masks = load_masks(args.masks, args.style_masks, content.shape[:2], style)
         elif args.style_masks:
@@ -336,11 +343,11 @@ def prepare(args: argparse.Namespace):
         if args.fine_style:
             from nst_jax.transfer import check_fine_style
 
-            fine_style = [load_image(path, config.size, what="fine-style") for path in args.fine_style]
+            fine_style = [load(path, config.size, what="fine-style") for path in args.fine_style]
             check_fine_style(config, content.shape[:2], fine_style, style, masks)
     elif args.command == "texture":
         shape = args.shape
-        content, style = None, [load_image(path, config.size, what="style") for path in args.style]
+        content, style = None, [load(path, config.size, what="style") for path in args.style]
     elif args.command == "reconstruct":
         image = load_image(args.image, config.size, what="image")
         if args.source == "content":
@@ -360,12 +367,6 @@ def prepare(args: argparse.Namespace):
             style = [content]
         else:
             content, style = samples.village(h, w), [samples.swirls(h, w)]
-    if proof is not None:  # the picture is made from colours the printer has
-        from nst_jax.io import soft_proof
-
-        content = None if content is None else soft_proof(content, proof)
-        style = None if style is None else [None if s is None else soft_proof(s, proof) for s in style]
-        fine_style = None if fine_style is None else [soft_proof(s, proof) for s in fine_style]
     if style is not None:
         settings.check_style_blend(config, len(style))
     init = config.init if config.init in INITS else load_image(config.init, what="init")  # a path

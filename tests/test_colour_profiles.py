@@ -446,6 +446,8 @@ def test_proof_maps_the_content_and_the_styles_before_the_run(tmp_path):
         ["stylize", str(content), str(style), "--size", "24", "-o", str(tmp_path / "out.png"), "--proof", str(press)]
     )
     prepared = commands.prepare(args)
-    for got, path in ((prepared.content, content), (prepared.style[0], style)):
+    sweep = ["sweep", str(content), str(style), "--size", "24", "-o", str(tmp_path / "sweep"), "--proof", str(press)]
+    swept = commands.prepare_sweep(cli._build_parser().parse_args([*sweep, "--vary", "style_weight=1,2"]))
+    for got, path in ((prepared.content, content), (prepared.style[0], style), (swept.content, content)):
         np.testing.assert_allclose(got, soft_proof(load_image(path), cmyk_profile()), atol=1e-6)
         assert np.abs(got - load_image(path)).max() > 0.1
