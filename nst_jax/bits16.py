@@ -1,4 +1,5 @@
-"""16 bits per channel: RGB PNG and TIFF encoders for print, each with an embedded sRGB profile.
+"""16 bits per channel: RGB PNG and TIFF encoders for print, each with an embedded sRGB profile (or the
+content's, ``--keep-profile``; a CMYK TIFF for a press's).
 
 Pillow writes RGB only at 8 bits per channel, so a print file made with it would have been
 through an 8-bit step (256 levels: a smooth sky bands once a printer's curves stretch it).
@@ -64,32 +65,35 @@ def png16(image, profile: bytes | None = None) -> bytes:
 
 
 def tiff16(image, profile: bytes | None = None) -> bytes:
-    """``image`` (``[h, w, 3]`` in [0, 1]) as a 16-bit RGB TIFF with the sRGB profile (or ``profile``).
+    """``image`` (``[h, w, 3]`` in [0, 1]) as a 16-bit RGB TIFF with the sRGB profile (or ``profile``);
+    ``[h, w, 4]``: CMYK ink amounts (1 full ink), a separated TIFF for ``profile``, a press's.
 
     Raises:
       ValueError: an image whose data passes the 4 GiB a TIFF's offsets reach.
     """
     pixels = to_uint16(image)
-    h, w, _ = pixels.shape
+    h, w, channels = pixels.shape
+    if channels not in (3, 4):
+        raise ValueError(f"`image` must be [h, w, 3] RGB or [h, w, 4] CMYK, got shape {pixels.shape}")
     data = pixels.astype("<u2").tobytes()
     if len(data) > MAX_TIFF_DATA:
         raise ValueError(f"a {w}x{h} 16-bit TIFF needs {len(data)} bytes of pixels, past TIFF's 4 GiB; use .png")
     profile = srgb_profile() if profile is None else profile
-    # Layout: header, pixels, profile, BitsPerSample's three values, two resolutions, the IFD.
+    # Layout: header, pixels, profile, BitsPerSample's values, two resolutions, the IFD.
     pixels_at = 8
     profile_at = pixels_at + len(data) + (len(data) & 1)  # every value starts on a word boundary
     bits_at = profile_at + len(profile) + (len(profile) & 1)
-    resolution_at = bits_at + 6 + 2
+    resolution_at = bits_at + 8
     ifd_at = resolution_at + 16
     short, long, rational, undefined = 3, 4, 5, 7
     entries = [
         (256, long, 1, w),  # ImageWidth
         (257, long, 1, h),  # ImageLength
-        (258, short, 3, bits_at),  # BitsPerSample: 16, 16, 16
+        (258, short, channels, bits_at),  # BitsPerSample: 16 for each channel
         (259, short, 1, 1),  # Compression: none
-        (262, short, 1, 2),  # PhotometricInterpretation: RGB
+        (262, short, 1, 2 if channels == 3 else 5),  # PhotometricInterpretation: RGB, or separated (CMYK)
         (273, long, 1, pixels_at),  # StripOffsets
-        (277, short, 1, 3),  # SamplesPerPixel
+        (277, short, 1, channels),  # SamplesPerPixel
         (278, long, 1, h),  # RowsPerStrip: one strip
         (279, long, 1, len(data)),  # StripByteCounts
         (282, rational, 1, resolution_at),  # XResolution: 72/1
@@ -112,7 +116,7 @@ def tiff16(image, profile: bytes | None = None) -> bytes:
             b"\x00" * (len(data) & 1),
             profile,
             b"\x00" * (len(profile) & 1),
-            struct.pack("<HHHH", 16, 16, 16, 0),
+            struct.pack("<HHHH", 16, 16, 16, 16 if channels == 4 else 0),
             struct.pack("<IIII", 72, 1, 72, 1),
             ifd,
         )

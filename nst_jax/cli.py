@@ -130,7 +130,7 @@ def _build_parser() -> argparse.ArgumentParser:
     stylize.add_argument(
         "--keep-profile", action="store_true",
         help="write the output back in the content's embedded ICC profile (Adobe RGB, a CMYK press: .jpg or .tif), "
-        "16 bits in a .tif for a matrix/TRC RGB profile, else 8 bits; without one, sRGB as always",
+        "16 bits in a .tif (RGB or CMYK; a grey profile 8), 8 in a .jpg; without one, sRGB as always",
     )  # fmt: skip
     stylize.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     stylize.add_argument("--resume", metavar="DIR", help="continue from a checkpoint (OUT.ckpt of an earlier run)")

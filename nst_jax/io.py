@@ -328,29 +328,31 @@ def _through_lattice(array: np.ndarray, profile: bytes, where: str) -> np.ndarra
 
 
 def _lattice(convert) -> np.ndarray:
-    """``convert`` (8-bit RGB Pillow image -> another) on every 8-bit RGB triple: uint8 ``[256, 256, 256, 3]``."""
+    """``convert`` (8-bit RGB Pillow image -> another) on every 8-bit RGB triple: uint8 ``[256, 256, 256, C]``."""
     levels = np.arange(256, dtype=np.uint8)
     every = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(4096, 4096, 3)
-    return np.asarray(convert(Image.fromarray(every, "RGB")), np.uint8).reshape(256, 256, 256, 3)
+    converted = np.asarray(convert(Image.fromarray(every, "RGB")), np.uint8)
+    return converted.reshape(256, 256, 256, -1)
 
 
 def _interpolate(array: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Float RGB ``array`` in [0, 1] through ``table`` (:func:`_lattice`), trilinear between the eight
-    8-bit triples around each pixel, a million pixels at a time."""
+    8-bit triples around each pixel, a million pixels at a time: ``[..., C]`` in [0, 1]."""
     flat = array.reshape(-1, 3)
-    out = np.empty(flat.shape, np.float32)
+    channels = table.shape[-1]
+    out = np.empty((len(flat), channels), np.float32)
     for start in range(0, len(flat), icc.CHUNK_PIXELS):
         scaled = np.clip(flat[start : start + icc.CHUNK_PIXELS], 0.0, 1.0) * 255.0
         low = np.minimum(scaled.astype(np.int64), 254)
         weight = scaled - low  # [n, 3]: each channel's fraction of the way to its next level
-        total = np.zeros((len(low), 3), np.float64)
+        total = np.zeros((len(low), channels), np.float64)
         for corner in np.ndindex(2, 2, 2):
             step = np.array(corner)
             share = np.prod(np.where(step == 1, weight, 1.0 - weight), axis=-1)
             index = low + step
             total += share[:, None] * table[index[:, 0], index[:, 1], index[:, 2]]
         out[start : start + icc.CHUNK_PIXELS] = total / 255.0
-    return out.reshape(array.shape)
+    return out.reshape(*array.shape[:-1], channels)
 
 
 def _resize_float(array: np.ndarray, size: int | None) -> np.ndarray:
@@ -399,9 +401,8 @@ _PROFILE_MODES = {"RGB": ("RGB", ("PNG", "JPEG", "WEBP", "TIFF")), "CMYK": ("CMY
 def check_output_profile(path: str | os.PathLike, profile: bytes | None, bits: int | None = None) -> str | None:
     """The Pillow mode ``path`` will be written in, back in ``profile`` (None: no profile given), or
     a ValueError now, before the run: a profile of another colour space than RGB, CMYK or grey,
-    one the format cannot hold (CMYK in a PNG), or 16 bits per channel asked for with a profile
-    that is not a matrix/TRC RGB one (:mod:`nst_jax.icc` converts those in float; any other is
-    written at 8 bits, a .tif too: Pillow's LittleCMS converts 8-bit images)."""
+    one the format cannot hold (CMYK in a PNG), or 16 bits per channel asked for with a grey
+    profile (written at 8 bits, a .tif too). RGB and CMYK ones are written at 16 bits where asked."""
     if profile is None:
         return None
     where = f"the output {str(path)!r}"
@@ -415,12 +416,21 @@ def check_output_profile(path: str | os.PathLike, profile: bytes | None, bits: i
             f"`keep_profile`: {where} is {fmt}, which cannot hold the content's {space} pixels; "
             f"use {' or '.join('.' + f.lower().replace('jpeg', 'jpg').replace('tiff', 'tif') for f in formats)}"
         )
-    if bits is not None and bits != 8 and (mode != "RGB" or icc.read(profile) is None):
-        raise ValueError(
-            f"`keep_profile` writes 8 bits per channel with this {space} profile (not a matrix/TRC RGB one: "
-            f"LittleCMS converts 8-bit images here), not {bits}"
-        )
+    if bits is not None and bits != 8 and mode == "L":
+        raise ValueError(f"`keep_profile` writes 8 bits per channel with a grey profile, not {bits}")
     return mode
+
+
+@functools.lru_cache(maxsize=1)
+def _from_srgb_table(profile: bytes, mode: str) -> np.ndarray:
+    """sRGB -> ``profile`` (relative colorimetric, Pillow ``mode`` "RGB" or "CMYK") by LittleCMS on every
+    8-bit triple: :func:`_interpolate` takes a float image through it with no 8-bit step."""
+    from PIL import ImageCms
+
+    target, intent = _read_profile(profile, "the kept profile"), ImageCms.Intent.RELATIVE_COLORIMETRIC
+    return _lattice(
+        lambda img: ImageCms.profileToProfile(img, _srgb_profile(), target, renderingIntent=intent, outputMode=mode)
+    )
 
 
 def _to_srgb(img: Image.Image, profile: bytes, where: str) -> Image.Image:
@@ -584,9 +594,11 @@ def save_image(
     ``bits``: per channel (:func:`output_bits`; default 16 for .tif/.tiff, 8 otherwise). At 16
     the float image is written with no 8-bit step, in sRGB with the profile embedded
     (:mod:`nst_jax.bits16`). ``profile``: an ICC profile (the content's, ``--keep-profile``) to
-    write the image back in (relative colorimetric) and embed: a matrix/TRC RGB one converted in
-    float (:mod:`nst_jax.icc`), at 16 bits where ``bits`` or a .tif asks; any other by
-    LittleCMS at 8 bits. Checked first by :func:`check_output_profile`.
+    write the image back in (relative colorimetric) and embed. At 16 bits (where ``bits`` or a
+    .tif asks) the float image is converted with no 8-bit step: a matrix/TRC RGB profile by its
+    curves and matrix (:mod:`nst_jax.icc`), a lookup-table RGB or a CMYK one (a 16-bit CMYK
+    TIFF) by LittleCMS on every 8-bit triple, interpolated between them. At 8 bits, and for a
+    grey profile, LittleCMS converts the 8-bit image. Checked first by :func:`check_output_profile`.
     """
     from nst_jax.checks import check_image
 
@@ -594,9 +606,14 @@ def save_image(
     fmt = output_format(path)
     check_image(image, "image")
     mode = check_output_profile(path, profile, bits)
-    shaper = icc.read(profile) if mode == "RGB" and profile is not None else None
-    if shaper is not None and output_bits(path, bits) == 16:  # a matrix/TRC profile: converted in float
-        data = _SIXTEEN_BIT[fmt](icc.from_srgb(np.asarray(image, np.float32), shaper), profile)
+    if mode in ("RGB", "CMYK") and profile is not None and output_bits(path, bits) == 16:  # in float: no 8-bit step
+        shaper = icc.read(profile) if mode == "RGB" else None
+        array = np.asarray(image, np.float32)
+        if shaper is not None:  # a matrix/TRC profile: its curves and matrix
+            converted = icc.from_srgb(array, shaper)
+        else:  # a lookup-table RGB or a CMYK profile: LittleCMS on every 8-bit triple, interpolated
+            converted = _interpolate(array, _from_srgb_table(profile, mode))
+        data = _SIXTEEN_BIT[fmt](converted, profile)
         return _write_atomically(path, lambda f: f.write(data))
     if mode is not None:
         from PIL import ImageCms

@@ -59,7 +59,8 @@ def matrix_profile(
 
 
 # Adobe RGB (1998), its primaries adapted to D50 as in Adobe's own profile.
-ADOBE_RGB = matrix_profile((0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446), 563 / 256)
+ADOBE_PRIMARIES = (0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446)
+ADOBE_RGB = matrix_profile(*ADOBE_PRIMARIES, 563 / 256)
 PATCHES = np.array(
     [[[40, 200, 60], [200, 40, 60], [60, 90, 220]], [[128, 128, 128], [250, 250, 250], [5, 5, 5]]], np.uint8
 )
@@ -167,11 +168,11 @@ def test_keep_profile_is_refused_before_the_run_where_it_cannot_be_written(tmp_p
     )
     with pytest.raises(ValueError, match=cannot):
         check_output_profile(tmp_path / "o.png", cmyk)
-    lut = ADOBE_RGB.replace(b"cprt", b"A2B0", 1)  # a lookup-table profile: LittleCMS converts it at 8 bits
-    with pytest.raises(ValueError, match=r"`keep_profile` writes 8 bits per channel with this RGB profile .*, not 16"):
-        check_output_profile(tmp_path / "o.tif", lut, 16)
-    assert check_output_profile(tmp_path / "o.tif", lut) == "RGB"  # a .tif with such a kept profile: 8 bits
-    assert check_output_profile(tmp_path / "o.png", ADOBE_RGB, 16) == "RGB"  # matrix/TRC: 16 bits in float
+    grey = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()[:16] + b"GRAY" + ADOBE_RGB[20:]
+    with pytest.raises(ValueError, match=r"`keep_profile` writes 8 bits per channel with a grey profile, not 16"):
+        check_output_profile(tmp_path / "o.tif", grey, 16)
+    assert check_output_profile(tmp_path / "o.png", ADOBE_RGB, 16) == "RGB"  # 16 bits in float
+    assert check_output_profile(tmp_path / "o.tif", cmyk, 16) == "CMYK"  # a 16-bit CMYK TIFF
     content = tmp_path / "adobe.png"
     Image.fromarray(np.repeat(np.repeat(PATCHES, 8, 0), 8, 1)).save(content, icc_profile=ADOBE_RGB)
     style = save_image(tmp_path / "style.png", np.random.default_rng(0).random((24, 24, 3)))
@@ -451,3 +452,37 @@ def test_proof_maps_the_content_and_the_styles_before_the_run(tmp_path):
     for got, path in ((prepared.content, content), (prepared.style[0], style), (swept.content, content)):
         np.testing.assert_allclose(got, soft_proof(load_image(path), cmyk_profile()), atol=1e-6)
         assert np.abs(got - load_image(path)).max() > 0.1
+
+
+@pytest.mark.parametrize("kind", ["lut.png", "lut.tif", "cmyk.tif"])
+def test_keep_profile_writes_16_bits_through_littlecms_for_lookup_table_and_cmyk_profiles(tmp_path, kind):
+    """--keep-profile at 16 bits where only LittleCMS converts: every 8-bit triple once, interpolated."""
+    profile = cmyk_profile() if kind.startswith("cmyk") else lut_profile(*ADOBE_PRIMARIES, 2.2)
+    mode = "CMYK" if kind.startswith("cmyk") else "RGB"
+    if mode == "RGB":
+        cv2 = pytest.importorskip("cv2")  # reads the 16-bit RGB samples (Pillow keeps 8 of them)
+        _read_16 = lambda path: cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[..., ::-1]
+    patches = np.repeat(np.repeat(PATCHES, 8, 0), 8, 1)
+    path = save_image(tmp_path / f"patches.{kind}", patches / 255, bits=16, profile=profile)
+    with Image.open(path) as written:
+        assert written.info["icc_profile"] == profile and written.mode == mode
+        assert ";16" in str(written.tile[0][3])  # 16 bits a sample (the raw mode Pillow would decode)
+    target = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    intent = ImageCms.Intent.RELATIVE_COLORIMETRIC
+    expected = np.asarray(ImageCms.profileToProfile(Image.fromarray(PATCHES), srgb, target, intent, mode))
+    if mode == "RGB":
+        raw = _read_16(path)[4::8, 4::8]
+    else:  # our own encoder's layout: one strip of little-endian CMYK samples right after the header
+        h, w, _ = patches.shape
+        raw = np.frombuffer(path.read_bytes()[8 : 8 + h * w * 8], "<u2").reshape(h, w, 4)[4::8, 4::8]
+    assert np.abs(raw / 65535 - expected / 255).max() <= 1 / 255 + 1e-6  # an 8-bit triple: where LittleCMS puts it
+    back = np.asarray(ImageCms.profileToProfile(Image.fromarray(expected, mode), target, srgb, intent, "RGB"))
+    assert np.abs(load_image(path)[4::8, 4::8] - back / 255).max() <= 2 / 255  # back as LittleCMS brings it
+    ramp = np.linspace(0.0, 1.0, 40 * 600).reshape(40, 600)
+    ramp_path = save_image(tmp_path / f"ramp.{kind}", np.stack([ramp, ramp**2, 1.0 - ramp], -1), 16, profile)
+    if mode == "RGB":
+        levels = _read_16(ramp_path)[..., 0]
+    else:
+        levels = np.frombuffer(ramp_path.read_bytes()[8 : 8 + 40 * 600 * 8], "<u2").reshape(40, 600, 4)[..., 1]
+    assert len(np.unique(levels)) > 1000  # 8 bits would give at most 256
