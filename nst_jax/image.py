@@ -163,6 +163,30 @@ def region_masks(labels: np.ndarray, count: int) -> np.ndarray:
     return (nearest[None, :] == np.arange(count)[:, None]).reshape(count, h, w).astype(np.float32)
 
 
+def _box_blur(y: jax.Array, radius: int) -> jax.Array:
+    """The mean of each ``(2r+1)^2`` window of a ``[h, w]`` map (edges reflected)."""
+    k = 2 * radius + 1
+    padded = jnp.pad(y, radius, mode="reflect")
+    return jax.lax.reduce_window(padded, 0.0, jax.lax.add, (k, k), (1, 1), "VALID") / (k * k)
+
+
+def flatness(image: jax.Array, fraction: float) -> jax.Array:
+    """Where ``image`` (``[h, w, 3]``) is flat: 1 on the ``fraction`` of its pixels with the least
+    local detail, 0 elsewhere, softened over 1/64 of its long side: ``[h, w]`` in [0, 1].
+
+    Detail is the luma minus its 5x5 box blur (:func:`nst_jax.quality.flat_speckle`'s); local
+    detail is its magnitude averaged over 1/64 of the long side, so the same regions are flat
+    at every size.
+    """
+    image = jnp.asarray(image, jnp.float32)
+    h, w = image.shape[:2]
+    radius = max(1, round(max(h, w) / 64))
+    y = image @ jnp.array([0.299, 0.587, 0.114], jnp.float32)
+    local = _box_blur(jnp.abs(y - _box_blur(y, min(2, h - 1, w - 1))), min(radius, h - 1, w - 1))
+    flat = (local <= jnp.quantile(local, fraction)).astype(jnp.float32)
+    return _box_blur(flat, min(radius, h - 1, w - 1))
+
+
 def layer_mask(mask: jax.Array, shape: tuple[int, int]) -> jax.Array:
     """A ``[h, w]`` mask downsampled (area-averaged) to a layer's ``shape``: the 2017 paper's simple propagation."""
     mask = jnp.asarray(mask, jnp.float32)

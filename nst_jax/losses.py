@@ -48,9 +48,15 @@ def masked_gram(features: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.matmul(flat.T, flat, precision=jax.lax.Precision.HIGHEST) / jnp.maximum(jnp.sum(weights**2), 1e-6)
 
 
-def content_loss(features: jax.Array, target: jax.Array) -> jax.Array:
-    """Mean squared difference of feature maps (the paper's eq. 1 up to the factor 2/(N M))."""
-    return jnp.mean(jnp.square(features - target))
+def content_loss(features: jax.Array, target: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Mean squared difference of feature maps (the paper's eq. 1 up to the factor 2/(N M)).
+
+    ``weights``: ``[h, w]``, one per position of the ``[..., h, w, c]`` maps (not in the paper:
+    ``StyleConfig.flat_content_weight``); ``None``: every position alike, as the paper.
+    """
+    if weights is None:
+        return jnp.mean(jnp.square(features - target))
+    return jnp.mean(weights[..., None] * jnp.square(features - target))
 
 
 def style_layer_loss(features: jax.Array, target_gram: jax.Array) -> jax.Array:

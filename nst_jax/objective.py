@@ -21,7 +21,7 @@ import numpy as np
 from nst_jax import losses, vgg
 from nst_jax.checks import check_image
 from nst_jax.config import ANCHOR_SIZE, StyleConfig
-from nst_jax.image import as_images, fit_long_side, layer_mask, resize
+from nst_jax.image import as_images, fit_long_side, flatness, layer_mask, resize
 from nst_jax.network import FeatureNetwork
 
 
@@ -55,6 +55,9 @@ class Objective(flax.struct.PyTreeNode):
     # (one guided Gram matrix per region) and style_masks[layer] is [R, h_l, w_l].
     style_masks: dict | None = None
     region_weights: jax.Array | None = None  # [R]: each region's share of the image (0: no style there)
+    # StyleConfig.flat_content_weight below 1: content layer -> [h_l, w_l] weight of each position
+    # (flat_content_weight where the content is flat, 1 elsewhere); None: uniform, as the paper.
+    content_weights: dict | None = None
     # Coarse to fine: the first stage's picture as a thumbnail [h', w', 3] that later stages keep
     # (losses.anchor_loss, weighted by anchor_weight); None: no such term.
     anchor: jax.Array | None = None
@@ -86,7 +89,10 @@ class Objective(flax.struct.PyTreeNode):
         scale = losses.inverse_mean_square if self.loss_scale == "relative" else lambda target: 1.0
         aux: dict[str, jax.Array] = {}
         for layer, target in self.content_targets.items():
-            aux[f"content/{layer}"] = self.content_weight * losses.content_loss(feats[layer], target) * scale(target)
+            where = None if self.content_weights is None else self.content_weights[layer]
+            aux[f"content/{layer}"] = (
+                self.content_weight * losses.content_loss(feats[layer], target, where) * scale(target)
+            )
         for layer, target in self.style_targets.items():
             weight = self.style_weight * self.layer_weights[layer]
             if self.style_masks is None:
@@ -267,14 +273,18 @@ def make_objective(
     # weights follow the size to keep the deep layers from repainting the content's layout, and
     # a texture has none to keep (not measured with shifted weights). A caller whose content
     # comes later (perceptual_loss) passes ``size``.
+    content_weights = None
     if content_layers:
         image = _check_image("content", content)
         content_targets = dict(_jit_features(params, image, content_layers, config, network=network))
+        if config.flat_content_weight != 1:
+            content_weights = _flat_weights(image, content_targets, config)
     if style_layers and masks is not None:
         shape = content.shape[:2] if content is not None else masks.shape[1:]
-        return _with_masks(
+        objective = _with_masks(
             params, content_targets, style, masks, style_masks, shape, style_layers, config, network, size
         )
+        return objective.replace(content_weights=content_weights)
     if style_layers:
         styles = as_images(style)
         blend = _blend_weights(config.style_blend, len(styles))
@@ -284,7 +294,19 @@ def make_objective(
             for layer in style_layers:
                 gram = grams[layer] if len(styles) == 1 else weight * grams[layer]
                 style_targets[layer] = gram if i == 0 else style_targets[layer] + gram
-    return _assemble(params, content_targets, style_targets, style_layers, config, network, size)
+    objective = _assemble(params, content_targets, style_targets, style_layers, config, network, size)
+    return objective.replace(content_weights=content_weights)
+
+
+def _flat_weights(content: jax.Array, content_targets: Mapping, config: StyleConfig) -> dict:
+    """Each content layer's ``[h_l, w_l]`` position weights: ``config.flat_content_weight`` where
+    the content is flat (:func:`nst_jax.image.flatness`), 1 elsewhere, area-averaged to the layer."""
+    flat = flatness(content, config.flat_fraction)
+    low = jnp.float32(config.flat_content_weight)
+    return {
+        layer: 1.0 - (1.0 - low) * layer_mask(flat, tuple(target.shape[-3:-1]))
+        for layer, target in content_targets.items()
+    }
 
 
 def _assemble(params, content_targets, style_targets, style_layers, config, network=None, size=None) -> Objective:

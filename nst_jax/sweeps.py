@@ -275,6 +275,7 @@ def _objective_axes(objectives: Objective, style_batched: bool) -> Objective:
     return objectives.replace(
         params=None,
         content_targets=None,
+        content_weights=None,
         style_targets=0 if style_batched else None,
         content_weight=0,
         style_weight=0,
