@@ -38,22 +38,31 @@ def matrix_profile(
     ``extra``: more (signature, data) tags."""
     xyz = lambda v: b"XYZ \0\0\0\0" + _s15(v)
     curve = gamma_curve(gamma) if curve is None else curve
-    text = name.encode() + b"\0"
-    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + struct.pack(">II", 0, 0) + b"\0" * 70
     tags = [
-        (b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"rXYZ", xyz(red)), (b"gXYZ", xyz(green)),
-        (b"bXYZ", xyz(blue)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve),
+        (b"desc", desc_tag(name)), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"rXYZ", xyz(red)),
+        (b"gXYZ", xyz(green)), (b"bXYZ", xyz(blue)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve),
         (b"cprt", b"text\0\0\0\0no copyright\0"), *extra,
     ]  # fmt: skip
+    return icc_file(b"mntr", b"RGB ", tags)
+
+
+def desc_tag(name: str) -> bytes:
+    """A v2 ``desc`` (textDescriptionType) tag."""
+    text = name.encode() + b"\0"
+    return b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + struct.pack(">II", 0, 0) + b"\0" * 70
+
+
+def icc_file(device_class: bytes, space: bytes, tags) -> bytes:
+    """An ICC v2 profile of ``tags`` ((signature, data) pairs) for a ``device_class`` (b"mntr", b"prtr")
+    of colour ``space`` (b"RGB ", b"CMYK"), D50 XYZ as its connection space."""
     at = 128 + 4 + 12 * len(tags)
     table, body = b"", b""
     for signature, data in tags:
         data += b"\0" * (-len(data) % 4)
         table += signature + struct.pack(">II", at + len(body), len(data))
         body += data
-    size = at + len(body)
-    header = struct.pack(">I4sI4s4s4s", size, b"lcms", 0x02100000, b"mntr", b"RGB ", b"XYZ ") + b"\0" * 12
-    header += b"acsp" + b"\0" * 24 + struct.pack(">I", 0) + _s15((0.9642, 1.0, 0.8249)) + b"\0" * 48
+    header = struct.pack(">I4sI4s4s4s", at + len(body), b"lcms", 0x02100000, device_class, space, b"XYZ ")
+    header += b"\0" * 12 + b"acsp" + b"\0" * 24 + struct.pack(">I", 0) + _s15((0.9642, 1.0, 0.8249)) + b"\0" * 48
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + body
 
@@ -353,20 +362,10 @@ def cmyk_profile(output: bool = True) -> bytes:
     a2b0 += identity(4) + a2b.tobytes() + identity(3)
     b2a0 = b"mft2\0\0\0\0" + struct.pack(">BBBB", 3, 4, n, 0) + ident + struct.pack(">HH", 2, 2)
     b2a0 += identity(3) + b2a.tobytes() + identity(4)
-    text = b"toy press\0"
-    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + struct.pack(">II", 0, 0) + b"\0" * 70
     xyz = lambda v: b"XYZ \0\0\0\0" + _s15(v)
-    tags = [(b"desc", desc), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"A2B0", a2b0),
+    tags = [(b"desc", desc_tag("toy press")), (b"wtpt", xyz((0.9642, 1.0, 0.8249))), (b"A2B0", a2b0),
             *([(b"B2A0", b2a0)] if output else []), (b"cprt", b"text\0\0\0\0no copyright\0")]  # fmt: skip
-    at = 128 + 4 + 12 * len(tags)
-    table, body = b"", b""
-    for signature, data in tags:
-        data += b"\0" * (-len(data) % 4)
-        table += signature + struct.pack(">II", at + len(body), len(data))
-        body += data
-    header = struct.pack(">I4sI4s4s4s", at + len(body), b"lcms", 0x02100000, b"prtr", b"CMYK", b"XYZ ") + b"\0" * 12
-    header += b"acsp" + b"\0" * 24 + struct.pack(">I", 0) + _s15((0.9642, 1.0, 0.8249)) + b"\0" * 48
-    return header + struct.pack(">I", len(tags)) + table + body
+    return icc_file(b"prtr", b"CMYK", tags)
 
 
 @pytest.mark.parametrize("printer", ["cmyk", "rgb"])
