@@ -516,7 +516,8 @@ def _proof_table(profile: bytes) -> np.ndarray:
 def soft_proof(image, profile: bytes) -> np.ndarray:
     """``image`` (float RGB in [0, 1], sRGB) as the device of ICC ``profile`` (a printer's, a press's)
     reproduces it, seen in sRGB: colours it cannot print are mapped into its gamut (perceptual
-    intent), and the rest keep their values within LittleCMS's rounding. Styling proofed images makes
+    intent: a press's tables may move the colours near its gamut's edge a little too, as a print
+    would), and its own black and paper white are those of the result. Styling proofed images makes
     a picture of colours the printer has. In float: LittleCMS proofs every 8-bit triple once (a
     second or two), and each pixel is interpolated between the eight around it, so a 16-bit or
     resized image keeps its smoothness (an 8-bit triple lands exactly where LittleCMS puts it).
