@@ -298,6 +298,7 @@ def _add_video_parser(subcommands) -> None:
         "be a multiple of their number)",
     )  # fmt: skip
     video.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_proof_argument(video)
     for f in dataclasses.fields(VideoConfig):
         kind = {"float": float, "int": int, "str": str,  # by the field's annotation
                 "tuple[int, ...]": lambda text: _comma_list(text, int)}[str(f.type)]  # fmt: skip

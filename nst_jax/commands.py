@@ -130,15 +130,22 @@ class PreparedSweep:
     fine_style: Any = None  # --fine-style's image (scale control, every member's), or None
 
 
+def _proof_profile(args: argparse.Namespace) -> bytes | None:
+    """--proof's ICC profile, read and its proofing transform built now, so a bad one is refused
+    before any image is decoded; ``None`` without the option."""
+    from nst_jax.io import load_proof_profile
+
+    return load_proof_profile(args.proof, what="proof") if getattr(args, "proof", None) else None
+
+
 def _image_loader(args: argparse.Namespace):
     """:func:`nst_jax.io.load_image`, or with --proof each image soft-proofed after loading
-    (:func:`nst_jax.io.soft_proof`): the picture is made of colours the printer has. The
-    profile is read and its proofing transform built now, so a bad one is refused first."""
-    from nst_jax.io import load_image, load_proof_profile, soft_proof
+    (:func:`nst_jax.io.soft_proof`): the picture is made of colours the printer has."""
+    from nst_jax.io import load_image, soft_proof
 
-    if not getattr(args, "proof", None):
+    profile = _proof_profile(args)
+    if profile is None:
         return load_image
-    profile = load_proof_profile(args.proof, what="proof")
     return lambda path, size=None, what="image": soft_proof(load_image(path, size, what=what), profile)
 
 
@@ -666,6 +673,7 @@ def prepare_video(args: argparse.Namespace):
     settings.check_style_blend(config, len(args.style))
     if args.fps is not None and not 0 < args.fps <= clips.MAX_FPS:
         raise ValueError(f"--fps must be in (0, {clips.MAX_FPS:g}], got {args.fps}")
+    proof = _proof_profile(args)
     mesh = _frames_mesh(args, video.window)
     devices = 1 if mesh is None else mesh.size
     window = window_that_fits(config, final, min(video.window, len(span)), devices)
@@ -687,13 +695,20 @@ def prepare_video(args: argparse.Namespace):
     style = [load_image(p, config.size, what="style") for p in args.style]
     fine_style = [load_image(p, config.size, what="fine-style") for p in args.fine_style] if args.fine_style else None
     clip = clips.read_clip(args.input, config.size, span.start, span.stop, "input")
+    frames = clip.frames
+    if proof is not None:  # every frame and style image in the printer's colours, as stylize --proof
+        from nst_jax.io import soft_proof
+
+        frames = soft_proof(frames, proof)
+        style = [soft_proof(image, proof) for image in style]
+        fine_style = None if fine_style is None else [soft_proof(image, proof) for image in fine_style]
     whole = span.start == 0 and (args.end is None or args.end >= info.frames)
     audio_from = str(args.input) if info.audio and whole else None
     if info.audio and not whole and not args.quiet:
         print("nst-jax: the audio is not kept for part of a clip (--start/--end)", file=sys.stderr)
     params, _ = load_params(config.weights)
     fps = args.fps if args.fps is not None else clip.fps
-    return PreparedVideo(clip.frames, fps, audio_from, style, fine_style, params, config, video, output, partial,
+    return PreparedVideo(frames, fps, audio_from, style, fine_style, params, config, video, output, partial,
                          None if finished is None else np.stack(finished), mesh)  # fmt: skip
 
 

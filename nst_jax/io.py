@@ -514,20 +514,21 @@ def _proof_table(profile: bytes) -> np.ndarray:
 
 
 def soft_proof(image, profile: bytes) -> np.ndarray:
-    """``image`` (float RGB in [0, 1], sRGB) as the device of ICC ``profile`` (a printer's, a press's)
-    reproduces it, seen in sRGB: colours it cannot print are mapped into its gamut (perceptual
-    intent: a press's tables may move the colours near its gamut's edge a little too, as a print
-    would), and its own black and paper white are those of the result. Styling proofed images makes
-    a picture of colours the printer has. In float: LittleCMS proofs every 8-bit triple once (a
-    second or two), and each pixel is interpolated between the eight around it, so a 16-bit or
-    resized image keeps its smoothness (an 8-bit triple lands exactly where LittleCMS puts it).
+    """``image`` (float RGB in [0, 1], sRGB; ``[..., h, w, 3]``, a clip's frames too) as the device
+    of ICC ``profile`` (a printer's, a press's) reproduces it, seen in sRGB: colours it cannot
+    print are mapped into its gamut (perceptual intent: a press's tables may move the colours near
+    its gamut's edge a little too, as a print would), and black becomes the press's black.
+    Styling proofed images makes a picture of colours the printer has. In float: LittleCMS
+    proofs every 8-bit triple once (a second or two), and each pixel is interpolated between the
+    eight around it, so a 16-bit or resized image keeps its smoothness (an 8-bit triple lands
+    exactly where LittleCMS puts it).
 
     Raises:
       ValueError: ``profile`` cannot be read or proofed to (:func:`load_proof_profile` says so first).
     """
     array = np.asarray(image, np.float32)
-    if array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"`image` must be [h, w, 3] RGB, got shape {array.shape}")
+    if array.ndim < 3 or array.shape[-1] != 3:
+        raise ValueError(f"`image` must be [h, w, 3] RGB (or a batch of them, [..., h, w, 3]), got shape {array.shape}")
     return _interpolate(array, _proof_table(bytes(profile)))
 
 

@@ -433,7 +433,7 @@ def test_a_profile_that_cannot_be_proofed_to_is_refused_before_the_run(tmp_path,
 
 
 def test_proof_maps_the_content_and_the_styles_before_the_run(tmp_path):
-    """--proof: the images the run is made from are the proofed ones, in float."""
+    """--proof: the images the run is made from are the proofed ones, in float (stylize, sweep, video)."""
     from nst_jax import cli, commands
     from nst_jax.io import soft_proof
 
@@ -451,6 +451,15 @@ def test_proof_maps_the_content_and_the_styles_before_the_run(tmp_path):
     for got, path in ((prepared.content, content), (prepared.style[0], style), (swept.content, content)):
         np.testing.assert_allclose(got, soft_proof(load_image(path), cmyk_profile()), atol=1e-6)
         assert np.abs(got - load_image(path)).max() > 0.1
+    from nst_jax import clips
+
+    frames = np.stack([rng.random((24, 24, 3)) for _ in range(3)]).astype(np.float32)
+    clips.write_clip(tmp_path / "clip.gif", frames, 10)
+    video = ["video", str(tmp_path / "clip.gif"), str(style), "-o", str(tmp_path / "o.gif"), "--size", "24"]
+    clip = commands.prepare_video(cli._build_parser().parse_args([*video, "--proof", str(press)]))
+    plain = clips.read_clip(tmp_path / "clip.gif", 24).frames
+    np.testing.assert_allclose(clip.frames, soft_proof(plain, cmyk_profile()), atol=1e-6)  # every frame
+    np.testing.assert_allclose(clip.style[0], prepared.style[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["lut.png", "lut.tif", "cmyk.tif"])
