@@ -81,6 +81,11 @@ def perceptual_loss(
     """
     if style is None and not config.content_layers:
         raise ValueError("`style` is None and `config.content_layers` is empty: there is nothing to match")
+    if config.flat_content_weight != 1:  # the weights follow one photograph's flat regions; here contents vary
+        raise ValueError(
+            f"`flat_content_weight` {config.flat_content_weight} weighs one photograph's flat regions "
+            "(stylize, sweep, video); a perceptual loss's contents change with every batch: leave it at 1"
+        )
     if style is None:
         # Content terms only: an objective with no style layers; content targets come per item.
         objective = make_objective(params, jnp.zeros((32, 32, 3), jnp.float32), None, config, network=network)

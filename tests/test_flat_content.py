@@ -83,3 +83,11 @@ def test_a_sweep_member_is_the_picture_stylize_makes_with_it(small_network):
     assert difference.mean() < 1e-3 and difference.max() < 2e-2
     paper = stylize(content, style, NET, params=params, network=network)
     assert np.abs(np.asarray(paper.image) - np.asarray(alone.image)).max() > 1e-3  # it changed the picture
+
+
+def test_a_perceptual_loss_refuses_it(small_network):
+    from nst_jax import perceptual_loss
+
+    _, network, params = small_network
+    with pytest.raises(ValueError, match=r"`flat_content_weight` 0\.25 weighs one photograph's flat regions"):
+        perceptual_loss(params, None, NET.replace(flat_content_weight=0.25), network=network)
