@@ -421,16 +421,22 @@ def check_output_profile(path: str | os.PathLike, profile: bytes | None, bits: i
     return mode
 
 
-@functools.lru_cache(maxsize=1)
-def _from_srgb_table(profile: bytes, mode: str) -> np.ndarray:
-    """sRGB -> ``profile`` (relative colorimetric, Pillow ``mode`` "RGB" or "CMYK") by LittleCMS on every
-    8-bit triple: :func:`_interpolate` takes a float image through it with no 8-bit step."""
+def _from_srgb(img: Image.Image, profile: bytes, mode: str) -> Image.Image:
+    """An 8-bit sRGB ``img`` converted to ``profile`` (the kept one; LittleCMS, relative colorimetric)
+    as Pillow ``mode`` ("RGB", "CMYK" or "L"): :func:`_to_srgb` the other way."""
     from PIL import ImageCms
 
     target, intent = _read_profile(profile, "the kept profile"), ImageCms.Intent.RELATIVE_COLORIMETRIC
-    return _lattice(
-        lambda img: ImageCms.profileToProfile(img, _srgb_profile(), target, renderingIntent=intent, outputMode=mode)
-    )
+    converted = ImageCms.profileToProfile(img, _srgb_profile(), target, renderingIntent=intent, outputMode=mode)
+    assert converted is not None  # None only with inPlace=True
+    return converted
+
+
+@functools.lru_cache(maxsize=1)
+def _from_srgb_table(profile: bytes, mode: str) -> np.ndarray:
+    """:func:`_from_srgb` on every 8-bit triple: :func:`_interpolate` takes a float image through it
+    with no 8-bit step."""
+    return _lattice(lambda img: _from_srgb(img, profile, mode))
 
 
 def _to_srgb(img: Image.Image, profile: bytes, where: str) -> Image.Image:
@@ -617,15 +623,8 @@ def save_image(
             converted = _interpolate(array, _from_srgb_table(profile, mode))
         data = _SIXTEEN_BIT[fmt](converted, profile)
         return _write_atomically(path, lambda f: f.write(data))
-    if mode is not None:
-        from PIL import ImageCms
-
-        srgb = Image.fromarray(to_uint8(image), "RGB")
-        intent = ImageCms.Intent.RELATIVE_COLORIMETRIC
-        back = ImageCms.profileToProfile(
-            srgb, _srgb_profile(), _read_profile(profile, "the kept profile"), renderingIntent=intent, outputMode=mode
-        )
-        assert back is not None  # None only with inPlace=True
+    if mode is not None and profile is not None:  # at 8 bits, converted by LittleCMS
+        back = _from_srgb(Image.fromarray(to_uint8(image), "RGB"), profile, mode)
         kept: dict = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
         return _write_atomically(path, lambda f: back.save(f, format=fmt, icc_profile=profile, **kept))
     if output_bits(path, bits) == 16:
