@@ -138,12 +138,11 @@ def _proof_profile(args: argparse.Namespace) -> bytes | None:
     return load_proof_profile(args.proof, what="proof") if getattr(args, "proof", None) else None
 
 
-def _image_loader(args: argparse.Namespace):
-    """:func:`nst_jax.io.load_image`, or with --proof each image soft-proofed after loading
-    (:func:`nst_jax.io.soft_proof`): the picture is made of colours the printer has."""
+def _image_loader(profile: bytes | None):
+    """:func:`nst_jax.io.load_image`, or with --proof's ``profile`` each image soft-proofed after
+    loading (:func:`nst_jax.io.soft_proof`): the picture is made of colours the printer has."""
     from nst_jax.io import load_image, soft_proof
 
-    profile = _proof_profile(args)
     if profile is None:
         return load_image
     return lambda path, size=None, what="image": soft_proof(load_image(path, size, what=what), profile)
@@ -164,7 +163,7 @@ def prepare_sweep(args: argparse.Namespace):
     axes: dict[str, typing.Any] = dict(parse_axis(text) for text in args.vary)
     if len(axes) != len(args.vary):
         raise ValueError("--vary names an axis twice")
-    load = _image_loader(args)  # --proof's profile is checked here, before any image is decoded
+    load = _image_loader(_proof_profile(args))  # --proof's profile is checked here, before any image is decoded
     content = load(args.content, config.size, what="content")
     styles = [load(path, config.size, what="style") for path in args.style]
     if len(styles) > 1:
@@ -329,7 +328,7 @@ def prepare(args: argparse.Namespace):
         config = config.replace(**{which: layers})
     mesh = _image_mesh(args)
     _check_shapes(args, config, mesh)  # from the files' headers: nothing large is decoded or resized before this
-    load = _image_loader(args)  # --proof's profile is checked here, before any image is decoded
+    load = _image_loader(_proof_profile(args))  # --proof's profile is checked here, before any image is decoded
     fine_style = None
     profile: bytes | None = None
     content: typing.Any  # an image; for --dry-run's demo, only its shape (jax.ShapeDtypeStruct)
@@ -692,16 +691,15 @@ def prepare_video(args: argparse.Namespace):
         finished = [load_image(f, what=f"--resume frame {f.name}") for f in files[: len(span)]]
         if any(f.shape[:2] != tuple(final) for f in finished):
             raise ValueError(f"--resume: the frames in {str(partial)!r} are not {final[1]}x{final[0]}: other settings")
-    style = [load_image(p, config.size, what="style") for p in args.style]
-    fine_style = [load_image(p, config.size, what="fine-style") for p in args.fine_style] if args.fine_style else None
+    load = _image_loader(proof)
+    style = [load(p, config.size, what="style") for p in args.style]
+    fine_style = [load(p, config.size, what="fine-style") for p in args.fine_style] if args.fine_style else None
     clip = clips.read_clip(args.input, config.size, span.start, span.stop, "input")
     frames = clip.frames
-    if proof is not None:  # every frame and style image in the printer's colours, as stylize --proof
+    if proof is not None:  # every frame in the printer's colours too, as the style images
         from nst_jax.io import soft_proof
 
         frames = soft_proof(frames, proof)
-        style = [soft_proof(image, proof) for image in style]
-        fine_style = None if fine_style is None else [soft_proof(image, proof) for image in fine_style]
     whole = span.start == 0 and (args.end is None or args.end >= info.frames)
     audio_from = str(args.input) if info.audio and whole else None
     if info.audio and not whole and not args.quiet:
