@@ -89,12 +89,13 @@ def lut_profile(red, green, blue, gamma: float) -> bytes:
     return matrix_profile(red, green, blue, gamma, "LUT RGB", extra=[(b"A2B0", body)])
 
 
-def littlecms(pixels: np.ndarray, profile: bytes) -> np.ndarray:
-    """What LittleCMS computes on its own for ``pixels`` in ``profile``, to sRGB."""
+def littlecms(pixels: np.ndarray, profile: bytes, mode: str = "RGB") -> np.ndarray:
+    """What LittleCMS computes on its own for ``pixels`` (Pillow ``mode``) in ``profile``, to sRGB."""
     source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
     intent = ImageCms.Intent.RELATIVE_COLORIMETRIC
-    return np.asarray(ImageCms.profileToProfile(Image.fromarray(pixels), source, srgb, renderingIntent=intent))
+    image = Image.fromarray(pixels, mode)
+    return np.asarray(ImageCms.profileToProfile(image, source, srgb, renderingIntent=intent, outputMode="RGB"))
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "TIFF"])
@@ -485,7 +486,7 @@ def test_keep_profile_writes_16_bits_through_littlecms_for_lookup_table_and_cmyk
         h, w, _ = patches.shape
         raw = np.frombuffer(path.read_bytes()[8 : 8 + h * w * 8], "<u2").reshape(h, w, 4)[4::8, 4::8]
     assert np.abs(raw / 65535 - expected / 255).max() <= 1 / 255 + 1e-6  # an 8-bit triple: where LittleCMS puts it
-    back = np.asarray(ImageCms.profileToProfile(Image.fromarray(expected, mode), target, srgb, intent, "RGB"))
+    back = littlecms(expected, profile, mode)
     assert np.abs(load_image(path)[4::8, 4::8] - back / 255).max() <= 2 / 255  # back as LittleCMS brings it
     ramp = np.linspace(0.0, 1.0, 40 * 600).reshape(40, 600)
     ramp_path = save_image(tmp_path / f"ramp.{kind}", np.stack([ramp, ramp**2, 1.0 - ramp], -1), 16, profile)
