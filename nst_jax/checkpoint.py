@@ -68,6 +68,7 @@ _PARTS = {
     "weights": "network weights",
     "content": "content image (or content layers, size or colour setting)",
     "style": "style images (or style layers, style scale, colour setting or masks)",
+    "content_weights": "content image's flat regions (flat_content_weight, flat_fraction)",
     "anchor": "first coarse-to-fine stage (the composition the later stages keep)",
     "objective": "objective",
 }
@@ -102,6 +103,8 @@ def fingerprint(objective, config) -> dict:
             "content": objective.content_targets,
             "style": (objective.style_targets, objective.style_masks, objective.region_weights),
         }
+        if objective.content_weights is not None:  # the flat regions' weights (flat_content_weight)
+            parts["content_weights"] = objective.content_weights
         if objective.anchor is not None:
             settings["anchor_weight"] = scalar(objective.anchor_weight)
             parts["anchor"] = objective.anchor

@@ -56,13 +56,14 @@ class StyleConfig:
         120, "optimiser steps at the output's size, and at every coarse-to-fine stage unless --coarse-steps is given"
     )
     content_weight: float = _f(1.0, "weight of the content loss (the paper's alpha, in this normalisation)")
-    # Departure: not in the paper, whose content term weighs every position alike. Below 1 it is
-    # weaker where the photograph is flattest (sky, water): the shallow Gram terms ask for more
-    # texture than a flat region holds at full content weight, and it comes out as a dotted
-    # speckle; at a quarter the style repaints such regions in its own strokes instead, and the
-    # rest keeps its full weight, so buildings stay (docs/loss.md, "Flat regions").
+    # Departure: not in the paper, whose content term weighs every position alike (1 here). At a
+    # quarter it is weaker where the photograph is flattest (sky, water): the shallow Gram terms
+    # ask for more texture than a flat region holds at full content weight, and with 1 it came
+    # out as a dotted speckle at every size; at 0.25 the style repaints such regions in its own
+    # strokes, and the rest keeps its full weight, so buildings stay (docs/loss.md, "Flat
+    # regions"). Used only where there is a style: a reconstruction weighs every position alike.
     flat_content_weight: float = _f(
-        1.0, "the content loss's weight where the photograph is flattest, relative to elsewhere (1: uniform, the paper)"
+        0.25, "the content weight where the photograph is flattest, relative to elsewhere (1: uniform, as the paper)"
     )
     flat_fraction: float = _f(0.4, "the share of the photograph taken as flat for --flat-content-weight")
     # Departure: the paper's alpha/beta ratio (1e-3..1e-4) belongs to its absolute sums; with

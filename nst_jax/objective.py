@@ -277,7 +277,7 @@ def make_objective(
     if content_layers:
         image = _check_image("content", content)
         content_targets = dict(_jit_features(params, image, content_layers, config, network=network))
-        if config.flat_content_weight != 1:
+        if config.flat_content_weight != 1 and style_layers:  # it makes room for the style: none, no room
             content_weights = _flat_weights(image, content_targets, config)
     if style_layers and masks is not None:
         shape = content.shape[:2] if content is not None else masks.shape[1:]

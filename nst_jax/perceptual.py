@@ -75,17 +75,16 @@ def perceptual_loss(
       network: any feature network (``config.network == "custom"``); ``None``: VGG.
       size: the long side of the training images, which the default per-layer weights follow
         (:func:`~nst_jax.objective.default_layer_weights`); ``None``: the weights as at 512 px.
+        ``config.flat_content_weight`` is not used: the contents change with every batch, so
+        the content term weighs every position alike, as the paper's.
 
     Returns:
       A :class:`PerceptualLoss`; its style targets are computed here, once.
     """
     if style is None and not config.content_layers:
         raise ValueError("`style` is None and `config.content_layers` is empty: there is nothing to match")
-    if config.flat_content_weight != 1:  # the weights follow one photograph's flat regions; here contents vary
-        raise ValueError(
-            f"`flat_content_weight` {config.flat_content_weight} weighs one photograph's flat regions "
-            "(stylize, sweep, video); a perceptual loss's contents change with every batch: leave it at 1"
-        )
+    # config.flat_content_weight is not used: it follows one photograph's flat regions, and a
+    # perceptual loss's contents change with every batch, so every position weighs alike (the paper's).
     if style is None:
         # Content terms only: an objective with no style layers; content targets come per item.
         objective = make_objective(params, jnp.zeros((32, 32, 3), jnp.float32), None, config, network=network)

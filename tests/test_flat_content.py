@@ -40,9 +40,10 @@ def test_the_weighted_content_loss_is_the_weighted_mean(rng):
 def test_the_content_term_is_weaker_only_where_the_photograph_is_flat(small_network, rng):
     _, network, params = small_network
     content, style, image = half_flat(rng, 32, 40), rng.random((32, 32, 3)), rng.random((32, 40, 3))
-    paper = make_objective(params, content, style, NET, network=network)
-    assert paper.content_weights is None  # 1, the default: the paper's uniform term, unchanged
-    config = NET.replace(flat_content_weight=0.25)
+    paper = make_objective(params, content, style, NET.replace(flat_content_weight=1.0), network=network)
+    assert paper.content_weights is None  # 1: the paper's uniform term, unchanged
+    config = NET  # the default, 0.25
+    assert config.flat_content_weight == 0.25
     objective = make_objective(params, content, style, config, network=network)
     weights = np.asarray(objective.content_weights["c2"])  # c2 is at half size
     assert weights.shape == (16, 20)
@@ -75,19 +76,31 @@ def test_a_sweep_member_is_the_picture_stylize_makes_with_it(small_network):
     """The weights travel into the batched objective (shared by every member), through every stage."""
     _, network, params = small_network
     content, style = samples.village(32, 40), samples.swirls(32, 40)
-    config = NET.replace(flat_content_weight=0.25)
+    config = NET  # the default, 0.25
     alone = stylize(content, style, config, params=params, network=network)
     member = sweep(content, style, config, {"style_weight": [config.style_weight]}, params=params, network=network)
     assert float(member.losses[0]) == pytest.approx(float(alone.loss), rel=1e-3)
     difference = np.abs(np.asarray(member.images[0]) - np.asarray(alone.image))
     assert difference.mean() < 1e-3 and difference.max() < 2e-2
-    paper = stylize(content, style, NET, params=params, network=network)
+    paper = stylize(content, style, NET.replace(flat_content_weight=1.0), params=params, network=network)
     assert np.abs(np.asarray(paper.image) - np.asarray(alone.image)).max() > 1e-3  # it changed the picture
 
 
-def test_a_perceptual_loss_refuses_it(small_network):
+def test_without_a_style_every_position_weighs_alike(small_network, rng):
+    """A reconstruction (no style) has nothing to make room for: the paper's uniform term."""
+    _, network, params = small_network
+    content = half_flat(rng, 32, 40)
+    assert make_objective(params, content, None, NET, network=network).content_weights is None
+
+
+def test_a_perceptual_loss_weighs_every_position_alike(small_network, rng):
+    """Its contents change with every batch, so the flat regions of none are used: the default
+    and the paper's uniform term give the same loss."""
     from nst_jax import perceptual_loss
 
     _, network, params = small_network
-    with pytest.raises(ValueError, match=r"`flat_content_weight` 0\.25 weighs one photograph's flat regions"):
-        perceptual_loss(params, None, NET.replace(flat_content_weight=0.25), network=network)
+    style, images, contents = rng.random((32, 32, 3)), rng.random((2, 32, 40, 3)), rng.random((2, 32, 40, 3))
+    default = perceptual_loss(params, style, NET, network=network)
+    paper = perceptual_loss(params, style, NET.replace(flat_content_weight=1.0), network=network)
+    assert default.objective.content_weights is None
+    np.testing.assert_allclose(default(images, contents)[0], paper(images, contents)[0], rtol=1e-6)

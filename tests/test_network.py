@@ -30,7 +30,8 @@ def test_from_flax_reads_layers_channels_and_strides(small):
 def test_objective_of_a_flax_module_matches_a_hand_computation(small, rng):
     module, network, params = small
     content, style, image = (random_image(rng, 16, 20) for _ in range(3))
-    objective = make_objective(params, content, style, CONFIG, network=network)
+    config = CONFIG.replace(flat_content_weight=1.0)  # the paper's uniform term (the flat weights: test_flat_content)
+    objective = make_objective(params, content, style, config, network=network)
     loss, aux = objective(jnp.asarray(image))
     feats = lambda x: module.apply({"params": params}, jnp.asarray(x)[None])
     f, p, s = feats(image), feats(content), feats(style)

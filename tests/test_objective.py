@@ -7,8 +7,14 @@ from jax.test_util import check_grads
 
 from nst_jax import StyleConfig, losses, make_objective, vgg
 
+# The paper's uniform content term (flat_content_weight=1): the flat regions' weights have their own tests
+# (test_flat_content.py).
 CONFIG = StyleConfig(
-    content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1", "relu3_1"), tv_weight=0.5, style_weight=10.0
+    content_layers=("relu2_1",),
+    style_layers=("relu1_1", "relu2_1", "relu3_1"),
+    tv_weight=0.5,
+    style_weight=10.0,
+    flat_content_weight=1.0,
 )
 
 
@@ -160,6 +166,7 @@ def test_paper_weights_reproduce_the_loss(tiny_params, rng, loss_scale):
         style_weight=7.0,
         loss_scale=loss_scale,
         tv_weight=0.0,  # not in the paper
+        flat_content_weight=1.0,  # the paper's uniform content term
     )
     content, style, image = random_image(rng, 20, 24), random_image(rng, 16, 16), random_image(rng, 20, 24)
     objective = make_objective(tiny_params, content, style, config)
@@ -181,7 +188,9 @@ def test_paper_weights_reproduce_the_loss(tiny_params, rng, loss_scale):
 
 
 def test_relative_terms_are_squared_relative_distances(tiny_params, rng):
-    config = StyleConfig(content_layers=("relu2_1",), style_layers=("relu1_1", "relu3_1"), style_weight=3.0)
+    config = StyleConfig(
+        content_layers=("relu2_1",), style_layers=("relu1_1", "relu3_1"), style_weight=3.0, flat_content_weight=1.0
+    )
     content, style, image = random_image(rng, 20, 24), random_image(rng, 16, 16), random_image(rng, 20, 24)
     _, aux = make_objective(tiny_params, content, style, config, size=512)(image)  # the weights as at 512 px
     feats = {

@@ -324,6 +324,7 @@ def saved_checkpoint(tmp_path_factory, real_params):
         ({"memory_size": 3}, "made with memory_size=10, this run has 3"),
         ({"style": "other"}, "different style images"),
         ({"content": "other"}, "different content image"),
+        ({"flat_fraction": 0.2}, r"different content image's flat regions \(flat_content_weight, flat_fraction\)"),
     ],
 )
 def test_resume_refuses_other_inputs_or_settings_naming_them(saved_checkpoint, real_params, change, match):
@@ -359,7 +360,7 @@ def test_damaged_checkpoints_are_one_line(saved_checkpoint, real_params, tmp_pat
     with pytest.raises(CheckpointError, match="has no state/ folder"):
         stylize(content, style, config, params=real_params, resume=str(copy))
     run = json.loads((folder / "run.json").read_text())
-    assert set(run["fingerprint"]["arrays"]) == {"weights", "content", "style"}
+    assert set(run["fingerprint"]["arrays"]) == {"weights", "content", "content_weights", "style"}
 
 
 # ---- sizes, option combinations and the cache ---------------------------------------------------------------------
