@@ -60,8 +60,8 @@ class StyleConfig:
     # quarter it is weaker where the photograph is flattest (sky, water): the shallow Gram terms
     # ask for more texture than a flat region holds at full content weight, and with 1 it came
     # out as a dotted speckle at every size; at 0.25 the style repaints such regions in its own
-    # strokes, and the rest keeps its full weight, so buildings stay (docs/loss.md, "Flat
-    # regions"). Used only where there is a style: a reconstruction weighs every position alike.
+    # strokes, and the rest keeps its weight (the weights' mean is 1), so buildings stay
+    # (docs/loss.md, "Flat regions"). Used only with a style: a reconstruction weighs all alike.
     flat_content_weight: float = _f(
         0.25, "the content weight where the photograph is flattest, relative to elsewhere (1: uniform, as the paper)"
     )

@@ -71,12 +71,12 @@ def perceptual_loss(
         ``None`` (content terms only: a plain feature-reconstruction loss).
       config: layers, weights, loss scale, pooling, padding and precision, as for
         :func:`~nst_jax.objective.make_objective` (``config.box`` "penalty" keeps the
-        penalty on pixels outside [0, 1]; "none" drops it).
+        penalty on pixels outside [0, 1]; "none" drops it). ``config.flat_content_weight`` is
+        not used: the contents change with every batch, so the content term weighs every
+        position alike, as the paper's.
       network: any feature network (``config.network == "custom"``); ``None``: VGG.
       size: the long side of the training images, which the default per-layer weights follow
         (:func:`~nst_jax.objective.default_layer_weights`); ``None``: the weights as at 512 px.
-        ``config.flat_content_weight`` is not used: the contents change with every batch, so
-        the content term weighs every position alike, as the paper's.
 
     Returns:
       A :class:`PerceptualLoss`; its style targets are computed here, once.
