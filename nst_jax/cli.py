@@ -208,7 +208,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help=(
             "a swept axis (repeatable): content_weight, style_weight, ratio (content/style weight), tv_weight, "
             "seed (with --init noise), style_layers (sets joined by +: relu1_1,relu1_1+relu2_1), "
-            "layer_weights (vectors joined by ':')"
+            "layer_weights (vectors joined by ':'), flat_content_weight (1: the paper's uniform content term)"
         ),
     )
     sweep.add_argument(

@@ -34,6 +34,7 @@ from nst_jax.memory import MemoryLimitError, available_memory  # noqa: F401  (av
 from nst_jax.network import FeatureNetwork
 from nst_jax.objective import (
     Objective,
+    _flat_weights,
     anchor_thumbnail,
     check_network,
     default_layer_weights,
@@ -52,10 +53,10 @@ from nst_jax.transfer import prepare_styles
 # "fine_style" several fine styles for scale control (label -> image; the stages after the first).
 SWEEP_AXES = (
     "content_weight", "style_weight", "ratio", "tv_weight", "layer_weights", "style_layers", "style", "fine_style",
-    "seed",
+    "seed", "flat_content_weight",
 )  # fmt: skip
 _IMAGE_AXES = ("style", "fine_style")
-_NUMBER_AXES = ("content_weight", "style_weight", "ratio", "tv_weight")
+_NUMBER_AXES = ("content_weight", "style_weight", "ratio", "tv_weight", "flat_content_weight")
 
 
 class SweepProgress(NamedTuple):
@@ -228,7 +229,8 @@ def _member_configs(
             raise ValueError(f"`{name}` {value!r} is not available in sweeps; run those with stylize")
     configs = []
     for member in settings:
-        changes = {k: v for k, v in member.items() if k in ("content_weight", "style_weight", "tv_weight", "seed")}
+        names = ("content_weight", "style_weight", "tv_weight", "seed", "flat_content_weight")
+        changes = {k: v for k, v in member.items() if k in names}
         if "ratio" in member:
             ratio = member["ratio"]
             if not isinstance(ratio, (int, float)) or not 0 < ratio < math.inf:
@@ -249,7 +251,7 @@ def _member_configs(
                 changes["layer_weights"] = tuple(w * scale for w in default_layer_weights(layers, "absolute", network))
         if "layer_weights" in member:
             changes["layer_weights"] = tuple(member["layer_weights"])
-        for name in ("content_weight", "style_weight", "tv_weight"):
+        for name in ("content_weight", "style_weight", "tv_weight", "flat_content_weight"):
             if name in changes and isinstance(changes[name], (np.floating, np.integer)):
                 changes[name] = changes[name].item()
         if "seed" in changes:
@@ -272,10 +274,12 @@ def _objective_axes(objectives: Objective, style_batched: bool) -> Objective:
 
     Built from ``objectives`` itself so its static fields (pooling, padding, precision) match.
     """
+    weights = objectives.content_weights  # [h_l, w_l] shared, or [B, h_l, w_l] with a flat_content_weight axis
+    weights_batched = weights is not None and any(jnp.ndim(w) == 3 for w in weights.values())
     return objectives.replace(
         params=None,
         content_targets=None,
-        content_weights=None,
+        content_weights=0 if weights_batched else None,
         style_targets=0 if style_batched else None,
         content_weight=0,
         style_weight=0,
@@ -632,6 +636,11 @@ def _sweep(
             for i, layer in enumerate(union)
         },
     )
+    flat_axis = any(c.flat_content_weight != config.flat_content_weight for c in configs)
+    if flat_axis and content is not None and base.content_targets and base.style_targets:
+        # A flat_content_weight axis: each member's weights over the content's flat regions (1: uniform).
+        per_member = [_flat_weights(content, base.content_targets, c) for c in configs]
+        objectives = objectives.replace(content_weights=jax.tree.map(lambda *w: jnp.stack(w), *per_member))
     if anchor is not None and config.anchor_weight > 0:  # each member keeps its own first stage's composition
         objectives = with_anchor(objectives, anchor, config.anchor_weight)
     reference = jnp.zeros((*final, 3), jnp.float32) if content is None else jnp.asarray(content, jnp.float32)

@@ -107,3 +107,27 @@ def test_a_perceptual_loss_weighs_every_position_alike(small_network, rng):
     paper = perceptual_loss(params, style, NET.replace(flat_content_weight=1.0), network=network)
     assert default.objective.content_weights is None
     np.testing.assert_allclose(default(images, contents)[0], paper(images, contents)[0], rtol=1e-6)
+
+
+def test_a_flat_content_weight_axis_gives_each_member_its_own_weights(small_network):
+    """Swept, every member is the picture stylize makes with its value (1: the paper's uniform term)."""
+    _, network, params = small_network
+    content, style = samples.village(32, 40), samples.swirls(32, 40)
+    swept = sweep(content, style, NET, {"flat_content_weight": [1.0, 0.25]}, params=params, network=network)
+    for i, value in enumerate((1.0, 0.25)):
+        alone = stylize(content, style, NET.replace(flat_content_weight=value), params=params, network=network)
+        assert float(swept.losses[i]) == pytest.approx(float(alone.loss), rel=1e-3)
+        difference = np.abs(np.asarray(swept.images[i]) - np.asarray(alone.image))
+        assert difference.mean() < 1e-3 and difference.max() < 2e-2
+    assert np.abs(np.asarray(swept.images[0]) - np.asarray(swept.images[1])).max() > 1e-3
+
+
+def test_a_flat_content_weight_axis_is_read_and_bounded(small_network):
+    from nst_jax.sweeps import parse_axis
+
+    _, network, params = small_network
+    assert parse_axis("flat_content_weight=1,0.25") == ("flat_content_weight", [1.0, 0.25])
+    assert parse_axis("flat-content-weight=0.5") == ("flat_content_weight", [0.5])
+    with pytest.raises(ValueError, match=r"`flat_content_weight` must be a finite number in \[0, 1\], got 2\.0"):
+        axes = {"flat_content_weight": [0.25, 2.0]}
+        sweep(samples.village(32, 40), samples.swirls(32, 40), NET, axes, params=params, network=network)
