@@ -278,7 +278,7 @@ def make_objective(
         image = _check_image("content", content)
         content_targets = dict(_jit_features(params, image, content_layers, config, network=network))
         if config.flat_content_weight != 1 and style_layers:  # it makes room for the style: none, no room
-            content_weights = _flat_weights(image, content_targets, config)
+            content_weights = flat_weights(image, content_targets, config)
     if style_layers and masks is not None:
         shape = content.shape[:2] if content is not None else masks.shape[1:]
         objective = _with_masks(
@@ -298,7 +298,7 @@ def make_objective(
     return objective.replace(content_weights=content_weights)
 
 
-def _flat_weights(content: jax.Array, content_targets: Mapping, config: StyleConfig) -> dict:
+def flat_weights(content: jax.Array, content_targets: Mapping, config: StyleConfig) -> dict:
     """Each content layer's ``[h_l, w_l]`` position weights: ``config.flat_content_weight`` where
     the content is flat (:func:`nst_jax.image.flatness`), 1 elsewhere, area-averaged to the layer,
     then divided by their mean.

@@ -34,10 +34,10 @@ from nst_jax.memory import MemoryLimitError, available_memory  # noqa: F401  (av
 from nst_jax.network import FeatureNetwork
 from nst_jax.objective import (
     Objective,
-    _flat_weights,
     anchor_thumbnail,
     check_network,
     default_layer_weights,
+    flat_weights,
     make_objective,
     paper_weights,
     target_mean_squares,
@@ -639,7 +639,7 @@ def _sweep(
     flat_axis = any(c.flat_content_weight != config.flat_content_weight for c in configs)
     if flat_axis and content is not None and base.content_targets and base.style_targets:
         # A flat_content_weight axis: each member's weights over the content's flat regions (1: uniform).
-        per_member = [_flat_weights(content, base.content_targets, c) for c in configs]
+        per_member = [flat_weights(content, base.content_targets, c) for c in configs]
         objectives = objectives.replace(content_weights=jax.tree.map(lambda *w: jnp.stack(w), *per_member))
     if anchor is not None and config.anchor_weight > 0:  # each member keeps its own first stage's composition
         objectives = with_anchor(objectives, anchor, config.anchor_weight)
