@@ -56,7 +56,8 @@ class Objective(flax.struct.PyTreeNode):
     style_masks: dict | None = None
     region_weights: jax.Array | None = None  # [R]: each region's share of the image (0: no style there)
     # StyleConfig.flat_content_weight below 1: content layer -> [h_l, w_l] weight of each position
-    # (flat_content_weight where the content is flat, 1 elsewhere); None: uniform, as the paper.
+    # (flat_weights: flat_content_weight where the content is flat, 1 elsewhere, mean 1; [B, h_l, w_l]
+    # in a sweep with a flat_content_weight axis); None: uniform, as the paper.
     content_weights: dict | None = None
     # Coarse to fine: the first stage's picture as a thumbnail [h', w', 3] that later stages keep
     # (losses.anchor_loss, weighted by anchor_weight); None: no such term.
@@ -278,7 +279,8 @@ def make_objective(
         image = _check_image("content", content)
         content_targets = dict(_jit_features(params, image, content_layers, config, network=network))
         if config.flat_content_weight != 1 and style_layers:  # it makes room for the style: none, no room
-            content_weights = flat_weights(image, content_targets, config)
+            flat = flatness(image, config.flat_fraction)
+            content_weights = flat_weights(flat, content_targets, config.flat_content_weight)
     if style_layers and masks is not None:
         shape = content.shape[:2] if content is not None else masks.shape[1:]
         objective = _with_masks(
@@ -298,18 +300,17 @@ def make_objective(
     return objective.replace(content_weights=content_weights)
 
 
-def flat_weights(content: jax.Array, content_targets: Mapping, config: StyleConfig) -> dict:
-    """Each content layer's ``[h_l, w_l]`` position weights: ``config.flat_content_weight`` where
-    the content is flat (:func:`nst_jax.image.flatness`), 1 elsewhere, area-averaged to the layer,
-    then divided by their mean.
+def flat_weights(flat: jax.Array, content_targets: Mapping, flat_content_weight: float) -> dict:
+    """Each content layer's ``[h_l, w_l]`` position weights: ``flat_content_weight`` where the
+    content is flat (``flat``, :func:`nst_jax.image.flatness` of it), 1 elsewhere, area-averaged
+    to the layer, then divided by their mean.
 
     Departure (beside the weights themselves): the mean of 1 keeps the content term's total weight
     the paper's, moved from the flat regions to the rest. Without it the term lost a third of its
     weight at the defaults, and Seated Nude's 512 px content distance rose over the classic
     output's (0.858 against 0.831; with it 0.823): docs/loss.md, "Flat regions".
     """
-    flat = flatness(content, config.flat_fraction)
-    low = jnp.float32(config.flat_content_weight)
+    low = jnp.float32(flat_content_weight)
     weights = {
         layer: 1.0 - (1.0 - low) * layer_mask(flat, tuple(t.shape[-3:-1])) for layer, t in content_targets.items()
     }

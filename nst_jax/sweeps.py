@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nst_jax import lbfgs, memory, optim, schedule, vgg
 from nst_jax.config import StyleConfig
-from nst_jax.image import initial_image, resize
+from nst_jax.image import flatness, initial_image, resize
 from nst_jax.memory import MemoryLimitError, available_memory  # noqa: F401  (available_memory: its home before nst_jax.memory)
 from nst_jax.network import FeatureNetwork
 from nst_jax.objective import (
@@ -639,7 +639,8 @@ def _sweep(
     flat_axis = any(c.flat_content_weight != config.flat_content_weight for c in configs)
     if flat_axis and content is not None and base.content_targets and base.style_targets:
         # A flat_content_weight axis: each member's weights over the content's flat regions (1: uniform).
-        per_member = [flat_weights(content, base.content_targets, c) for c in configs]
+        flat = flatness(content, config.flat_fraction)  # flat_fraction is shared: found once
+        per_member = [flat_weights(flat, base.content_targets, c.flat_content_weight) for c in configs]
         objectives = objectives.replace(content_weights=jax.tree.map(lambda *w: jnp.stack(w), *per_member))
     if anchor is not None and config.anchor_weight > 0:  # each member keeps its own first stage's composition
         objectives = with_anchor(objectives, anchor, config.anchor_weight)
