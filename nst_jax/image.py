@@ -163,8 +163,9 @@ def region_masks(labels: np.ndarray, count: int) -> np.ndarray:
     return (nearest[None, :] == np.arange(count)[:, None]).reshape(count, h, w).astype(np.float32)
 
 
-def _box_blur(y: jax.Array, radius: int) -> jax.Array:
-    """The mean of each ``(2r+1)^2`` window of a ``[h, w]`` map (edges reflected)."""
+def box_blur(y: jax.Array, radius: int) -> jax.Array:
+    """The mean of each ``(2r+1)^2`` window of a ``[h, w]`` map (edges reflected; the judge's
+    :func:`nst_jax.quality.detail` too)."""
     k = 2 * radius + 1
     padded = jnp.pad(y, radius, mode="reflect")
     return jax.lax.reduce_window(padded, 0.0, jax.lax.add, (k, k), (1, 1), "VALID") / (k * k)
@@ -181,10 +182,10 @@ def flatness(image: jax.Array, fraction: float) -> jax.Array:
     image = jnp.asarray(image, jnp.float32)
     h, w = image.shape[:2]
     radius = max(1, round(max(h, w) / 64))
-    y = image @ jnp.array([0.299, 0.587, 0.114], jnp.float32)
-    local = _box_blur(jnp.abs(y - _box_blur(y, min(2, h - 1, w - 1))), min(radius, h - 1, w - 1))
+    y = _mm(image, _RGB_TO_YIQ[0])  # luma (YIQ's Y, Rec. 601)
+    local = box_blur(jnp.abs(y - box_blur(y, min(2, h - 1, w - 1))), min(radius, h - 1, w - 1))
     flat = (local <= jnp.quantile(local, fraction)).astype(jnp.float32)
-    return _box_blur(flat, min(radius, h - 1, w - 1))
+    return box_blur(flat, min(radius, h - 1, w - 1))
 
 
 def layer_mask(mask: jax.Array, shape: tuple[int, int]) -> jax.Array:

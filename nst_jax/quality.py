@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nst_jax import losses, vgg
-from nst_jax.image import fit_long_side, resize
+from nst_jax.image import box_blur, fit_long_side, resize
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYER = "relu4_2"
@@ -117,19 +117,9 @@ def high_frequency_share(image, cutoff: float = 0.25) -> float:
     return float(power[radius > cutoff].sum() / total) if total > 0 else 0.0
 
 
-def _box_blur(y: np.ndarray, radius: int) -> np.ndarray:
-    padded = np.pad(y, radius, mode="reflect")
-    cumulative = padded.cumsum(0).cumsum(1)
-    cumulative = np.pad(cumulative, ((1, 0), (1, 0)))
-    k = 2 * radius + 1
-    h, w = y.shape
-    sums = cumulative[k : k + h, k : k + w] - cumulative[:h, k : k + w] - cumulative[k : k + h, :w] + cumulative[:h, :w]
-    return sums / (k * k)
-
-
 def detail(y: np.ndarray, radius: int = 2) -> np.ndarray:
     """The fine detail of a ``[h, w]`` map: itself minus its ``(2r+1)^2`` box blur."""
-    return y - _box_blur(y, radius)
+    return y - np.asarray(box_blur(jnp.asarray(y, jnp.float32), radius))
 
 
 def flat_speckle(image, content, fraction: float = 0.25) -> float:
@@ -137,7 +127,7 @@ def flat_speckle(image, content, fraction: float = 0.25) -> float:
 
     The flat region is the ``fraction`` of the pixels with the least local detail in ``content``.
     """
-    local = _box_blur(np.abs(detail(luma(content))), 4)
+    local = np.asarray(box_blur(jnp.asarray(np.abs(detail(luma(content)))), 4))
     flat = local <= np.quantile(local, fraction)
     return float(np.sqrt(np.mean(np.square(detail(luma(image))[flat]))))
 
